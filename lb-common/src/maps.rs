@@ -1,0 +1,74 @@
+//! Map names (the names the kernel and bpftool show, and the file names under the pin
+//! directory) and compile-time map capacities. The kernel keeps at most 15 bytes of a
+//! map name (BPF_OBJ_NAME_LEN - 1), so every name here stays within that.
+
+/// Program-wide settings: hash seed, the receiving interface's MAC.
+pub const CONFIG: &str = "xlb_config";
+/// VIP (address, port, protocol) -> VIP id and flags.
+pub const VIPS: &str = "xlb_vips";
+/// Every address any VIP uses; tells a fragment or odd protocol aimed at a VIP apart from
+/// host traffic.
+pub const VIP_ADDRS: &str = "xlb_vip_addrs";
+/// VIP id -> that VIP's live table (an inner array map), swapped in one update.
+pub const RINGS: &str = "xlb_rings";
+/// Backend id -> where to send (MAC, address) and whether it is live.
+pub const BACKENDS: &str = "xlb_backends";
+/// Flow 5-tuple -> backend id and table generation (LRU).
+pub const FLOWS: &str = "xlb_flows";
+/// Backend id -> per-CPU {packets, bytes, new_flows}.
+pub const BACKEND_STATS: &str = "xlb_be_stats";
+/// VIP id -> per-CPU {packets, bytes, new_flows, drops}.
+pub const VIP_STATS: &str = "xlb_vip_stats";
+/// Reason -> per-CPU {packets, bytes}, for every verdict the program returns.
+pub const REASON_STATS: &str = "xlb_reasons";
+
+/// Every map the program defines, in one list for loaders and tests.
+pub const ALL: [&str; 9] = [
+    CONFIG,
+    VIPS,
+    VIP_ADDRS,
+    RINGS,
+    BACKENDS,
+    FLOWS,
+    BACKEND_STATS,
+    VIP_STATS,
+    REASON_STATS,
+];
+
+/// Highest number of VIPs (VIP ids are `1..MAX_VIPS`; 0 means "none").
+pub const MAX_VIPS: u32 = 1024;
+/// Highest number of backends over all VIPs (ids are `1..MAX_BACKENDS`; 0 means "empty slot").
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default flow-table capacity; the loader may set another one.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 65536;
+
+/// Entries at the start of every table (inner map) before the slots: the table size and
+/// the table's generation. Keeping them inside the table makes "size, generation and
+/// slots" one object that is swapped as a whole.
+pub const TABLE_HEADER: u32 = 2;
+/// Header index of the number of slots.
+pub const TABLE_HDR_SIZE: u32 = 0;
+/// Header index of the generation (low 32 bits) that built this table.
+pub const TABLE_HDR_GENERATION: u32 = 1;
+/// Default table size: a prime, so every backend's permutation visits every slot.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Largest table size the program accepts (the template inner map's capacity is
+/// `DEFAULT_TABLE_SIZE + TABLE_HEADER`; inner maps carry BPF_F_INNER_MAP so each VIP's
+/// table may have its own size up to this bound).
+pub const MAX_TABLE_SIZE: u32 = 1 << 20;
+
+/// `BPF_F_INNER_MAP`: inner maps of differing `max_entries` may share one outer map.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_in_kernel_object_name() {
+        for name in ALL {
+            assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+            assert!(name.is_ascii());
+        }
+    }
+}

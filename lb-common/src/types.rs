@@ -1,0 +1,188 @@
+//! Map key and value layouts. Every type is `#[repr(C)]` with explicit padding fields so
+//! `bytemuck::Pod` can prove there are no implicit holes, and each has a size assertion:
+//! the kernel and userspace must agree byte for byte. No `bool`, `Option` or data-carrying
+//! enums cross the boundary. Addresses are 16-byte arrays in network byte order; an IPv4
+//! address takes the first 4 bytes and the rest stay zero.
+
+use bytemuck::{Pod, Zeroable};
+
+/// `family` value of an IPv4 key or backend.
+pub const FAMILY_V4: u8 = 4;
+/// `family` value of an IPv6 key or backend.
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// `Backend::flags`: the backend may receive traffic.
+pub const BACKEND_LIVE: u16 = 1;
+
+/// `VipInfo::forwarding`: rewrite MACs and bounce out of the receiving interface.
+pub const FWD_L2_DSR: u32 = 0;
+
+/// Key of `xlb_vips`: which traffic is a VIP's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct VipKey {
+    /// Destination address, network byte order.
+    pub addr: [u8; 16],
+    /// Destination port, network byte order (as it appears in the packet).
+    pub port_be: u16,
+    /// IP protocol: [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// Value of `xlb_vips`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipInfo {
+    /// Index into `xlb_rings` and `xlb_vip_stats`; never 0.
+    pub vip_id: u32,
+    /// Forwarding method, one of the `FWD_*` constants.
+    pub forwarding: u32,
+}
+
+/// Key of `xlb_vip_addrs`: an address some VIP listens on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct VipAddrKey {
+    /// Network byte order.
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `xlb_backends`: where a backend lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend {
+    /// Backend's MAC address (l2-dsr destination).
+    pub mac: [u8; 6],
+    /// [`BACKEND_LIVE`] when the backend may receive traffic.
+    pub flags: u16,
+    /// The VIP this backend serves (for counters and explain).
+    pub vip_id: u32,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Backend's address, network byte order.
+    pub addr: [u8; 16],
+}
+
+impl Backend {
+    /// Whether the program may send traffic to this backend.
+    #[inline(always)]
+    pub const fn is_live(&self) -> bool {
+        self.flags & BACKEND_LIVE != 0
+    }
+}
+
+/// Key of `xlb_flows`: one direction of a connection, as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    /// Client address, network byte order.
+    pub src: [u8; 16],
+    /// VIP address, network byte order.
+    pub dst: [u8; 16],
+    /// Client port, network byte order.
+    pub sport_be: u16,
+    /// VIP port, network byte order.
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `xlb_flows`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowValue {
+    /// The backend this flow is pinned to.
+    pub backend_id: u32,
+    /// Generation (low 32 bits) of the table that chose the backend.
+    pub generation: u32,
+}
+
+/// Value of `xlb_config` (a one-entry array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// Seed of the flow hash. Hosts behind one ECMP group use the same seed.
+    pub hash_seed: u32,
+    /// MAC of the interface the program is attached to: the source MAC of forwarded frames.
+    pub if_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of `xlb_be_stats` (per CPU; sum the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Value of `xlb_vip_stats` (per CPU; sum the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+}
+
+/// Value of `xlb_reasons` (per CPU; sum the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ReasonStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = {
+    assert!(size_of::<VipKey>() == 20);
+    assert!(size_of::<VipInfo>() == 8);
+    assert!(size_of::<VipAddrKey>() == 20);
+    assert!(size_of::<Backend>() == 32);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<FlowValue>() == 8);
+    assert!(size_of::<Config>() == 12);
+    assert!(size_of::<BackendStats>() == 24);
+    assert!(size_of::<VipStats>() == 32);
+    assert!(size_of::<ReasonStats>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: every type is #[repr(C)], bytemuck::Pod (so it has no padding holes and
+    // every bit pattern is valid), which is what aya::Pod requires.
+    unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipAddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ReasonStats {}
+}

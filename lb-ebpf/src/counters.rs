@@ -1,0 +1,49 @@
+//! Stage 5: count. Per-CPU arrays, so plain adds are race-free (XDP runs with migration
+//! disabled on one CPU); userspace sums the CPUs.
+
+use lb_common::{Reason, VipInfo};
+
+use crate::{
+    maps::{BACKEND_STATS, REASON_STATS, VIP_STATS},
+    select::Chosen,
+};
+
+#[inline(always)]
+pub fn count_reason(reason: Reason, len: u64) {
+    if let Some(s) = REASON_STATS.get_ptr_mut(reason.index()) {
+        // SAFETY: per-CPU slot from bpf_map_lookup_elem; only this CPU writes it now.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_forwarded(vip: &VipInfo, chosen: &Chosen, len: u64) {
+    let new = u64::from(chosen.new_flow);
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
+        // SAFETY: as in `count_reason`.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+            (*s).new_flows += new;
+        }
+    }
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(chosen.backend_id) {
+        // SAFETY: as in `count_reason`.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+            (*s).new_flows += new;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_vip_drop(vip_id: u32) {
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: as in `count_reason`.
+        unsafe { (*s).drops += 1 };
+    }
+}

@@ -1,0 +1,47 @@
+//! The xlb XDP program: entry point only. The packet path is one stage per module:
+//! `parse` -> `vip` lookup -> `select` (flow table, then the VIP's
+//! weighted table) -> `forward` -> `counters`. Every exit carries a named `Reason`.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod forward;
+mod maps;
+mod parse;
+mod select;
+mod vip;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use lb_common::Reason;
+
+#[xdp]
+pub fn xlb(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let reason = match process(&ctx, len) {
+        Ok(()) => Reason::Forwarded,
+        Err(reason) => reason,
+    };
+    counters::count_reason(reason, len);
+    reason.action()
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext, len: u64) -> Result<(), Reason> {
+    let pkt = parse::parse(ctx)?;
+    let vip = vip::lookup_vip(&pkt)?;
+    let chosen = select::select(&pkt, &vip)?;
+    forward::l2_dsr(ctx, &chosen.backend)?;
+    counters::count_forwarded(&vip, &chosen, len);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never called at run time.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

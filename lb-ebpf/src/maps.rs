@@ -1,0 +1,59 @@
+//! Every map the program uses. Names match `lb_common::maps` (a test checks the built
+//! object against that list); capacities the loader may override are marked.
+
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, VipAddrKey, VipInfo, VipKey,
+    VipStats,
+    maps::{
+        BPF_F_INNER_MAP, DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS,
+        TABLE_HEADER,
+    },
+    reason::REASON_COUNT,
+};
+
+const TEMPLATE_TABLE_ENTRIES: usize = (DEFAULT_TABLE_SIZE + TABLE_HEADER) as usize;
+
+/// Hash seed and this interface's MAC (one entry).
+#[btf_map(name = "xlb_config")]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// (VIP address, port, protocol) -> VIP id and forwarding method.
+#[btf_map(name = "xlb_vips")]
+pub static VIPS: HashMap<VipKey, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
+
+/// Addresses used by any VIP; consulted only for packets the program cannot parse fully.
+#[btf_map(name = "xlb_vip_addrs")]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32, { MAX_VIPS as usize }> = HashMap::new();
+
+/// VIP id -> the VIP's live table: `[size, generation, slot 0 .. slot size-1]` of backend
+/// ids. The control plane builds a complete new inner map and swaps it in with one update.
+#[btf_map(name = "xlb_rings")]
+pub static RINGS: ArrayOfMaps<
+    Array<u32, TEMPLATE_TABLE_ENTRIES, { BPF_F_INNER_MAP as usize }>,
+    { MAX_VIPS as usize },
+> = ArrayOfMaps::new();
+
+/// Backend id -> MAC, address, owning VIP, live flag.
+#[btf_map(name = "xlb_backends")]
+pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// Connection 5-tuple -> pinned backend (capacity set by the loader).
+#[btf_map(name = "xlb_flows")]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOW_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// Backend id -> per-CPU packets, bytes, new flows.
+#[btf_map(name = "xlb_be_stats")]
+pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// VIP id -> per-CPU packets, bytes, new flows, drops.
+#[btf_map(name = "xlb_vip_stats")]
+pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+/// Reason -> per-CPU packets, bytes.
+#[btf_map(name = "xlb_reasons")]
+pub static REASON_STATS: PerCpuArray<ReasonStats, { REASON_COUNT as usize }> = PerCpuArray::new();
