@@ -5,3 +5,25 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Name of the XDP program inside [`EBPF_OBJECT`].
 pub const PROGRAM_NAME: &str = "xlb";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_defines_every_map_and_the_program() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("embedded object parses");
+        for name in lb_common::maps::ALL {
+            assert!(
+                obj.maps.contains_key(name),
+                "map {name} missing from the object"
+            );
+        }
+        assert_eq!(
+            obj.maps.len(),
+            lb_common::maps::ALL.len(),
+            "unexpected extra maps"
+        );
+        assert!(obj.programs.contains_key(PROGRAM_NAME));
+    }
+}

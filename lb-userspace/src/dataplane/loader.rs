@@ -1,0 +1,255 @@
+//! Loads the embedded XDP object with every map pinned under one directory, attaches the
+//! program, and pins the attachment. Loading again against existing pins reuses the
+//! pinned maps (flows, tables and counters survive) and swaps the new program into the
+//! pinned link atomically, so traffic never sees a detached interface.
+
+use std::{
+    ffi::CString,
+    mem::MaybeUninit,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use lb_common::maps as names;
+
+use super::{DataplaneError, Maps, pins};
+use crate::object::{EBPF_OBJECT, PROGRAM_NAME};
+
+/// Magic number of bpffs in `statfs.f_type` (linux/magic.h BPF_FS_MAGIC).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// How to attach the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (fast; the interface must support it).
+    Native,
+    /// In the generic network stack (works everywhere, slower).
+    Generic,
+    /// Native where the driver supports it, else generic (the kernel decides).
+    Auto,
+}
+
+impl AttachMode {
+    fn flags(self) -> XdpMode {
+        match self {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+            AttachMode::Auto => XdpMode::Default,
+        }
+    }
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(AttachMode::Native),
+            "generic" => Ok(AttachMode::Generic),
+            "auto" => Ok(AttachMode::Auto),
+            other => Err(format!(
+                "unknown XDP mode {other:?}: expected native, generic or auto"
+            )),
+        }
+    }
+}
+
+/// What `Dataplane::load` needs.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Directory on bpffs for every pinned object.
+    pub pin_dir: PathBuf,
+    /// Capacity of the flow table (only used when the map is created, not adopted).
+    pub flow_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            pin_dir: PathBuf::from(pins::DEFAULT_PIN_DIR),
+            flow_capacity: names::DEFAULT_FLOW_CAPACITY,
+        }
+    }
+}
+
+/// A loaded data plane: the program (loaded, maybe attached) and its pinned maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    maps: Maps,
+}
+
+impl Dataplane {
+    /// Loads the program and creates or adopts every pinned map under `opts.pin_dir`.
+    pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
+        ensure_pin_dir(&opts.pin_dir)?;
+        let paths: Vec<(&'static str, PathBuf)> = names::ALL
+            .iter()
+            .map(|&name| (name, pins::map(&opts.pin_dir, name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::FLOWS, opts.flow_capacity);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let maps = Maps::take(&mut ebpf, &opts.pin_dir)?;
+        let program = program_mut(&mut ebpf)?;
+        program.load().map_err(|source| DataplaneError::Program {
+            what: "verifier rejected or kernel refused the program".into(),
+            source,
+        })?;
+        Ok(Dataplane {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            maps,
+        })
+    }
+
+    /// The maps, for reading and writing.
+    pub fn maps(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
+    /// The loaded program, for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        program_mut(&mut self.ebpf)
+    }
+
+    /// Attaches to `iface`, or, if a pinned link exists, swaps this program into it.
+    /// Also records the interface's MAC as the source MAC of forwarded frames.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+        let mac = interface_mac(iface)?;
+        self.maps.set_interface_mac(mac)?;
+        let link_path = self.pin_dir.join(pins::LINK);
+        let prog_path = self.pin_dir.join(pins::PROGRAM);
+        let program = program_mut(&mut self.ebpf)?;
+        if link_path.exists() {
+            let pinned =
+                PinnedLink::from_pin(&link_path).map_err(|source| DataplaneError::Link {
+                    path: link_path.clone(),
+                    source,
+                })?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| DataplaneError::Link {
+                    path: link_path.clone(),
+                    source,
+                })?;
+            program
+                .attach_to_link(link)
+                .map_err(|source| DataplaneError::Program {
+                    what: format!("replacing the program in {}", link_path.display()),
+                    source,
+                })?;
+        } else {
+            let id =
+                program
+                    .attach(iface, mode.flags())
+                    .map_err(|source| DataplaneError::Program {
+                        what: format!("attaching to {iface} in {mode:?} mode"),
+                        source,
+                    })?;
+            let link = program
+                .take_link(id)
+                .map_err(|source| DataplaneError::Program {
+                    what: "taking the XDP link".into(),
+                    source,
+                })?;
+            // A netlink attachment (kernels without XDP bpf_link) cannot be pinned.
+            let fd_link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
+                path: link_path.clone(),
+                source,
+            })?;
+            fd_link
+                .pin(&link_path)
+                .map_err(|source| DataplaneError::Pin {
+                    path: link_path.clone(),
+                    source,
+                })?;
+        }
+        // The pinned program is for inspection (`bpftool prog show pinned`); the link
+        // alone keeps the program attached.
+        if prog_path.exists() {
+            let _ = std::fs::remove_file(&prog_path);
+        }
+        program_mut(&mut self.ebpf)?
+            .pin(&prog_path)
+            .map_err(|source| DataplaneError::Pin {
+                path: prog_path,
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .ok_or(DataplaneError::Missing { name: PROGRAM_NAME })
+}
+
+/// Creates `dir` and checks that it is on bpffs (pins elsewhere fail obscurely).
+fn ensure_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let c =
+        CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| DataplaneError::NoBpffs {
+            path: dir.to_path_buf(),
+        })?;
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized buffer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    // SAFETY: statfs filled `st` when it returned 0.
+    if rc != 0 || unsafe { st.assume_init() }.f_type != BPF_FS_MAGIC {
+        return Err(DataplaneError::NoBpffs {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The MAC of `iface` in the calling thread's network namespace (SIOCGIFHWADDR; sysfs
+/// would show the namespace that mounted it, not necessarily ours).
+pub fn interface_mac(iface: &str) -> Result<[u8; 6], DataplaneError> {
+    let err = |source| DataplaneError::InterfaceMac {
+        iface: iface.to_string(),
+        source,
+    };
+    if iface.len() >= libc::IFNAMSIZ || iface.is_empty() {
+        return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+    }
+    // SAFETY: plain socket(2) call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: fd is a valid socket and req a valid ifreq with a NUL-terminated name.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let result = if rc < 0 {
+        Err(err(std::io::Error::last_os_error()))
+    } else {
+        // SAFETY: SIOCGIFHWADDR filled the ifru_hwaddr member of the union.
+        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+        let mut mac = [0u8; 6];
+        for (m, d) in mac.iter_mut().zip(data.iter()) {
+            *m = *d as u8;
+        }
+        Ok(mac)
+    };
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    result
+}

@@ -1,0 +1,267 @@
+//! Typed access to the pinned maps: everything the control plane writes (config, VIPs,
+//! backends, tables) and reads (counters, flows). Table installation follows the one
+//! rule that makes a switch atomic: a complete inner map is built first, then a single
+//! `xlb_rings` update makes it live.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf,
+    maps::{Array, ArrayOfMaps, HashMap, MapData, MapError, MapInfo, PerCpuArray},
+};
+use lb_common::{
+    Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, VipAddrKey, VipInfo, VipKey,
+    VipStats,
+    maps::{self as names, BPF_F_INNER_MAP, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HEADER},
+    reason::{REASON_COUNT, Reason},
+};
+
+use super::{DataplaneError, pins};
+
+/// A table to install for one VIP.
+#[derive(Clone, Copy, Debug)]
+pub struct TableWrite<'a> {
+    pub vip_id: u32,
+    /// Generation that built the table (stored in the table, copied into new flows).
+    pub generation: u32,
+    /// Backend id per slot; the length is the table size.
+    pub slots: &'a [u32],
+}
+
+/// Handles on every map of a loaded data plane.
+pub struct Maps {
+    config: Array<MapData, Config>,
+    vips: HashMap<MapData, VipKey, VipInfo>,
+    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    backends: Array<MapData, Backend>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    vip_stats: PerCpuArray<MapData, VipStats>,
+    reasons: PerCpuArray<MapData, ReasonStats>,
+}
+
+fn map_err(map: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
+    let what = what.into();
+    move |source| DataplaneError::Map { map, what, source }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::Missing { name })?;
+    T::try_from(map).map_err(map_err(name, "unexpected map type"))
+}
+
+/// (map, key size, value size) as this build defines them; pinned maps must match.
+const LAYOUT: [(&str, usize, usize); 9] = [
+    (names::CONFIG, 4, size_of::<Config>()),
+    (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
+    (names::VIP_ADDRS, size_of::<VipAddrKey>(), 4),
+    (names::RINGS, 4, 4),
+    (names::BACKENDS, 4, size_of::<Backend>()),
+    (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
+    (names::BACKEND_STATS, 4, size_of::<BackendStats>()),
+    (names::VIP_STATS, 4, size_of::<VipStats>()),
+    (names::REASON_STATS, 4, size_of::<ReasonStats>()),
+];
+
+impl Maps {
+    /// Takes the typed maps out of a freshly loaded object, after checking that every
+    /// pinned map it adopted has this build's layout.
+    pub(super) fn take(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Self, DataplaneError> {
+        for (name, key, value) in LAYOUT {
+            let path = pins::map(pin_dir, name);
+            let info = MapInfo::from_pin(&path).map_err(map_err(
+                // LAYOUT names are the 'static names of lb_common::maps::ALL.
+                names::ALL
+                    .iter()
+                    .copied()
+                    .find(|n| *n == name)
+                    .unwrap_or(names::CONFIG),
+                format!("reading {}", path.display()),
+            ))?;
+            if info.key_size() as usize != key || info.value_size() as usize != value {
+                return Err(DataplaneError::PinMismatch {
+                    path,
+                    dir: pin_dir.to_path_buf(),
+                    what: format!(
+                        "key/value size {}/{} where this build uses {key}/{value}",
+                        info.key_size(),
+                        info.value_size()
+                    ),
+                });
+            }
+        }
+        Ok(Maps {
+            config: take(ebpf, names::CONFIG)?,
+            vips: take(ebpf, names::VIPS)?,
+            vip_addrs: take(ebpf, names::VIP_ADDRS)?,
+            rings: take(ebpf, names::RINGS)?,
+            backends: take(ebpf, names::BACKENDS)?,
+            flows: take(ebpf, names::FLOWS)?,
+            backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            vip_stats: take(ebpf, names::VIP_STATS)?,
+            reasons: take(ebpf, names::REASON_STATS)?,
+        })
+    }
+
+    /// The program-wide settings.
+    pub fn config(&self) -> Result<Config, DataplaneError> {
+        self.config
+            .get(&0, 0)
+            .map_err(map_err(names::CONFIG, "reading"))
+    }
+
+    fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> Result<(), DataplaneError> {
+        let mut config = self.config()?;
+        f(&mut config);
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(names::CONFIG, "writing"))
+    }
+
+    /// Sets the source MAC of forwarded frames.
+    pub fn set_interface_mac(&mut self, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        self.update_config(|c| c.if_mac = mac)
+    }
+
+    /// Sets the flow hash seed (every host behind one ECMP group must use the same).
+    pub fn set_hash_seed(&mut self, seed: u32) -> Result<(), DataplaneError> {
+        self.update_config(|c| c.hash_seed = seed)
+    }
+
+    /// Writes backend `id` (before any live table references it).
+    pub fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(map_err(names::BACKENDS, format!("writing backend {id}")))
+    }
+
+    /// Reads backend `id`.
+    pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
+        self.backends
+            .get(&id, 0)
+            .map_err(map_err(names::BACKENDS, format!("reading backend {id}")))
+    }
+
+    /// Makes `key` a VIP with `info` and records its address.
+    pub fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
+        let addr = VipAddrKey {
+            addr: key.addr,
+            family: key.family,
+            _pad: [0; 3],
+        };
+        let users = self.vip_addrs.get(&addr, 0).unwrap_or(0);
+        let known = self.vips.get(key, 0).is_ok();
+        self.vips
+            .insert(key, info, 0)
+            .map_err(map_err(names::VIPS, "writing VIP"))?;
+        if !known {
+            self.vip_addrs
+                .insert(addr, users + 1, 0)
+                .map_err(map_err(names::VIP_ADDRS, "writing VIP address"))?;
+        }
+        Ok(())
+    }
+
+    /// Builds a complete inner map for `table` and swaps it in with one update of
+    /// `xlb_rings`: a packet sees either the old table or this one, never a mix.
+    pub fn install_table(&mut self, table: TableWrite<'_>) -> Result<(), DataplaneError> {
+        let size = table.slots.len() as u32;
+        let mut inner: Array<MapData, u32> = Array::create(size + TABLE_HEADER, BPF_F_INNER_MAP)
+            .map_err(map_err(
+                names::RINGS,
+                format!("creating a {size}-slot table for VIP {}", table.vip_id),
+            ))?;
+        let fill = |inner: &mut Array<MapData, u32>| -> Result<(), MapError> {
+            inner.set(TABLE_HDR_SIZE, size, 0)?;
+            inner.set(TABLE_HDR_GENERATION, table.generation, 0)?;
+            for (slot, &id) in table.slots.iter().enumerate() {
+                inner.set(TABLE_HEADER + slot as u32, id, 0)?;
+            }
+            Ok(())
+        };
+        fill(&mut inner).map_err(map_err(names::RINGS, "filling a new table"))?;
+        self.rings.set(table.vip_id, &inner, 0).map_err(map_err(
+            names::RINGS,
+            format!("switching VIP {} to its new table", table.vip_id),
+        ))
+    }
+
+    /// The live table of `vip_id`: (size, generation, backend id per slot).
+    pub fn table(&self, vip_id: u32) -> Result<(u32, u32, Vec<u32>), DataplaneError> {
+        let inner: Array<MapData, u32> = self.rings.get(&vip_id, 0).map_err(map_err(
+            names::RINGS,
+            format!("reading VIP {vip_id}'s table"),
+        ))?;
+        let read = |i: u32| {
+            inner.get(&i, 0).map_err(map_err(
+                names::RINGS,
+                format!("reading VIP {vip_id}'s table"),
+            ))
+        };
+        let size = read(TABLE_HDR_SIZE)?;
+        let generation = read(TABLE_HDR_GENERATION)?;
+        let slots = (0..size)
+            .map(|s| read(TABLE_HEADER + s))
+            .collect::<Result<_, _>>()?;
+        Ok((size, generation, slots))
+    }
+
+    /// The flow entry for `key`, if the flow is known.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Counters of backend `id`, summed over CPUs.
+    pub fn backend_stats(&self, id: u32) -> Result<BackendStats, DataplaneError> {
+        let per_cpu = self.backend_stats.get(&id, 0).map_err(map_err(
+            names::BACKEND_STATS,
+            format!("reading backend {id}"),
+        ))?;
+        Ok(per_cpu
+            .iter()
+            .fold(BackendStats::default(), |a, s| BackendStats {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+                new_flows: a.new_flows + s.new_flows,
+            }))
+    }
+
+    /// Counters of VIP `id`, summed over CPUs.
+    pub fn vip_stats(&self, id: u32) -> Result<VipStats, DataplaneError> {
+        let per_cpu = self
+            .vip_stats
+            .get(&id, 0)
+            .map_err(map_err(names::VIP_STATS, format!("reading VIP {id}")))?;
+        Ok(per_cpu.iter().fold(VipStats::default(), |a, s| VipStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+            drops: a.drops + s.drops,
+        }))
+    }
+
+    /// Packets and bytes per reason, summed over CPUs, in `Reason::ALL` order.
+    pub fn reason_stats(&self) -> Result<Vec<(Reason, ReasonStats)>, DataplaneError> {
+        let mut out = Vec::with_capacity(REASON_COUNT as usize);
+        for reason in Reason::ALL {
+            let per_cpu = self.reasons.get(&reason.index(), 0).map_err(map_err(
+                names::REASON_STATS,
+                format!("reading {}", reason.name()),
+            ))?;
+            let sum = per_cpu
+                .iter()
+                .fold(ReasonStats::default(), |a, s| ReasonStats {
+                    packets: a.packets + s.packets,
+                    bytes: a.bytes + s.bytes,
+                });
+            out.push((reason, sum));
+        }
+        Ok(out)
+    }
+}

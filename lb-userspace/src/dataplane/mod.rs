@@ -1,0 +1,65 @@
+//! The thin layer between the control plane and the kernel: load and pin the XDP program
+//! and its maps (`loader`), and read and write those maps (`maps`). Everything above this
+//! module is pure and testable without BPF.
+
+pub mod loader;
+pub mod maps;
+pub mod pins;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+pub use loader::{AttachMode, Dataplane, LoadOptions};
+pub use maps::{Maps, TableWrite};
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(
+        "{path} is not a mounted bpf filesystem; mount it with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`)"
+    )]
+    NoBpffs { path: PathBuf },
+    #[error("cannot create pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the XDP object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no map or program named {name:?}: rebuild xlb")]
+    Missing { name: &'static str },
+    #[error("map {map}: {what}: {source}")]
+    Map {
+        map: &'static str,
+        what: String,
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "pinned map {path} does not match this build ({what}); run `xlb teardown` or remove {dir} to start afresh"
+    )]
+    PinMismatch {
+        path: PathBuf,
+        dir: PathBuf,
+        what: String,
+    },
+    #[error("XDP program: {what}: {source}")]
+    Program {
+        what: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("pinned link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("cannot read the interface MAC of {iface}: {source}")]
+    InterfaceMac {
+        iface: String,
+        source: std::io::Error,
+    },
+}
