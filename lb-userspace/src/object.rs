@@ -6,6 +6,14 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Name of the XDP program inside [`EBPF_OBJECT`].
 pub const PROGRAM_NAME: &str = "xlb";
 
+/// An object whose only program, [`PASS_PROGRAM_NAME`], returns XDP_PASS: attached to the
+/// veth peer of the load balancer so that its XDP_TX frames are received (veth delivers
+/// XDP frames only to a peer that runs XDP).
+pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-pass"));
+
+/// Name of the program inside [`PASS_OBJECT`].
+pub const PASS_PROGRAM_NAME: &str = "xlb_pass";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! of skipping, per-run unique names, a scratch pin directory that cleans up after
 //! itself, and a small packet builder.
 
+pub mod netns;
 pub mod packet;
 
 use std::{
