@@ -75,15 +75,8 @@ impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Self, DataplaneError> {
         for (name, key, value) in LAYOUT {
             let path = pins::map(pin_dir, name);
-            let info = MapInfo::from_pin(&path).map_err(map_err(
-                // LAYOUT names are the 'static names of lb_common::maps::ALL.
-                names::ALL
-                    .iter()
-                    .copied()
-                    .find(|n| *n == name)
-                    .unwrap_or(names::CONFIG),
-                format!("reading {}", path.display()),
-            ))?;
+            let info = MapInfo::from_pin(&path)
+                .map_err(map_err(name, format!("reading {}", path.display())))?;
             if info.key_size() as usize != key || info.value_size() as usize != value {
                 return Err(DataplaneError::PinMismatch {
                     path,
