@@ -276,6 +276,9 @@ fn weighted_distribution_over_real_tcp_matches_weights_and_bpftool() {
         let target: SocketAddr = format!("{VIP}:{PORT}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut answers: BTreeMap<String, u32> = BTreeMap::new();
+        // Source port -> backend. The kernel may reuse a source port; the flow table
+        // must then send the new connection to the same backend as the old one.
+        let mut ports: BTreeMap<u16, String> = BTreeMap::new();
         let mut failures = Vec::new();
         for i in 0..CONNECTIONS {
             assert!(
@@ -285,16 +288,22 @@ fn weighted_distribution_over_real_tcp_matches_weights_and_bpftool() {
             let result =
                 TcpStream::connect_timeout(&target, Duration::from_secs(3)).and_then(|mut s| {
                     s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    let port = s.local_addr()?.port();
                     let mut who = String::new();
                     s.read_to_string(&mut who)?;
-                    Ok(who)
+                    Ok((port, who))
                 });
             match result {
-                Ok(who) => *answers.entry(who).or_default() += 1,
+                Ok((port, who)) => {
+                    if let Some(before) = ports.insert(port, who.clone()) {
+                        assert_eq!(before, who, "source port {port} changed backend");
+                    }
+                    *answers.entry(who).or_default() += 1
+                }
                 Err(e) => failures.push(format!("connection {i}: {e}")),
             }
         }
-        (answers, failures)
+        (answers, ports, failures)
     })
     .join()
     .unwrap();
@@ -302,7 +311,7 @@ fn weighted_distribution_over_real_tcp_matches_weights_and_bpftool() {
     for s in servers {
         s.join().unwrap();
     }
-    let (answers, failures) = answers;
+    let (answers, ports, failures) = answers;
     assert!(
         failures.is_empty(),
         "{} failed connections, first: {:?}",
@@ -345,10 +354,11 @@ fn weighted_distribution_over_real_tcp_matches_weights_and_bpftool() {
     for (i, &(id, name)) in ids.iter().enumerate() {
         let packets = bpftool_sum(&dump, id, "packets");
         let new_flows = bpftool_sum(&dump, id, "new_flows");
+        // A new flow is a new 5-tuple: a reused source port hits its flow entry.
+        let tuples = ports.values().filter(|who| *who == name).count() as u64;
         assert_eq!(
-            new_flows,
-            accepted[i].load(Ordering::Relaxed),
-            "{name}: new flows vs connections its server accepted"
+            new_flows, tuples,
+            "{name}: new flows vs distinct client 5-tuples it answered"
         );
         assert_eq!(
             u64::from(answers[name]),
