@@ -1,6 +1,8 @@
 //! xlb's control plane as a library: the pure core (table building) and the thin layers
 //! that load the XDP program and write its maps. The `xlb` binary is a thin CLI on top.
 
+pub mod config;
 pub mod dataplane;
+pub mod guard;
 pub mod object;
 pub mod table;

@@ -61,6 +61,12 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table from its slots (each an index into an input of `backends` backends); for
+    /// builders other than `build`, such as the guardrail tests' deliberately flawed one.
+    pub fn from_slots(slots: Vec<u32>, backends: usize) -> Table {
+        Table { slots, backends }
+    }
+
     /// Slot -> index into the input slice.
     pub fn slots(&self) -> &[u32] {
         &self.slots
@@ -123,6 +129,9 @@ pub fn build(backends: &[Weighted<'_>], size: u32) -> Result<Table, TableError> 
 
 /// Slots above its quota a backend may take in the first build, per mille of the table.
 pub const SOFT_CAP_PER_MILLE: u32 = 3;
+
+/// How far a built table's share may be from the weight share: the soft cap, as a fraction.
+pub const SHARE_TOLERANCE: f64 = SOFT_CAP_PER_MILLE as f64 / 1000.0;
 
 /// Runs the race; each backend stops at `quota + tolerance` slots.
 fn race(

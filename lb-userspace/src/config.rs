@@ -1,0 +1,426 @@
+//! The configuration file: TOML in, a plain model out. Parsing is strict: an unknown key,
+//! a wrong type or a missing field is an error naming the file, the line and the key
+//! path (`vip[0].backend[1].weight`). Whether the values make sense together (addresses
+//! of the VIP's family, unique names, weights in range) is the `structure` guardrail's
+//! job (`guard`), so that a config built by a CLI verb is checked by the same code as a
+//! file. The model keeps each VIP's and backend's line for those reports.
+//!
+//! ```toml
+//! [daemon]
+//! interface = "eth0"
+//!
+//! [[vip]]
+//! name = "web"
+//! address = "198.18.0.100"
+//! port = 80
+//! protocol = "tcp"
+//!
+//! [[vip.backend]]
+//! name = "web-1"
+//! address = "198.18.0.11"
+//! mac = "neighbour"        # or "02:00:00:00:00:01"
+//! weight = 100
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use toml::Spanned;
+
+use crate::dataplane::AttachMode;
+
+/// Where the daemon listens when the config does not say.
+pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
+/// Where history and id assignments live when the config does not say.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xlb";
+/// Largest weight a backend may have. Weights are relative; 0 means "no new flows".
+pub const MAX_WEIGHT: u32 = 1_000_000;
+/// Value of `mac` that asks the daemon to read the backend's MAC from the neighbour table.
+pub const MAC_FROM_NEIGHBOUR: &str = "neighbour";
+
+/// A parse failure: which file, which line, which key, and what is wrong.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {key}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        /// Dotted path of the offending key; empty for a syntax error outside any key.
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: Daemon,
+    /// Global guardrail policy; each VIP may override any field.
+    #[serde(default)]
+    pub guardrails: Policy,
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<Vip>,
+}
+
+/// Settings of `xlb run`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    /// Interface the XDP program attaches to; required by `xlb run`, not by `validate`.
+    pub interface: Option<String>,
+    /// `native`, `generic` or `auto` (native, falling back to generic).
+    pub xdp_mode: XdpMode,
+    /// Unix socket of the CLI.
+    pub socket: PathBuf,
+    /// Group allowed to use the socket besides root (mode 0660); none means 0600.
+    pub socket_group: Option<String>,
+    /// History and id assignments.
+    pub state_dir: PathBuf,
+    /// bpffs directory of the pinned program, link and maps.
+    pub pin_dir: PathBuf,
+    /// Address of the Prometheus text endpoint (`GET /metrics`); none disables it.
+    pub metrics: Option<String>,
+    /// Flow hash seed; every host behind one ECMP group must use the same.
+    pub hash_seed: u32,
+    /// Slots per VIP table: a prime; more slots give finer shares.
+    pub table_size: u32,
+    /// Entries of the flow table (LRU); only takes effect when the maps are created.
+    pub flow_capacity: u32,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            interface: None,
+            xdp_mode: XdpMode::Native,
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            pin_dir: PathBuf::from(crate::dataplane::pins::DEFAULT_PIN_DIR),
+            metrics: None,
+            hash_seed: 0,
+            table_size: lb_common::maps::DEFAULT_TABLE_SIZE,
+            flow_capacity: lb_common::maps::DEFAULT_FLOW_CAPACITY,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    Native,
+    Generic,
+    Auto,
+}
+
+impl From<XdpMode> for AttachMode {
+    fn from(mode: XdpMode) -> Self {
+        match mode {
+            XdpMode::Native => AttachMode::Native,
+            XdpMode::Generic => AttachMode::Generic,
+            XdpMode::Auto => AttachMode::Auto,
+        }
+    }
+}
+
+/// Guardrail limits. Defaults are the product's; see `guard` for what each one measures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Fewest backends with weight > 0 a VIP may have.
+    pub min_active_backends: u32,
+    /// Largest share of a VIP's table one backend may own.
+    pub max_backend_share: f64,
+    /// Largest distance between a backend's table share and its weight share.
+    pub table_fidelity: f64,
+    /// Largest fraction of a VIP's slots that may change owner in one apply.
+    pub max_flow_shift: f64,
+    /// With health checks: smallest fraction of weighted backends that must be healthy.
+    pub healthy_quorum: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_active_backends: 2,
+            max_backend_share: 0.5,
+            table_fidelity: 0.005,
+            max_flow_shift: 0.5,
+            healthy_quorum: 0.5,
+        }
+    }
+}
+
+/// Per-VIP overrides of `Policy`; an absent field inherits the global value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_active_backends: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backend_share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_fidelity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_flow_shift: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_quorum: Option<f64>,
+}
+
+impl Policy {
+    /// This policy with `o`'s fields on top.
+    pub fn with(&self, o: &PolicyOverride) -> Policy {
+        Policy {
+            min_active_backends: o.min_active_backends.unwrap_or(self.min_active_backends),
+            max_backend_share: o.max_backend_share.unwrap_or(self.max_backend_share),
+            table_fidelity: o.table_fidelity.unwrap_or(self.table_fidelity),
+            max_flow_shift: o.max_flow_shift.unwrap_or(self.max_flow_shift),
+            healthy_quorum: o.healthy_quorum.unwrap_or(self.healthy_quorum),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forwarding {
+    /// Rewrite the destination MAC; backends share the segment and hold the VIP on lo.
+    #[serde(rename = "l2-dsr")]
+    L2Dsr,
+}
+
+/// TCP connect health checks of a VIP's backends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Port probed on each backend's own address.
+    pub port: u16,
+    #[serde(default = "HealthCheck::default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "HealthCheck::default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl HealthCheck {
+    fn default_interval_ms() -> u64 {
+        1000
+    }
+    fn default_timeout_ms() -> u64 {
+        500
+    }
+}
+
+/// One virtual service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    pub name: String,
+    /// IPv4 or IPv6 address, as written (checked by the structure rule).
+    pub address: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default = "Vip::default_forwarding")]
+    pub forwarding: Forwarding,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub guardrails: PolicyOverride,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendSpec>,
+    /// Line of the `[[vip]]` header in the file, when the VIP came from one.
+    #[serde(skip)]
+    pub line: Option<usize>,
+}
+
+impl Vip {
+    fn default_forwarding() -> Forwarding {
+        Forwarding::L2Dsr
+    }
+
+    /// `name (address:port/proto)`, for messages.
+    pub fn label(&self) -> String {
+        format!(
+            "{} ({}:{}/{})",
+            self.name,
+            self.address,
+            self.port,
+            self.protocol.as_str()
+        )
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&BackendSpec> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// One real server of a VIP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// Unique within the VIP; the table position of the backend derives from it.
+    pub name: String,
+    /// Address of the VIP's family (used for the neighbour lookup and health checks).
+    pub address: String,
+    /// `aa:bb:cc:dd:ee:ff`, or "neighbour" to resolve it from the neighbour table.
+    #[serde(default = "BackendSpec::default_mac")]
+    pub mac: String,
+    /// Relative weight, 0..=1000000; 0 takes no new flows (drained).
+    pub weight: i64,
+    #[serde(skip)]
+    pub line: Option<usize>,
+}
+
+impl BackendSpec {
+    fn default_mac() -> String {
+        MAC_FROM_NEIGHBOUR.to_string()
+    }
+
+    /// The weight as the table sees it; only meaningful once `structure` passed.
+    pub fn weight(&self) -> u32 {
+        u32::try_from(self.weight).unwrap_or(0)
+    }
+}
+
+/// Reads and parses `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses `text`; `path` only names the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(&e, text, path, ""))?;
+    let spanned: Spanned<SpannedConfig> = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        toml_error(e.inner(), text, path, &key)
+    })?;
+    Ok(spanned.into_inner().into_config(text))
+}
+
+fn toml_error(e: &toml::de::Error, text: &str, path: &Path, key: &str) -> ConfigError {
+    let line = e.span().map_or(1, |s| line_of(text, s.start));
+    // Spans are read through a private serde field; it is not part of the user's path.
+    let key = key
+        .replace("$__serde_spanned_private_value.", "")
+        .replace(".$__serde_spanned_private_value", "");
+    let key = if key == "." { "" } else { key.as_str() };
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        key: if key.is_empty() {
+            "(top level)".to_string()
+        } else {
+            key.to_string()
+        },
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+// The file as serde reads it: the same shape as `Config`, with spans on VIPs and
+// backends so that later reports can name their lines.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpannedConfig {
+    #[serde(default)]
+    daemon: Daemon,
+    #[serde(default)]
+    guardrails: Policy,
+    #[serde(default)]
+    vip: Vec<Spanned<SpannedVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpannedVip {
+    name: String,
+    address: String,
+    port: u16,
+    protocol: Protocol,
+    #[serde(default = "Vip::default_forwarding")]
+    forwarding: Forwarding,
+    #[serde(default)]
+    guardrails: PolicyOverride,
+    #[serde(default)]
+    health: Option<HealthCheck>,
+    #[serde(default)]
+    backend: Vec<Spanned<BackendSpec>>,
+}
+
+impl SpannedConfig {
+    fn into_config(self, text: &str) -> Config {
+        Config {
+            daemon: self.daemon,
+            guardrails: self.guardrails,
+            vips: self
+                .vip
+                .into_iter()
+                .map(|v| {
+                    let line = line_of(text, v.span().start);
+                    let v = v.into_inner();
+                    Vip {
+                        name: v.name,
+                        address: v.address,
+                        port: v.port,
+                        protocol: v.protocol,
+                        forwarding: v.forwarding,
+                        guardrails: v.guardrails,
+                        health: v.health,
+                        backends: v
+                            .backend
+                            .into_iter()
+                            .map(|b| {
+                                let line = line_of(text, b.span().start);
+                                BackendSpec {
+                                    line: Some(line),
+                                    ..b.into_inner()
+                                }
+                            })
+                            .collect(),
+                        line: Some(line),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,875 @@
+//! Guardrails: a pure function from (desired config, running config, health) to a plan:
+//! the table each VIP would get, what would change, and every rule it breaks. Nothing in
+//! here touches BPF; the controller installs a plan only if it has no blocking violation.
+//!
+//! Rules, by stable id (the ids are part of the CLI's contract):
+//! - `structure`: names, addresses, MACs, weights, limits; a VIP that fails it gets no table.
+//! - `nonzero-total`: a VIP's total weight is above 0.
+//! - `min-active-backends`: at least this many backends have weight above 0.
+//! - `max-backend-share`: no backend owns more than this share of the *built* table.
+//! - `table-fidelity`: each backend's table share is within this of its weight share.
+//! - `max-flow-shift`: at most this fraction of a VIP's slots change owner in one apply.
+//! - `healthy-quorum`: with health checks, at least this fraction of the weighted
+//!   backends is healthy.
+//!
+//! `structure`, `nonzero-total` and `table-fidelity` can never be forced: breaking them
+//! means there is no sane table to install. The others are policy, which `--force
+//! --reason` overrides and the history records.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
+
+use serde::{Serialize, Serializer};
+
+use crate::{
+    config::{Config, MAC_FROM_NEIGHBOUR, MAX_WEIGHT, Policy, Vip},
+    table::{self, Table, TableError, Weighted},
+};
+
+#[cfg(test)]
+mod tests;
+
+/// A guardrail, by its stable id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    Structure,
+    NonzeroTotal,
+    MinActiveBackends,
+    MaxBackendShare,
+    TableFidelity,
+    MaxFlowShift,
+    HealthyQuorum,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 7] = [
+        Rule::Structure,
+        Rule::NonzeroTotal,
+        Rule::MinActiveBackends,
+        Rule::MaxBackendShare,
+        Rule::TableFidelity,
+        Rule::MaxFlowShift,
+        Rule::HealthyQuorum,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Rule::Structure => "structure",
+            Rule::NonzeroTotal => "nonzero-total",
+            Rule::MinActiveBackends => "min-active-backends",
+            Rule::MaxBackendShare => "max-backend-share",
+            Rule::TableFidelity => "table-fidelity",
+            Rule::MaxFlowShift => "max-flow-shift",
+            Rule::HealthyQuorum => "healthy-quorum",
+        }
+    }
+
+    /// Whether `--force --reason` may override a violation of this rule.
+    pub fn forceable(self) -> bool {
+        !matches!(
+            self,
+            Rule::Structure | Rule::NonzeroTotal | Rule::TableFidelity
+        )
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+impl Serialize for Rule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
+    }
+}
+
+/// One broken rule: where, what was measured, the limit, and how to fix it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Violation {
+    pub rule: Rule,
+    pub vip: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Line in the config file of the VIP or backend concerned, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measured: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f64>,
+    pub message: String,
+    pub hint: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] vip {}", self.rule, self.vip)?;
+        if let Some(b) = &self.backend {
+            write!(f, ", backend {b}")?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        write!(f, ": {}\n    fix: {}", self.message, self.hint)
+    }
+}
+
+/// Backend health as the daemon's checks last saw it: (VIP, backend) -> healthy.
+/// Absent entries (no checks configured, or not probed yet) count as healthy.
+pub type Health = BTreeMap<(String, String), bool>;
+
+/// Builds tables; injectable so that a flawed builder can be shown to be caught.
+pub trait TableBuilder {
+    fn build(&self, backends: &[Weighted<'_>], size: u32) -> Result<Table, TableError>;
+}
+
+/// The builder the data plane uses.
+pub struct Maglev;
+
+impl TableBuilder for Maglev {
+    fn build(&self, backends: &[Weighted<'_>], size: u32) -> Result<Table, TableError> {
+        table::build(backends, size)
+    }
+}
+
+/// A VIP's table by backend name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedTable {
+    /// Backends in config order; `slots` index into this.
+    pub names: Vec<String>,
+    pub slots: Vec<u32>,
+}
+
+impl NamedTable {
+    pub fn owner(&self, slot: usize) -> &str {
+        &self.names[self.slots[slot] as usize]
+    }
+
+    /// Share of the table owned by each backend, by name.
+    pub fn shares(&self) -> BTreeMap<&str, f64> {
+        let mut counts = vec![0u64; self.names.len()];
+        for &s in &self.slots {
+            counts[s as usize] += 1;
+        }
+        self.names
+            .iter()
+            .zip(counts)
+            .map(|(n, c)| (n.as_str(), c as f64 / self.slots.len() as f64))
+            .collect()
+    }
+
+    /// FNV-1a over size, names and slots: equal on every host that built the same table.
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(&(self.slots.len() as u64).to_le_bytes());
+        for n in &self.names {
+            eat(n.as_bytes());
+            eat(&[0]);
+        }
+        for s in &self.slots {
+            eat(&s.to_le_bytes());
+        }
+        format!("{h:016x}")
+    }
+
+    /// Fraction of flows whose owner differs between `self` and `new`. Equal sizes compare
+    /// slot by slot (exact); different sizes compare a fixed sample of hash values.
+    pub fn moved_to(&self, new: &NamedTable) -> f64 {
+        self.moved_where(new, |_| true)
+    }
+
+    /// Like `moved_to`, restricted to flows `self` gives to `backend`.
+    pub fn moved_from(&self, new: &NamedTable, backend: &str) -> f64 {
+        self.moved_where(new, |owner| owner == backend)
+    }
+
+    fn moved_where(&self, new: &NamedTable, mine: impl Fn(&str) -> bool) -> f64 {
+        let (mut seen, mut moved) = (0u64, 0u64);
+        let mut count = |old: &str, new: &str| {
+            if mine(old) {
+                seen += 1;
+                moved += u64::from(old != new);
+            }
+        };
+        if self.slots.len() == new.slots.len() {
+            for i in 0..self.slots.len() {
+                count(self.owner(i), new.owner(i));
+            }
+        } else {
+            let mut x: u32 = 0x9e37_79b9;
+            for _ in 0..(1 << 18) {
+                // xorshift32: a fixed, host-independent sample of hash values.
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                count(
+                    self.owner(x as usize % self.slots.len()),
+                    new.owner(x as usize % new.slots.len()),
+                );
+            }
+        }
+        if seen == 0 {
+            0.0
+        } else {
+            moved as f64 / seen as f64
+        }
+    }
+}
+
+/// One backend's line in a diff.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    pub backend: String,
+    pub weight_before: Option<u32>,
+    pub weight_after: Option<u32>,
+    pub share_before: f64,
+    pub share_after: f64,
+    /// Share of the VIP's weight (what `share_after` should be close to).
+    pub weight_share_after: f64,
+    /// Fraction of this backend's current new-flow slots that would go to another backend.
+    pub moved: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+}
+
+/// What an apply would do to one VIP.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VipPlan {
+    pub vip: String,
+    pub label: String,
+    pub change: Change,
+    pub rows: Vec<Row>,
+    /// Fraction of the VIP's new flows that would go to another backend.
+    pub moved: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The table to install; `None` when the VIP failed `structure` or `nonzero-total`.
+    #[serde(skip)]
+    pub table: Option<NamedTable>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Added,
+    Changed,
+    Unchanged,
+    Removed,
+}
+
+/// The outcome of checking a desired config against the running one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Plan {
+    pub vips: Vec<VipPlan>,
+    pub violations: Vec<Violation>,
+}
+
+impl Plan {
+    /// Violations that stop an apply. `force` waives the forceable rules; a rollback
+    /// (`shift_blocks == false`) is not stopped by `max-flow-shift`.
+    pub fn blocking(&self, force: bool, shift_blocks: bool) -> Vec<&Violation> {
+        self.violations
+            .iter()
+            .filter(|v| !(force && v.rule.forceable()))
+            .filter(|v| shift_blocks || v.rule != Rule::MaxFlowShift)
+            .collect()
+    }
+
+    pub fn vip(&self, name: &str) -> Option<&VipPlan> {
+        self.vips.iter().find(|v| v.vip == name)
+    }
+}
+
+/// Most VIPs and backends the maps hold (id 0 is never used).
+pub const MAX_VIPS: usize = lb_common::maps::MAX_VIPS as usize - 1;
+pub const MAX_BACKENDS: usize = lb_common::maps::MAX_BACKENDS as usize - 1;
+
+/// Checks `desired` against `current` (the running config, if any).
+pub fn plan(
+    desired: &Config,
+    current: Option<&Config>,
+    health: &Health,
+    builder: &dyn TableBuilder,
+) -> Plan {
+    let mut out = Plan {
+        vips: Vec::new(),
+        violations: Vec::new(),
+    };
+    let size = desired.daemon.table_size;
+    global_structure(desired, &mut out.violations);
+    // With a bad table size or policy, no table is built: every VIP would fail alike.
+    let global_ok = out.violations.is_empty();
+    let mut names = BTreeSet::new();
+    let mut keys = BTreeSet::new();
+    for vip in &desired.vips {
+        let policy = desired.guardrails.with(&vip.guardrails);
+        let mut v = Vec::new();
+        vip_structure(vip, &mut names, &mut keys, &mut v);
+        let before = current.and_then(|c| {
+            let old = c.vips.iter().find(|o| o.name == vip.name)?;
+            let table = build(old, c.daemon.table_size, builder).ok()?;
+            Some((old, table))
+        });
+        let table = if v.is_empty() && global_ok {
+            checked_table(vip, &policy, size, builder, health, &mut v)
+        } else {
+            None
+        };
+        let vip_plan = diff(vip, before.as_ref(), table, health);
+        if let (Some(_), Some(_)) = (&before, &vip_plan.table) {
+            let limit = policy.max_flow_shift;
+            if vip_plan.moved > limit + 1e-12 {
+                v.push(Violation {
+                    rule: Rule::MaxFlowShift,
+                    vip: vip.name.clone(),
+                    backend: None,
+                    line: vip.line,
+                    measured: Some(vip_plan.moved),
+                    limit: Some(limit),
+                    message: format!(
+                        "{} of new flows would go to another backend; the limit is {}",
+                        pct(vip_plan.moved),
+                        pct(limit)
+                    ),
+                    hint: "change weights in smaller steps (each within the limit), or \
+                           apply with --force --reason if this move is intended"
+                        .into(),
+                });
+            }
+        }
+        // A VIP the running config already has, unchanged, was accepted before (perhaps
+        // with --force): its policy findings do not block changes to other VIPs.
+        if let Some((old, _)) = &before
+            && !vip_changed(old, vip, current, desired)
+        {
+            v.retain(|x| !x.rule.forceable());
+        }
+        out.violations.extend(v);
+        out.vips.push(vip_plan);
+    }
+    if let Some(current) = current {
+        for old in &current.vips {
+            if desired.vips.iter().all(|v| v.name != old.name) {
+                out.vips
+                    .push(removed(old, current.daemon.table_size, builder));
+            }
+        }
+    }
+    out
+}
+
+/// Whether anything that shapes `vip`'s table differs from `old`.
+fn vip_changed(old: &Vip, vip: &Vip, current: Option<&Config>, desired: &Config) -> bool {
+    let strip = |v: &Vip| {
+        let mut v = v.clone();
+        v.line = None;
+        v.backends.iter_mut().for_each(|b| b.line = None);
+        v
+    };
+    strip(old) != strip(vip)
+        || current.is_some_and(|c| c.daemon.table_size != desired.daemon.table_size)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+fn build(vip: &Vip, size: u32, builder: &dyn TableBuilder) -> Result<NamedTable, TableError> {
+    let input: Vec<Weighted<'_>> = vip
+        .backends
+        .iter()
+        .map(|b| Weighted {
+            name: &b.name,
+            weight: b.weight(),
+        })
+        .collect();
+    let t = builder.build(&input, size)?;
+    Ok(NamedTable {
+        names: vip.backends.iter().map(|b| b.name.clone()).collect(),
+        slots: t.slots().to_vec(),
+    })
+}
+
+fn global_structure(c: &Config, out: &mut Vec<Violation>) {
+    let mut bad = |message: String, hint: &str| {
+        out.push(Violation {
+            rule: Rule::Structure,
+            vip: "*".into(),
+            backend: None,
+            line: None,
+            measured: None,
+            limit: None,
+            message,
+            hint: hint.into(),
+        })
+    };
+    if let Err(e) = table::check_size(c.daemon.table_size) {
+        bad(
+            format!("daemon.table_size: {e}"),
+            "use a prime such as 65537",
+        );
+    }
+    if c.vips.len() > MAX_VIPS {
+        bad(
+            format!("{} VIPs; the maps hold {MAX_VIPS}", c.vips.len()),
+            "split the VIPs over several hosts",
+        );
+    }
+    let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
+    if backends > MAX_BACKENDS {
+        bad(
+            format!("{backends} backends in all; the maps hold {MAX_BACKENDS}"),
+            "split the VIPs over several hosts",
+        );
+    }
+    let p = &c.guardrails;
+    for v in &c.vips {
+        let p = p.with(&v.guardrails);
+        for (key, value) in [
+            ("max_backend_share", p.max_backend_share),
+            ("table_fidelity", p.table_fidelity),
+            ("max_flow_shift", p.max_flow_shift),
+            ("healthy_quorum", p.healthy_quorum),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                out.push(Violation {
+                    rule: Rule::Structure,
+                    vip: v.name.clone(),
+                    backend: None,
+                    line: v.line,
+                    measured: Some(value),
+                    limit: Some(1.0),
+                    message: format!("guardrails.{key} = {value} is not a fraction"),
+                    hint: format!("set {key} between 0 and 1"),
+                });
+            }
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` into a unicast, non-zero MAC.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *m = u8::from_str_radix(p, 16).ok()?;
+    }
+    (mac[0] & 1 == 0 && mac != [0; 6]).then_some(mac)
+}
+
+fn vip_structure(
+    vip: &Vip,
+    names: &mut BTreeSet<String>,
+    keys: &mut BTreeSet<(IpAddr, u16, &'static str)>,
+    out: &mut Vec<Violation>,
+) {
+    let mut bad = |backend: Option<&crate::config::BackendSpec>, message: String, hint: &str| {
+        out.push(Violation {
+            rule: Rule::Structure,
+            vip: vip.name.clone(),
+            backend: backend.map(|b| b.name.clone()),
+            line: backend.map_or(vip.line, |b| b.line),
+            measured: None,
+            limit: None,
+            message,
+            hint: hint.into(),
+        })
+    };
+    if !valid_name(&vip.name) {
+        bad(
+            None,
+            format!("VIP name {:?} is not 1-64 of [A-Za-z0-9._-]", vip.name),
+            "rename the VIP",
+        );
+    }
+    if !names.insert(vip.name.clone()) {
+        bad(
+            None,
+            format!("VIP name {:?} is used twice", vip.name),
+            "give every VIP its own name",
+        );
+    }
+    let addr = match vip.address.parse::<IpAddr>() {
+        Ok(a) if a.is_unspecified() || a.is_multicast() => {
+            bad(
+                None,
+                format!("VIP address {} is not a unicast address", vip.address),
+                "use the service's unicast address",
+            );
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            bad(
+                None,
+                format!(
+                    "VIP address {:?} is not an IPv4 or IPv6 address",
+                    vip.address
+                ),
+                "write the address like 198.18.0.100 or 2001:db8::100",
+            );
+            None
+        }
+    };
+    if vip.port == 0 {
+        bad(None, "port 0".into(), "set the service's port");
+    }
+    if let Some(a) = addr
+        && !keys.insert((a, vip.port, vip.protocol.as_str()))
+    {
+        bad(
+            None,
+            format!(
+                "{}:{}/{} is also another VIP's",
+                vip.address,
+                vip.port,
+                vip.protocol.as_str()
+            ),
+            "remove one of the two VIPs",
+        );
+    }
+    if vip.health.as_ref().is_some_and(|h| h.port == 0) {
+        bad(None, "health check port 0".into(), "set health.port");
+    }
+    if vip.backends.is_empty() {
+        bad(
+            None,
+            "no backends".into(),
+            "add at least one [[vip.backend]]",
+        );
+    }
+    let mut seen_names = BTreeSet::new();
+    let mut seen_addrs = BTreeSet::new();
+    for b in &vip.backends {
+        if !valid_name(&b.name) {
+            bad(
+                Some(b),
+                format!("backend name {:?} is not 1-64 of [A-Za-z0-9._-]", b.name),
+                "rename the backend",
+            );
+        }
+        if !seen_names.insert(b.name.as_str()) {
+            bad(
+                Some(b),
+                format!("backend name {:?} is used twice in this VIP", b.name),
+                "give every backend of a VIP its own name",
+            );
+        }
+        match (b.address.parse::<IpAddr>(), addr) {
+            (Err(_), _) => bad(
+                Some(b),
+                format!("address {:?} is not an IP address", b.address),
+                "write the backend's own address, like 198.18.0.11",
+            ),
+            (Ok(a), Some(v)) if a.is_ipv4() != v.is_ipv4() => bad(
+                Some(b),
+                format!(
+                    "address {} is not of the VIP's family ({})",
+                    b.address,
+                    if v.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
+                "use an address of the same family as the VIP",
+            ),
+            (Ok(a), _) => {
+                if !seen_addrs.insert(a) {
+                    bad(
+                        Some(b),
+                        format!("address {} is another backend's of this VIP", b.address),
+                        "list each real server once; give it more weight instead",
+                    );
+                }
+            }
+        }
+        if b.mac != MAC_FROM_NEIGHBOUR && parse_mac(&b.mac).is_none() {
+            bad(
+                Some(b),
+                format!(
+                    "mac {:?} is not a unicast MAC like 02:00:00:00:00:01",
+                    b.mac
+                ),
+                "write the MAC, or \"neighbour\" to read it from the neighbour table",
+            );
+        }
+        if !(0..=i64::from(MAX_WEIGHT)).contains(&b.weight) {
+            bad(
+                Some(b),
+                format!("weight {} is outside 0..={MAX_WEIGHT}", b.weight),
+                "use a weight between 0 (drained) and 1000000",
+            );
+        }
+    }
+}
+
+/// The rules measured on weights and on the built table. Returns the table when there
+/// is one to install (also when policy rules fail: `--force` may still install it).
+fn checked_table(
+    vip: &Vip,
+    policy: &Policy,
+    size: u32,
+    builder: &dyn TableBuilder,
+    health: &Health,
+    out: &mut Vec<Violation>,
+) -> Option<NamedTable> {
+    let total: u64 = vip.backends.iter().map(|b| u64::from(b.weight())).sum();
+    let at = |rule, backend: Option<&crate::config::BackendSpec>| Violation {
+        rule,
+        vip: vip.name.clone(),
+        backend: backend.map(|b| b.name.clone()),
+        line: backend.map_or(vip.line, |b| b.line),
+        measured: None,
+        limit: None,
+        message: String::new(),
+        hint: String::new(),
+    };
+    if total == 0 {
+        out.push(Violation {
+            measured: Some(0.0),
+            limit: Some(1.0),
+            message: "every backend has weight 0: the VIP would drop all new flows".into(),
+            hint: "give at least one backend a weight above 0; to stop serving the VIP, \
+                   remove it from the config"
+                .into(),
+            ..at(Rule::NonzeroTotal, None)
+        });
+        return None;
+    }
+    let active = vip.backends.iter().filter(|b| b.weight() > 0).count();
+    if (active as u32) < policy.min_active_backends {
+        out.push(Violation {
+            measured: Some(active as f64),
+            limit: Some(f64::from(policy.min_active_backends)),
+            message: format!(
+                "{active} backend(s) with weight above 0; at least {} required",
+                policy.min_active_backends
+            ),
+            hint: format!(
+                "give at least {} backends a weight above 0; a VIP that really has fewer \
+                 says so with [vip.guardrails] min_active_backends = {active}",
+                policy.min_active_backends
+            ),
+            ..at(Rule::MinActiveBackends, None)
+        });
+    }
+    let table = match build(vip, size, builder) {
+        Ok(t) => t,
+        Err(e) => {
+            out.push(Violation {
+                message: format!("no table can be built: {e}"),
+                hint: "fix the VIP's backends".into(),
+                ..at(Rule::Structure, None)
+            });
+            return None;
+        }
+    };
+    let shares = table.shares();
+    for b in &vip.backends {
+        let share = shares.get(b.name.as_str()).copied().unwrap_or(0.0);
+        let want = f64::from(b.weight()) / total as f64;
+        // A table cannot split exactly (its size is prime) and the builder lands within
+        // SHARE_TOLERANCE of the weights: a share that close above the limit is at it.
+        if share > policy.max_backend_share + table::SHARE_TOLERANCE {
+            out.push(Violation {
+                measured: Some(share),
+                limit: Some(policy.max_backend_share),
+                message: format!(
+                    "owns {} of the table (weight {} of {total}); the limit is {}",
+                    pct(share),
+                    b.weight(),
+                    pct(policy.max_backend_share)
+                ),
+                hint: format!(
+                    "lower {}'s weight or raise the others' so that it gets at most {}",
+                    b.name,
+                    pct(policy.max_backend_share)
+                ),
+                ..at(Rule::MaxBackendShare, Some(b))
+            });
+        }
+        if (share - want).abs() > policy.table_fidelity + 1e-12 {
+            out.push(Violation {
+                measured: Some((share - want).abs()),
+                limit: Some(policy.table_fidelity),
+                message: format!(
+                    "table share {} vs weight share {}: the table builder did not honour \
+                     the weights",
+                    pct(share),
+                    pct(want)
+                ),
+                hint: "do not force this: the table is not what the weights ask for; \
+                       report it with the config attached"
+                    .into(),
+                ..at(Rule::TableFidelity, Some(b))
+            });
+        }
+    }
+    if vip.health.is_some() {
+        let weighted: Vec<_> = vip.backends.iter().filter(|b| b.weight() > 0).collect();
+        let healthy = weighted
+            .iter()
+            .filter(|b| is_healthy(health, &vip.name, &b.name))
+            .count();
+        let frac = healthy as f64 / weighted.len().max(1) as f64;
+        if frac + 1e-12 < policy.healthy_quorum {
+            out.push(Violation {
+                measured: Some(frac),
+                limit: Some(policy.healthy_quorum),
+                message: format!(
+                    "{healthy} of {} weighted backends are healthy; at least {} required",
+                    weighted.len(),
+                    pct(policy.healthy_quorum)
+                ),
+                hint: "bring backends back to health, or give weight to healthy ones".into(),
+                ..at(Rule::HealthyQuorum, None)
+            });
+        }
+    }
+    Some(table)
+}
+
+fn is_healthy(health: &Health, vip: &str, backend: &str) -> bool {
+    health
+        .get(&(vip.to_string(), backend.to_string()))
+        .copied()
+        .unwrap_or(true)
+}
+
+fn diff(
+    vip: &Vip,
+    before: Option<&(&Vip, NamedTable)>,
+    table: Option<NamedTable>,
+    health: &Health,
+) -> VipPlan {
+    let total: u64 = vip.backends.iter().map(|b| u64::from(b.weight())).sum();
+    let after_shares = table.as_ref().map(|t| t.shares()).unwrap_or_default();
+    let before_shares = before.map(|(_, t)| t.shares()).unwrap_or_default();
+    let mut rows: Vec<Row> = vip
+        .backends
+        .iter()
+        .map(|b| Row {
+            backend: b.name.clone(),
+            weight_before: before
+                .and_then(|(o, _)| o.backend(&b.name))
+                .map(|o| o.weight()),
+            weight_after: Some(b.weight()),
+            share_before: before_shares.get(b.name.as_str()).copied().unwrap_or(0.0),
+            share_after: after_shares.get(b.name.as_str()).copied().unwrap_or(0.0),
+            weight_share_after: if total == 0 {
+                0.0
+            } else {
+                f64::from(b.weight()) / total as f64
+            },
+            moved: match (before, &table) {
+                (Some((_, old)), Some(new)) => old.moved_from(new, &b.name),
+                _ => 0.0,
+            },
+            healthy: vip
+                .health
+                .as_ref()
+                .map(|_| is_healthy(health, &vip.name, &b.name)),
+        })
+        .collect();
+    if let Some((old, old_table)) = before {
+        for b in old
+            .backends
+            .iter()
+            .filter(|b| vip.backend(&b.name).is_none())
+        {
+            rows.push(Row {
+                backend: b.name.clone(),
+                weight_before: Some(b.weight()),
+                weight_after: None,
+                share_before: before_shares.get(b.name.as_str()).copied().unwrap_or(0.0),
+                share_after: 0.0,
+                weight_share_after: 0.0,
+                moved: if old_table
+                    .shares()
+                    .get(b.name.as_str())
+                    .copied()
+                    .unwrap_or(0.0)
+                    > 0.0
+                {
+                    1.0
+                } else {
+                    0.0
+                },
+                healthy: None,
+            });
+        }
+    }
+    let moved = match (before, &table) {
+        (Some((_, old)), Some(new)) => old.moved_to(new),
+        _ => 0.0,
+    };
+    let change = match before {
+        None => Change::Added,
+        Some((_, old)) if Some(old) == table.as_ref() => Change::Unchanged,
+        Some(_) => Change::Changed,
+    };
+    VipPlan {
+        vip: vip.name.clone(),
+        label: vip.label(),
+        change,
+        rows,
+        moved,
+        fingerprint: table.as_ref().map(NamedTable::fingerprint),
+        table,
+    }
+}
+
+fn removed(old: &Vip, size: u32, builder: &dyn TableBuilder) -> VipPlan {
+    let shares = build(old, size, builder)
+        .map(|t| {
+            t.shares()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<BTreeMap<_, _>>()
+        })
+        .unwrap_or_default();
+    VipPlan {
+        vip: old.name.clone(),
+        label: old.label(),
+        change: Change::Removed,
+        rows: old
+            .backends
+            .iter()
+            .map(|b| Row {
+                backend: b.name.clone(),
+                weight_before: Some(b.weight()),
+                weight_after: None,
+                share_before: shares.get(&b.name).copied().unwrap_or(0.0),
+                share_after: 0.0,
+                weight_share_after: 0.0,
+                moved: 1.0,
+                healthy: None,
+            })
+            .collect(),
+        moved: 1.0,
+        fingerprint: None,
+        table: None,
+    }
+}
