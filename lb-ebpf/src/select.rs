@@ -29,7 +29,7 @@ pub fn select(pkt: &Packet, vip: &VipInfo) -> Result<Chosen, Reason> {
     if let Some(flow) = FLOWS.get_ptr(&pkt.key) {
         // SAFETY: non-null pointer from bpf_map_lookup_elem; the value is plain data.
         let backend_id = unsafe { (*flow).backend_id };
-        if let Some(backend) = live_backend(backend_id) {
+        if let Some(backend) = live_backend(backend_id, vip.vip_id) {
             return Ok(Chosen {
                 backend_id,
                 backend,
@@ -57,7 +57,7 @@ fn from_table(pkt: &Packet, vip: &VipInfo) -> Option<Chosen> {
     let seed = CONFIG.get(0).map_or(0, |c| c.hash_seed);
     let slot = table_slot(flow_hash(&pkt.key, seed), size);
     let backend_id = *table.get(TABLE_HEADER + slot)?;
-    let backend = live_backend(backend_id)?;
+    let backend = live_backend(backend_id, vip.vip_id)?;
     let value = FlowValue {
         backend_id,
         generation,
@@ -72,10 +72,12 @@ fn from_table(pkt: &Packet, vip: &VipInfo) -> Option<Chosen> {
     })
 }
 
+/// Backend `id` if it is live and still belongs to `vip_id` (ids are reused only once no
+/// flow entry points at them, and the VIP check keeps that safe across VIPs too).
 #[inline(always)]
-fn live_backend(id: u32) -> Option<Backend> {
+fn live_backend(id: u32, vip_id: u32) -> Option<Backend> {
     let backend = BACKENDS.get(id)?;
-    if backend.is_live() {
+    if backend.is_live() && backend.vip_id == vip_id {
         Some(*backend)
     } else {
         None

@@ -22,7 +22,7 @@ use std::{
     net::IpAddr,
 };
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     config::{Config, MAC_FROM_NEIGHBOUR, MAX_WEIGHT, Policy, Vip},
@@ -88,8 +88,18 @@ impl Serialize for Rule {
     }
 }
 
+impl<'de> Deserialize<'de> for Rule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let id = String::deserialize(d)?;
+        Rule::ALL
+            .into_iter()
+            .find(|r| r.id() == id)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown rule id {id:?}")))
+    }
+}
+
 /// One broken rule: where, what was measured, the limit, and how to fix it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Violation {
     pub rule: Rule,
     pub vip: String,
@@ -228,7 +238,7 @@ impl NamedTable {
 }
 
 /// One backend's line in a diff.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub backend: String,
     pub weight_before: Option<u32>,
@@ -244,7 +254,7 @@ pub struct Row {
 }
 
 /// What an apply would do to one VIP.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipPlan {
     pub vip: String,
     pub label: String,
@@ -259,7 +269,7 @@ pub struct VipPlan {
     pub table: Option<NamedTable>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Change {
     Added,
@@ -269,7 +279,7 @@ pub enum Change {
 }
 
 /// The outcome of checking a desired config against the running one.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub vips: Vec<VipPlan>,
     pub violations: Vec<Violation>,

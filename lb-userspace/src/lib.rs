@@ -1,8 +1,13 @@
 //! xlb's control plane as a library: the pure core (table building) and the thin layers
 //! that load the XDP program and write its maps. The `xlb` binary is a thin CLI on top.
 
+pub mod api;
 pub mod config;
+pub mod controller;
+pub mod daemon;
 pub mod dataplane;
 pub mod guard;
+pub mod history;
+pub mod neighbour;
 pub mod object;
 pub mod table;

@@ -117,6 +117,12 @@ impl Dataplane {
         &mut self.maps
     }
 
+    /// Gives up the program handle (it stays loaded through its pin and link) and keeps
+    /// the maps, for the controller.
+    pub fn into_maps(self) -> Maps {
+        self.maps
+    }
+
     /// The loaded program, for BPF_PROG_TEST_RUN.
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         program_mut(&mut self.ebpf)
@@ -252,4 +258,29 @@ pub fn interface_mac(iface: &str) -> Result<[u8; 6], DataplaneError> {
     // SAFETY: closing the socket opened above.
     unsafe { libc::close(fd) };
     result
+}
+
+/// Unpins everything under `pin_dir`: the link (which detaches the program once no process
+/// holds it), the program and every map. Returns the paths removed.
+pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+    let mut removed = Vec::new();
+    let io = |source| DataplaneError::PinDir {
+        path: pin_dir.to_path_buf(),
+        source,
+    };
+    let mut paths = vec![pin_dir.join(pins::LINK), pin_dir.join(pins::PROGRAM)];
+    paths.extend(names::ALL.iter().map(|n| pins::map(pin_dir, n)));
+    for path in paths {
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => removed.push(pin_dir.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    Ok(removed)
 }

@@ -161,6 +161,65 @@ impl Maps {
         Ok(())
     }
 
+    /// Stops `key` being a VIP; its address stops being one when no VIP uses it.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        if self.vips.get(key, 0).is_err() {
+            return Ok(());
+        }
+        self.vips
+            .remove(key)
+            .map_err(map_err(names::VIPS, "removing VIP"))?;
+        let addr = VipAddrKey {
+            addr: key.addr,
+            family: key.family,
+            _pad: [0; 3],
+        };
+        match self.vip_addrs.get(&addr, 0).unwrap_or(0) {
+            0 | 1 => self
+                .vip_addrs
+                .remove(&addr)
+                .or_else(|e| match e {
+                    MapError::KeyNotFound => Ok(()),
+                    e => Err(e),
+                })
+                .map_err(map_err(names::VIP_ADDRS, "removing VIP address")),
+            users => self
+                .vip_addrs
+                .insert(addr, users - 1, 0)
+                .map_err(map_err(names::VIP_ADDRS, "writing VIP address")),
+        }
+    }
+
+    /// Every VIP key in the map with its info.
+    pub fn vips(&self) -> Vec<(VipKey, VipInfo)> {
+        self.vips.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Retires VIP `vip_id`'s table by swapping in an empty one (size 0: no backend).
+    /// aya 0.14 cannot delete from an ARRAY_OF_MAPS; an empty table frees the old one
+    /// just the same. Like every `xlb_rings` update, the syscall returns only after
+    /// running programs are done with the old table.
+    pub fn remove_table(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
+        if self.rings.get(&vip_id, 0).is_err() {
+            return Ok(());
+        }
+        let empty: Array<MapData, u32> = Array::create(TABLE_HEADER, BPF_F_INNER_MAP)
+            .map_err(map_err(names::RINGS, "creating an empty table"))?;
+        self.rings.set(vip_id, &empty, 0).map_err(map_err(
+            names::RINGS,
+            format!("removing VIP {vip_id}'s table"),
+        ))
+    }
+
+    /// Backend ids some flow entry points at (a full walk of the flow table).
+    pub fn flow_backend_ids(&self) -> std::collections::BTreeSet<u32> {
+        self.flows
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| v.backend_id)
+            .collect()
+    }
+
     /// Builds a complete inner map for `table` and swaps it in with one update of
     /// `xlb_rings`: a packet sees either the old table or this one, never a mix.
     pub fn install_table(&mut self, table: TableWrite<'_>) -> Result<(), DataplaneError> {
@@ -208,6 +267,18 @@ impl Maps {
     /// The flow entry for `key`, if the flow is known.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
         self.flows.get(key, 0).ok()
+    }
+
+    /// Zeroes backend `id`'s counters (when the id gets a new owner).
+    pub fn reset_backend_stats(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| map_err(names::BACKEND_STATS, "counting CPUs")(MapError::from(e)))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![BackendStats::default(); cpus])
+            .map_err(|e| map_err(names::BACKEND_STATS, "zeroing")(MapError::from(e)))?;
+        self.backend_stats.set(id, zeros, 0).map_err(map_err(
+            names::BACKEND_STATS,
+            format!("zeroing backend {id}"),
+        ))
     }
 
     /// Counters of backend `id`, summed over CPUs.

@@ -1,0 +1,730 @@
+//! The controller: the one place that changes the data plane. Every change (file, CLI
+//! verb, reload, rollback) goes through `apply`: plan and guardrails (pure, `guard`),
+//! MAC resolution, id assignment, then map writes in an order that keeps every packet
+//! on one complete generation, then the durable history record.
+//!
+//! Write order, and why:
+//! 1. Backends first (live, with their VIP id): a table may only name backends that exist.
+//! 2. Each changed VIP's table: a complete new inner map, switched in by one update of
+//!    `xlb_rings`. Then the VIP key, so a new VIP never exists without its table.
+//! 3. Removed VIPs: key first (no new packets), then the table.
+//! 4. Backends that left: marked not live, so their flows re-home. This is safe only
+//!    because step 2's `xlb_rings` update returns after the kernel's RCU grace period
+//!    (`maybe_wait_bpf_programs` in kernel/bpf/syscall.c): no program still holds a
+//!    table that names them.
+//! 5. The history record (atomic rename). If writing it fails, the maps are put back to
+//!    the previous generation, so a failed apply changes nothing.
+//!
+//! Backend ids are reused only when no flow entry points at them (a walk of `xlb_flows`),
+//! and the XDP program also checks that a flow's backend still belongs to the flow's VIP.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use lb_common::{
+    BACKEND_LIVE, Backend, BackendStats, FAMILY_V4, FAMILY_V6, FWD_L2_DSR, FlowKey, PROTO_TCP,
+    PROTO_UDP, VipInfo, VipKey, flow_hash, table_slot,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::{
+    config::{Config, MAC_FROM_NEIGHBOUR, Protocol, Vip},
+    dataplane::{DataplaneError, Maps, TableWrite},
+    guard::{self, Change, Health, Maglev, Plan},
+    history::{History, HistoryError, Ids, Record, Source},
+};
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("--force needs --reason: say why the guardrails are overridden")]
+    ForceWithoutReason,
+    #[error("rejected by {} guardrail violation(s); nothing was changed", .0.len())]
+    Rejected(Vec<guard::Violation>, Box<Plan>),
+    #[error("vip {vip}, backend {backend}: {message}; nothing was changed")]
+    Resolve {
+        vip: String,
+        backend: String,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the maps hold no free backend id (all {max} in use or still referenced by flows)")]
+    NoFreeId { max: u32 },
+    #[error("data plane: {0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error("{0}")]
+    History(#[from] HistoryError),
+    #[error("{error}; restoring the previous generation also failed: {restore}")]
+    Restore { error: String, restore: String },
+}
+
+/// One requested change.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub config: Config,
+    pub source: Source,
+    pub user: String,
+    pub force: bool,
+    pub reason: Option<String>,
+    pub dry_run: bool,
+}
+
+/// What `apply` did (or, dry, would do).
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// The new generation; `None` for a dry run or when nothing changed.
+    pub generation: Option<u64>,
+    pub dry_run: bool,
+}
+
+/// Resolves a backend's MAC from its address (the neighbour table, in the daemon).
+pub type Resolver = Box<dyn Fn(IpAddr) -> Result<[u8; 6], String> + Send>;
+
+/// Resolves through the neighbour table of `iface`.
+pub fn neighbour_resolver(iface: String) -> Resolver {
+    Box::new(move |addr| crate::neighbour::resolve(&iface, addr, Duration::from_secs(2)))
+}
+
+pub struct Controller {
+    maps: Maps,
+    history: History,
+    current: Option<Record>,
+    health: Health,
+    resolve: Resolver,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn family(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
+}
+
+fn addr16(addr: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match addr {
+        IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => out = a.octets(),
+    }
+    out
+}
+
+fn proto(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    }
+}
+
+/// The `xlb_vips` key of a VIP that passed `structure`.
+pub fn vip_key(vip: &Vip) -> Option<VipKey> {
+    let addr: IpAddr = vip.address.parse().ok()?;
+    Some(VipKey {
+        addr: addr16(addr),
+        port_be: vip.port.to_be(),
+        proto: proto(vip.protocol),
+        family: family(addr),
+    })
+}
+
+/// Gives every VIP and backend of `config` an id: kept from `old` where it exists, else
+/// the lowest id that is free (`usable`). Pure, so the rules are testable without BPF.
+pub fn assign_ids(
+    old: &Ids,
+    config: &Config,
+    mut usable: impl FnMut(u32) -> bool,
+) -> Result<Ids, ApplyError> {
+    let mut ids = Ids::default();
+    let old_vip_ids: BTreeSet<u32> = old.vips.values().copied().collect();
+    let old_be_ids: BTreeSet<u32> = old.backends.values().copied().collect();
+    let mut next_vip = 1u32;
+    let mut next_be = 1u32;
+    for vip in &config.vips {
+        let id = match old.vips.get(&vip.name) {
+            Some(&id) => id,
+            None => {
+                while old_vip_ids.contains(&next_vip) || ids.vips.values().any(|&v| v == next_vip) {
+                    next_vip += 1;
+                }
+                if next_vip >= lb_common::maps::MAX_VIPS {
+                    return Err(ApplyError::NoFreeId {
+                        max: lb_common::maps::MAX_VIPS - 1,
+                    });
+                }
+                next_vip
+            }
+        };
+        ids.vips.insert(vip.name.clone(), id);
+    }
+    let taken: BTreeSet<u32> = config
+        .vips
+        .iter()
+        .flat_map(|v| {
+            v.backends
+                .iter()
+                .filter_map(|b| old.backend(&v.name, &b.name))
+        })
+        .collect();
+    for vip in &config.vips {
+        for b in &vip.backends {
+            let id = match old.backend(&vip.name, &b.name) {
+                Some(id) => id,
+                None => loop {
+                    if next_be >= lb_common::maps::MAX_BACKENDS {
+                        return Err(ApplyError::NoFreeId {
+                            max: lb_common::maps::MAX_BACKENDS - 1,
+                        });
+                    }
+                    let id = next_be;
+                    next_be += 1;
+                    // Not one this apply keeps or retires, and not one a flow points at.
+                    if !taken.contains(&id) && !old_be_ids.contains(&id) && usable(id) {
+                        break id;
+                    }
+                },
+            };
+            ids.backends
+                .insert(Ids::backend_key(&vip.name, &b.name), id);
+        }
+    }
+    Ok(ids)
+}
+
+impl Controller {
+    /// A controller over loaded maps and a history directory. Call `reconcile` next.
+    pub fn new(maps: Maps, history: History, resolve: Resolver) -> Result<Self, ApplyError> {
+        let current = history.latest()?;
+        Ok(Controller {
+            maps,
+            history,
+            current,
+            health: Health::new(),
+            resolve,
+        })
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn current(&self) -> Option<&Record> {
+        self.current.as_ref()
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn set_health(&mut self, health: Health) {
+        self.health = health;
+    }
+
+    /// Brings the maps to the last committed generation (after a restart or a crash in
+    /// the middle of an apply). Backends and tables already right are left alone, so
+    /// established flows keep their entries and backends.
+    pub fn reconcile(&mut self) -> Result<(), ApplyError> {
+        let Some(record) = self.current.clone() else {
+            return Ok(());
+        };
+        let resolved = self.resolve_macs(&record.config, Some(&record))?;
+        self.write(&record, &resolved, None, true)
+    }
+
+    /// Plans `req` and, unless it is rejected or dry, applies it and commits a generation.
+    pub fn apply(&mut self, req: Request) -> Result<Outcome, ApplyError> {
+        if req.force && req.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(ApplyError::ForceWithoutReason);
+        }
+        let rollback = matches!(req.source, Source::Rollback { .. });
+        let running = self.current.as_ref().map(|r| &r.config);
+        let plan = guard::plan(&req.config, running, &self.health, &Maglev);
+        let blocking: Vec<guard::Violation> = plan
+            .blocking(req.force, !rollback)
+            .into_iter()
+            .cloned()
+            .collect();
+        if !blocking.is_empty() {
+            return Err(ApplyError::Rejected(blocking, Box::new(plan)));
+        }
+        let unchanged = plan.vips.iter().all(|v| v.change == Change::Unchanged)
+            && running.is_some_and(|c| c.guardrails == req.config.guardrails);
+        if req.dry_run || unchanged {
+            return Ok(Outcome {
+                plan,
+                generation: None,
+                dry_run: req.dry_run,
+            });
+        }
+        let resolved = self.resolve_macs(&req.config, self.current.as_ref())?;
+        let old_ids = self
+            .current
+            .as_ref()
+            .map(|r| r.ids.clone())
+            .unwrap_or_default();
+        let in_flows = self.maps.flow_backend_ids();
+        let maps = &self.maps;
+        let ids = assign_ids(&old_ids, &req.config, |id| {
+            !in_flows.contains(&id) && maps.backend(id).is_ok_and(|b| !b.is_live())
+        })?;
+        let generation = self.history.generations()?.last().copied().unwrap_or(0) + 1;
+        let record = Record {
+            generation,
+            time: now(),
+            source: req.source,
+            user: req.user,
+            reason: req.reason,
+            force: req.force,
+            fingerprints: plan
+                .vips
+                .iter()
+                .filter_map(|v| Some((v.vip.clone(), v.fingerprint.clone()?)))
+                .collect(),
+            config: req.config,
+            ids,
+        };
+        let previous = self.current.clone();
+        let restore = |this: &mut Self, error: String| -> ApplyError {
+            let Some(prev) = previous.clone() else {
+                return ApplyError::Restore {
+                    error,
+                    restore: "there is no previous generation".into(),
+                };
+            };
+            let undo = this
+                .resolve_macs(&prev.config, Some(&prev))
+                .and_then(|macs| this.write(&prev, &macs, Some(&record), true));
+            match undo {
+                Ok(()) => ApplyError::Restore {
+                    error,
+                    restore: "no: the previous generation is back in place".into(),
+                },
+                Err(e) => ApplyError::Restore {
+                    error,
+                    restore: e.to_string(),
+                },
+            }
+        };
+        if let Err(e) = self.write(&record, &resolved, previous.as_ref(), false) {
+            return Err(restore(self, e.to_string()));
+        }
+        if let Err(e) = self.history.commit(&record) {
+            return Err(restore(self, e.to_string()));
+        }
+        self.current = Some(record);
+        Ok(Outcome {
+            plan,
+            generation: Some(generation),
+            dry_run: false,
+        })
+    }
+
+    /// MAC of every backend of `config`: explicit, known from `known` (the running
+    /// generation, so a reconcile does not depend on the neighbour table), or resolved.
+    fn resolve_macs(
+        &self,
+        config: &Config,
+        known: Option<&Record>,
+    ) -> Result<BTreeMap<(String, String), [u8; 6]>, ApplyError> {
+        let mut out = BTreeMap::new();
+        for vip in &config.vips {
+            for b in &vip.backends {
+                let err = |message: String| ApplyError::Resolve {
+                    vip: vip.name.clone(),
+                    backend: b.name.clone(),
+                    message,
+                };
+                let mac = if b.mac == MAC_FROM_NEIGHBOUR {
+                    let addr: IpAddr = b
+                        .address
+                        .parse()
+                        .map_err(|_| err(format!("bad address {:?}", b.address)))?;
+                    let cached = known.and_then(|r| {
+                        let same = r.config.vips.iter().find(|v| v.name == vip.name)?;
+                        same.backend(&b.name).filter(|o| o.address == b.address)?;
+                        let id = r.ids.backend(&vip.name, &b.name)?;
+                        let be = self.maps.backend(id).ok()?;
+                        (be.addr == addr16(addr) && be.mac != [0; 6]).then_some(be.mac)
+                    });
+                    match cached {
+                        Some(mac) => mac,
+                        None => (self.resolve)(addr).map_err(err)?,
+                    }
+                } else {
+                    guard::parse_mac(&b.mac).ok_or_else(|| err(format!("bad mac {:?}", b.mac)))?
+                };
+                out.insert((vip.name.clone(), b.name.clone()), mac);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `record`'s state into the maps, leaving `old`'s leftovers retired. With
+    /// `only_if_different`, tables whose generation and slots already match are kept.
+    fn write(
+        &mut self,
+        record: &Record,
+        macs: &BTreeMap<(String, String), [u8; 6]>,
+        old: Option<&Record>,
+        only_if_different: bool,
+    ) -> Result<(), ApplyError> {
+        let config = &record.config;
+        let ids = &record.ids;
+        // 1. Backends.
+        for vip in &config.vips {
+            let vip_id = ids.vips[&vip.name];
+            for b in &vip.backends {
+                let id = ids.backend(&vip.name, &b.name).ok_or_else(|| {
+                    ApplyError::NotFound(format!("no id for backend {}/{}", vip.name, b.name))
+                })?;
+                let addr: IpAddr = b
+                    .address
+                    .parse()
+                    .map_err(|_| ApplyError::NotFound(format!("bad address {}", b.address)))?;
+                let want = Backend {
+                    mac: macs[&(vip.name.clone(), b.name.clone())],
+                    flags: BACKEND_LIVE,
+                    vip_id,
+                    family: family(addr),
+                    _pad: [0; 3],
+                    addr: addr16(addr),
+                };
+                let have = self.maps.backend(id)?;
+                if have != want {
+                    if have.vip_id != vip_id || have.addr != want.addr {
+                        // A new owner of this id starts with fresh counters.
+                        self.maps.reset_backend_stats(id)?;
+                    }
+                    self.maps.put_backend(id, &want)?;
+                }
+            }
+        }
+        // 2. Tables, then VIP keys.
+        let plan = guard::plan(config, None, &Health::new(), &Maglev);
+        let generation = u32::try_from(record.generation).unwrap_or(u32::MAX);
+        for vip in &config.vips {
+            let vip_id = ids.vips[&vip.name];
+            let Some(table) = plan.vip(&vip.name).and_then(|p| p.table.as_ref()) else {
+                return Err(ApplyError::NotFound(format!(
+                    "vip {} has no table",
+                    vip.name
+                )));
+            };
+            let slots: Vec<u32> = table
+                .slots
+                .iter()
+                .map(|&i| {
+                    ids.backend(&vip.name, &table.names[i as usize])
+                        .unwrap_or(0)
+                })
+                .collect();
+            let old_fp = old.and_then(|o| o.fingerprints.get(&vip.name));
+            let same_as_old = old_fp == record.fingerprints.get(&vip.name)
+                && old.is_some_and(|o| o.ids.vips.get(&vip.name) == Some(&vip_id));
+            // Reconciling reads the live table back; an apply trusts the fingerprints.
+            let in_place = if only_if_different {
+                self.maps.table(vip_id).is_ok_and(|(_, _, s)| s == slots)
+            } else {
+                same_as_old
+            };
+            if !in_place {
+                self.maps.install_table(TableWrite {
+                    vip_id,
+                    generation,
+                    slots: &slots,
+                })?;
+            }
+            let key = vip_key(vip)
+                .ok_or_else(|| ApplyError::NotFound(format!("bad address {}", vip.address)))?;
+            self.maps.put_vip(
+                &key,
+                &VipInfo {
+                    vip_id,
+                    forwarding: FWD_L2_DSR,
+                },
+            )?;
+        }
+        // 3. VIP keys and tables that are no longer wanted, including leftovers of an
+        //    apply that crashed before its commit.
+        let wanted: Vec<(VipKey, u32)> = config
+            .vips
+            .iter()
+            .filter_map(|v| Some((vip_key(v)?, ids.vips[&v.name])))
+            .collect();
+        let wanted_ids: BTreeSet<u32> = ids.vips.values().copied().collect();
+        for (key, info) in self.maps.vips() {
+            if !wanted.contains(&(key, info.vip_id)) {
+                self.maps.remove_vip(&key)?;
+                if !wanted_ids.contains(&info.vip_id) {
+                    self.maps.remove_table(info.vip_id)?;
+                }
+            }
+        }
+        if let Some(old) = old {
+            for id in old.ids.vips.values() {
+                if !wanted_ids.contains(id) {
+                    self.maps.remove_table(*id)?;
+                }
+            }
+        }
+        // 4. Backends that left.
+        let keep: BTreeSet<u32> = ids.backends.values().copied().collect();
+        let mut retire: BTreeSet<u32> = old
+            .map(|o| o.ids.backends.values().copied().collect())
+            .unwrap_or_default();
+        if only_if_different {
+            // After a crash the maps may hold backends no record knows: retire every
+            // live backend outside this generation.
+            for id in 1..lb_common::maps::MAX_BACKENDS {
+                if self.maps.backend(id).is_ok_and(|b| b.is_live()) {
+                    retire.insert(id);
+                }
+            }
+        }
+        for id in retire.difference(&keep) {
+            let mut b = self.maps.backend(*id)?;
+            if b.is_live() {
+                b.flags &= !BACKEND_LIVE;
+                self.maps.put_backend(*id, &b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Which backend a flow from `client` to `vip` gets, and why.
+    pub fn explain(&self, vip: &str, client: std::net::SocketAddr) -> Result<Explain, ApplyError> {
+        let record = self
+            .current
+            .as_ref()
+            .ok_or_else(|| ApplyError::NotFound("no generation is applied yet".into()))?;
+        let v = record
+            .config
+            .vips
+            .iter()
+            .find(|v| v.name == vip || v.address == vip)
+            .ok_or_else(|| ApplyError::NotFound(format!("no VIP named {vip:?}")))?;
+        let key = vip_key(v).ok_or_else(|| ApplyError::NotFound("bad VIP".into()))?;
+        if family(client.ip()) != key.family {
+            return Err(ApplyError::NotFound(format!(
+                "client {client} is not of VIP {}'s address family",
+                v.name
+            )));
+        }
+        let flow = FlowKey {
+            src: addr16(client.ip()),
+            dst: key.addr,
+            sport_be: client.port().to_be(),
+            dport_be: key.port_be,
+            proto: key.proto,
+            family: key.family,
+            _pad: [0; 2],
+        };
+        let vip_id = record.ids.vips[&v.name];
+        let name_of = |id: u32| {
+            record
+                .ids
+                .backends
+                .iter()
+                .find(|&(k, &bid)| bid == id && k.starts_with(&format!("{}/", v.name)))
+                .map(|(k, _)| k[v.name.len() + 1..].to_string())
+        };
+        if let Some(entry) = self.maps.flow(&flow)
+            && self
+                .maps
+                .backend(entry.backend_id)
+                .is_ok_and(|b| b.is_live() && b.vip_id == vip_id)
+        {
+            return Ok(Explain {
+                vip: v.name.clone(),
+                client: client.to_string(),
+                backend: name_of(entry.backend_id).unwrap_or_else(|| "?".into()),
+                backend_id: entry.backend_id,
+                why: "flow-entry".into(),
+                generation: u64::from(entry.generation),
+                slot: None,
+                hash: None,
+            });
+        }
+        let seed = self.maps.config()?.hash_seed;
+        let (size, generation, slots) = self.maps.table(vip_id)?;
+        let hash = flow_hash(&flow, seed);
+        let slot = table_slot(hash, size);
+        let id = slots.get(slot as usize).copied().unwrap_or(0);
+        Ok(Explain {
+            vip: v.name.clone(),
+            client: client.to_string(),
+            backend: name_of(id).unwrap_or_else(|| "?".into()),
+            backend_id: id,
+            why: "table-slot".into(),
+            generation: u64::from(generation),
+            slot: Some(slot),
+            hash: Some(hash),
+        })
+    }
+
+    /// Counters of every backend and VIP of the running generation.
+    pub fn stats(&self) -> Result<Vec<VipStatsView>, ApplyError> {
+        let Some(record) = &self.current else {
+            return Ok(Vec::new());
+        };
+        let plan = guard::plan(&record.config, None, &self.health, &Maglev);
+        let mut out = Vec::new();
+        for vip in &record.config.vips {
+            let vip_id = record.ids.vips[&vip.name];
+            let vs = self.maps.vip_stats(vip_id)?;
+            let rows = plan
+                .vip(&vip.name)
+                .map(|p| p.rows.clone())
+                .unwrap_or_default();
+            let mut backends = Vec::new();
+            for b in &vip.backends {
+                let id = record.ids.backend(&vip.name, &b.name).unwrap_or(0);
+                let s: BackendStats = self.maps.backend_stats(id)?;
+                let row = rows.iter().find(|r| r.backend == b.name);
+                backends.push(BackendStatsView {
+                    backend: b.name.clone(),
+                    id,
+                    address: b.address.clone(),
+                    weight: b.weight(),
+                    table_share: row.map_or(0.0, |r| r.share_after),
+                    healthy: row.and_then(|r| r.healthy),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    new_flows: s.new_flows,
+                });
+            }
+            out.push(VipStatsView {
+                vip: vip.name.clone(),
+                label: vip.label(),
+                id: vip_id,
+                generation: self.maps.table(vip_id).map_or(0, |t| u64::from(t.1)),
+                packets: vs.packets,
+                bytes: vs.bytes,
+                new_flows: vs.new_flows,
+                drops: vs.drops,
+                backends,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Explain {
+    pub vip: String,
+    pub client: String,
+    pub backend: String,
+    pub backend_id: u32,
+    /// "flow-entry" (an established flow) or "table-slot" (a new flow).
+    pub why: String,
+    pub generation: u64,
+    pub slot: Option<u32>,
+    pub hash: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct VipStatsView {
+    pub vip: String,
+    pub label: String,
+    pub id: u32,
+    /// Generation of the table the data plane is using.
+    pub generation: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+    pub backends: Vec<BackendStatsView>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct BackendStatsView {
+    pub backend: String,
+    pub id: u32,
+    pub address: String,
+    pub weight: u32,
+    pub table_share: f64,
+    pub healthy: Option<bool>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendSpec, Forwarding};
+
+    fn cfg(vips: &[(&str, &[&str])]) -> Config {
+        Config {
+            vips: vips
+                .iter()
+                .enumerate()
+                .map(|(i, (name, backends))| Vip {
+                    name: name.to_string(),
+                    address: format!("198.18.0.{}", 100 + i),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    forwarding: Forwarding::L2Dsr,
+                    guardrails: Default::default(),
+                    health: None,
+                    backends: backends
+                        .iter()
+                        .map(|b| BackendSpec {
+                            name: b.to_string(),
+                            address: "198.18.0.11".into(),
+                            mac: "02:00:00:00:00:01".into(),
+                            weight: 1,
+                            line: None,
+                        })
+                        .collect(),
+                    line: None,
+                })
+                .collect(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn ids_are_kept_and_never_reused_within_an_apply() {
+        let a = assign_ids(&Ids::default(), &cfg(&[("web", &["a", "b"])]), |_| true).unwrap();
+        assert_eq!(a.vips["web"], 1);
+        assert_eq!(
+            (a.backend("web", "a"), a.backend("web", "b")),
+            (Some(1), Some(2))
+        );
+        // b leaves and c arrives: c must not take b's id in the same apply.
+        let b = assign_ids(&a, &cfg(&[("web", &["a", "c"])]), |_| true).unwrap();
+        assert_eq!(
+            (b.backend("web", "a"), b.backend("web", "c")),
+            (Some(1), Some(3))
+        );
+        // Later, b's id 2 is free again unless a flow still points at it.
+        let c = assign_ids(&b, &cfg(&[("web", &["a", "c", "d"])]), |id| id != 2).unwrap();
+        assert_eq!(c.backend("web", "d"), Some(4));
+        let d = assign_ids(&b, &cfg(&[("web", &["a", "c", "d"])]), |_| true).unwrap();
+        assert_eq!(d.backend("web", "d"), Some(2));
+        // A second VIP gets the next VIP id; same backend names are different backends.
+        let e = assign_ids(&d, &cfg(&[("web", &["a"]), ("api", &["a"])]), |_| true).unwrap();
+        assert_eq!(e.vips["api"], 2);
+        assert_ne!(e.backend("api", "a"), e.backend("web", "a"));
+    }
+
+    #[test]
+    fn running_out_of_ids_is_an_error() {
+        let many: Vec<String> = (0..5000).map(|i| format!("b{i}")).collect();
+        let names: Vec<&str> = many.iter().map(String::as_str).collect();
+        let err = assign_ids(&Ids::default(), &cfg(&[("web", &names)]), |_| true).unwrap_err();
+        assert!(matches!(err, ApplyError::NoFreeId { max: 4095 }));
+    }
+}

@@ -1,0 +1,665 @@
+//! `xlb run`: load or adopt the pinned data plane, reconcile it to the last committed
+//! generation, apply the config file through the guardrails, then serve the CLI on a Unix
+//! socket, re-read the file on SIGHUP, probe health, sample rates and serve `/metrics`.
+//! The data plane does not depend on this process: it keeps forwarding when the daemon
+//! stops or dies, and the next `xlb run` adopts it.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::unix::{
+        fs::PermissionsExt,
+        io::AsRawFd,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{
+    api::{Request, Response},
+    config,
+    controller::{self, ApplyError, Controller, VipStatsView},
+    dataplane::{Dataplane, LoadOptions, loader},
+    history::{History, Source},
+};
+
+struct Shared {
+    controller: Controller,
+    config_path: PathBuf,
+    daemon: config::Daemon,
+    /// The previous counter sample, for rates.
+    sample: Option<(Instant, Vec<VipStatsView>)>,
+    rates: BTreeMap<(String, String), Rates>,
+    stop: bool,
+}
+
+/// Per-backend rates over the last sampling interval.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rates {
+    pub packets_per_s: f64,
+    pub bytes_per_s: f64,
+    pub new_flows_per_s: f64,
+}
+
+type State = Arc<Mutex<Shared>>;
+
+fn lock(state: &State) -> MutexGuard<'_, Shared> {
+    // A panicked handler thread must not take the daemon down with it.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("xlb: {}", msg.as_ref());
+}
+
+/// The user behind a socket peer, from SO_PEERCRED.
+fn peer_user(stream: &UnixStream) -> String {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid fd, and cred/len describe a ucred-sized buffer.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    user_name(cred.uid).unwrap_or_else(|| format!("uid {}", cred.uid))
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: zeroed passwd is a valid out-parameter; buf outlives the call's use of it.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the sizes given.
+    let rc =
+        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_name points at a NUL-terminated string in buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: as in user_name.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the sizes given.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
+}
+
+/// Blocks SIGHUP, SIGTERM and SIGINT in this thread (and every thread it spawns later),
+/// so that one thread can take them with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask on the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Creates the socket: parent directory 0755, socket 0600, or 0660 with `group`.
+fn listen(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "{} is in use: another xlb daemon is running (stop it first)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    // Created under a tight umask, so the socket is never world-accessible, not even
+    // between bind and chmod.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
+    if let Some(group) = group {
+        let gid = group_id(group)
+            .with_context(|| format!("daemon.socket_group: no group named {group:?}"))?;
+        let cpath = CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid C path; uid -1 leaves the owner unchanged.
+        if unsafe { libc::chown(cpath.as_ptr(), u32::MAX, gid) } != 0 {
+            bail!(
+                "chown {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
+    Ok(listener)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT or `xlb teardown`.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let sigset = block_signals();
+    let config = config::load(config_path)?;
+    let daemon = config.daemon.clone();
+    let Some(iface) = daemon.interface.clone() else {
+        bail!(
+            "{}: [daemon] interface is required by `xlb run` (the interface to attach XDP to)",
+            config_path.display()
+        );
+    };
+    let history = History::open(&daemon.state_dir)?;
+    let mut dp = Dataplane::load(&LoadOptions {
+        pin_dir: daemon.pin_dir.clone(),
+        flow_capacity: daemon.flow_capacity,
+    })?;
+    dp.attach(&iface, daemon.xdp_mode.into())?;
+    dp.maps().set_hash_seed(daemon.hash_seed)?;
+    let mut controller = Controller::new(
+        dp.into_maps(),
+        history,
+        controller::neighbour_resolver(iface.clone()),
+    )?;
+    controller.reconcile()?;
+    if let Some(r) = controller.current() {
+        log(format!(
+            "adopted generation {} from the history",
+            r.generation
+        ));
+    }
+    let had_generation = controller.current().is_some();
+    match controller.apply(controller::Request {
+        config,
+        source: Source::Startup {
+            file: config_path.to_path_buf(),
+        },
+        user: user_name(unsafe_getuid()).unwrap_or_else(|| "root".into()),
+        force: false,
+        reason: None,
+        dry_run: false,
+    }) {
+        Ok(o) => match o.generation {
+            Some(g) => log(format!(
+                "applied {} as generation {g}",
+                config_path.display()
+            )),
+            None => log(format!("{} is already applied", config_path.display())),
+        },
+        Err(ApplyError::Rejected(violations, _)) if had_generation => {
+            log(format!(
+                "{} rejected; staying on the last committed generation:",
+                config_path.display()
+            ));
+            violations.iter().for_each(|v| log(v.to_string()));
+        }
+        Err(ApplyError::Rejected(violations, _)) => {
+            violations.iter().for_each(|v| log(v.to_string()));
+            bail!(
+                "{} rejected by the guardrails and nothing was applied before",
+                config_path.display()
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let listener = listen(&daemon.socket, daemon.socket_group.as_deref())?;
+    log(format!(
+        "serving on {}, XDP on {iface}",
+        daemon.socket.display()
+    ));
+    let state: State = Arc::new(Mutex::new(Shared {
+        controller,
+        config_path: config_path.to_path_buf(),
+        daemon: daemon.clone(),
+        sample: None,
+        rates: BTreeMap::new(),
+        stop: false,
+    }));
+    {
+        let state = state.clone();
+        thread::spawn(move || serve(listener, state));
+    }
+    {
+        let state = state.clone();
+        thread::spawn(move || sampler(state));
+    }
+    {
+        let state = state.clone();
+        thread::spawn(move || health_checker(state));
+    }
+    if let Some(addr) = &daemon.metrics {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("daemon.metrics: binding {addr}"))?;
+        let state = state.clone();
+        thread::spawn(move || metrics(listener, state));
+    }
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: sigset holds the blocked signals; sig is a valid out-pointer.
+        let rc = unsafe { libc::sigwait(&sigset, &mut sig) };
+        if rc != 0 {
+            continue;
+        }
+        if sig == libc::SIGHUP {
+            reload(&state);
+            continue;
+        }
+        break;
+    }
+    let _ = std::fs::remove_file(&daemon.socket);
+    log("stopped; the data plane keeps forwarding on the last generation");
+    Ok(())
+}
+
+fn unsafe_getuid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+fn reload(state: &State) {
+    let mut s = lock(state);
+    let path = s.config_path.clone();
+    log(format!("SIGHUP: re-reading {}", path.display()));
+    let mut config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            log(format!("reload refused, nothing changed: {e}"));
+            return;
+        }
+    };
+    config.daemon = s.daemon.clone();
+    let req = controller::Request {
+        config,
+        source: Source::Reload { file: path },
+        user: "SIGHUP".into(),
+        force: false,
+        reason: None,
+        dry_run: false,
+    };
+    match s.controller.apply(req) {
+        Ok(o) => match o.generation {
+            Some(g) => log(format!("reload applied as generation {g}")),
+            None => log("reload: nothing to change"),
+        },
+        Err(ApplyError::Rejected(violations, _)) => {
+            log("reload rejected by the guardrails, nothing changed:");
+            violations.iter().for_each(|v| log(v.to_string()));
+        }
+        Err(e) => log(format!("reload failed: {e}")),
+    }
+}
+
+fn serve(listener: UnixListener, state: State) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let state = state.clone();
+        thread::spawn(move || {
+            let user = peer_user(&conn);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut line = String::new();
+            let Ok(mut writer) = conn.try_clone() else {
+                return;
+            };
+            if BufReader::new(conn).read_line(&mut line).is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => handle(&state, req, user),
+                Err(e) => Response::error(format!("bad request: {e}")),
+            };
+            let mut out = serde_json::to_vec(&response).unwrap_or_default();
+            out.push(b'\n');
+            let _ = writer.write_all(&out);
+            if lock(&state).stop {
+                // `xlb teardown`: the data plane is gone, and so is the daemon.
+                std::process::exit(0);
+            }
+        });
+    }
+}
+
+fn apply_response(result: Result<controller::Outcome, ApplyError>) -> Response {
+    match result {
+        Ok(o) => Response {
+            ok: true,
+            generation: o.generation,
+            plan: Some(o.plan),
+            ..Response::default()
+        },
+        Err(ApplyError::Rejected(violations, plan)) => Response {
+            ok: false,
+            error: format!(
+                "rejected by {} guardrail violation(s); nothing was changed. Fix the config, \
+                 or, for policy rules, use --force --reason",
+                violations.len()
+            ),
+            violations,
+            plan: Some(*plan),
+            ..Response::default()
+        },
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+fn handle(state: &State, req: Request, user: String) -> Response {
+    let mut s = lock(state);
+    let daemon = s.daemon.clone();
+    match req {
+        Request::Status | Request::Stats => match s.controller.stats() {
+            Ok(stats) => Response::data(serde_json::json!({
+                "generation": s.controller.current().map(|r| r.generation),
+                "interface": daemon.interface,
+                "xdp_mode": daemon.xdp_mode,
+                "vips": stats,
+                "rates": s.rates.iter().map(|((v, b), r)| serde_json::json!({
+                    "vip": v, "backend": b, "rates": r})).collect::<Vec<_>>(),
+            })),
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::History => match s.controller.history().all() {
+            Ok(records) => Response::data(records),
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::Apply {
+            mut config,
+            file,
+            dry_run,
+            force,
+            reason,
+        } => {
+            // Daemon settings take effect at `xlb run`; an apply changes VIPs and policy.
+            config.daemon = daemon;
+            let r = s.controller.apply(controller::Request {
+                config,
+                source: Source::File { file },
+                user,
+                force,
+                reason,
+                dry_run,
+            });
+            apply_response(r)
+        }
+        Request::WeightSet {
+            command,
+            vip,
+            backend,
+            weight,
+            dry_run,
+            force,
+            reason,
+        } => {
+            let Some(current) = s.controller.current() else {
+                return Response::error("no generation is applied yet; use `xlb apply FILE`");
+            };
+            let mut config = current.config.clone();
+            let Some(v) = config.vips.iter_mut().find(|v| v.name == vip) else {
+                return Response::error(format!("no VIP named {vip:?}; `xlb status` lists them"));
+            };
+            let Some(b) = v.backends.iter_mut().find(|b| b.name == backend) else {
+                return Response::error(format!(
+                    "VIP {vip} has no backend named {backend:?}; `xlb status` lists them"
+                ));
+            };
+            b.weight = weight;
+            let r = s.controller.apply(controller::Request {
+                config,
+                source: Source::Cli { command },
+                user,
+                force,
+                reason,
+                dry_run,
+            });
+            apply_response(r)
+        }
+        Request::Rollback {
+            generation,
+            dry_run,
+            force,
+            reason,
+        } => {
+            let target = match generation {
+                Some(g) => g,
+                None => {
+                    let gens = match s.controller.history().generations() {
+                        Ok(g) => g,
+                        Err(e) => return Response::error(e.to_string()),
+                    };
+                    match gens.len() {
+                        0 | 1 => {
+                            return Response::error(
+                                "there is no previous generation to roll back to",
+                            );
+                        }
+                        n => gens[n - 2],
+                    }
+                }
+            };
+            let record = match s.controller.history().get(target) {
+                Ok(r) => r,
+                Err(e) => return Response::error(e.to_string()),
+            };
+            let mut config = record.config;
+            config.daemon = daemon;
+            let r = s.controller.apply(controller::Request {
+                config,
+                source: Source::Rollback { to: target },
+                user,
+                force,
+                reason,
+                dry_run,
+            });
+            apply_response(r)
+        }
+        Request::Explain { vip, client } => {
+            let Ok(client) = client.parse::<SocketAddr>() else {
+                return Response::error(format!(
+                    "{client:?} is not CLIENT_IP:PORT (for IPv6: [2001:db8::1]:443)"
+                ));
+            };
+            match s.controller.explain(&vip, client) {
+                Ok(e) => Response::data(e),
+                Err(e) => Response::error(e.to_string()),
+            }
+        }
+        Request::Teardown => match loader::teardown(&daemon.pin_dir) {
+            Ok(removed) => {
+                s.stop = true;
+                let _ = std::fs::remove_file(&daemon.socket);
+                Response::data(removed)
+            }
+            Err(e) => Response::error(e.to_string()),
+        },
+    }
+}
+
+/// Samples counters every second for rates.
+fn sampler(state: State) {
+    loop {
+        thread::sleep(Duration::from_secs(1));
+        let mut s = lock(&state);
+        let Ok(now) = s.controller.stats() else {
+            continue;
+        };
+        let t = Instant::now();
+        if let Some((then, prev)) = &s.sample {
+            let dt = t.duration_since(*then).as_secs_f64().max(1e-3);
+            let mut rates = BTreeMap::new();
+            for v in &now {
+                for b in &v.backends {
+                    let old = prev
+                        .iter()
+                        .find(|p| p.vip == v.vip)
+                        .and_then(|p| p.backends.iter().find(|x| x.id == b.id));
+                    let d = |new: u64, old: u64| new.saturating_sub(old) as f64 / dt;
+                    let r = old.map_or(Rates::default(), |o| Rates {
+                        packets_per_s: d(b.packets, o.packets),
+                        bytes_per_s: d(b.bytes, o.bytes),
+                        new_flows_per_s: d(b.new_flows, o.new_flows),
+                    });
+                    rates.insert((v.vip.clone(), b.backend.clone()), r);
+                }
+            }
+            s.rates = rates;
+        }
+        s.sample = Some((t, now));
+    }
+}
+
+/// TCP-connects to every backend of VIPs with `[vip.health]`; results feed the
+/// `healthy-quorum` guardrail and `xlb status`.
+fn health_checker(state: State) {
+    loop {
+        let targets: Vec<(String, String, SocketAddr, Duration)> = {
+            let s = lock(&state);
+            s.controller
+                .current()
+                .map(|r| {
+                    r.config
+                        .vips
+                        .iter()
+                        .filter_map(|v| Some((v, v.health.as_ref()?)))
+                        .flat_map(|(v, h)| {
+                            v.backends.iter().filter_map(move |b| {
+                                let ip: IpAddr = b.address.parse().ok()?;
+                                Some((
+                                    v.name.clone(),
+                                    b.name.clone(),
+                                    SocketAddr::new(ip, h.port),
+                                    Duration::from_millis(h.timeout_ms),
+                                ))
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let interval = {
+            let s = lock(&state);
+            s.controller
+                .current()
+                .and_then(|r| {
+                    r.config
+                        .vips
+                        .iter()
+                        .filter_map(|v| v.health.as_ref().map(|h| h.interval_ms))
+                        .min()
+                })
+                .unwrap_or(1000)
+        };
+        let mut health = crate::guard::Health::new();
+        for (vip, backend, addr, timeout) in targets {
+            let up = TcpStream::connect_timeout(&addr, timeout).is_ok();
+            health.insert((vip, backend), up);
+        }
+        lock(&state).controller.set_health(health);
+        thread::sleep(Duration::from_millis(interval.max(100)));
+    }
+}
+
+/// Serves `GET /metrics` in the Prometheus text format.
+fn metrics(listener: TcpListener, state: State) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).unwrap_or(0);
+        let ok = buf[..n].starts_with(b"GET /metrics");
+        let body = if ok {
+            let s = lock(&state);
+            render_metrics(s.controller.stats().unwrap_or_default(), &s.controller)
+        } else {
+            "only GET /metrics is served\n".to_string()
+        };
+        let status = if ok { "200 OK" } else { "404 Not Found" };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+fn render_metrics(stats: Vec<VipStatsView>, controller: &Controller) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let generation = controller.current().map_or(0, |r| r.generation);
+    let _ = writeln!(
+        out,
+        "# TYPE xlb_generation gauge\nxlb_generation {generation}"
+    );
+    for (metric, kind) in [
+        ("xlb_backend_packets_total", "counter"),
+        ("xlb_backend_bytes_total", "counter"),
+        ("xlb_backend_new_flows_total", "counter"),
+        ("xlb_backend_weight", "gauge"),
+        ("xlb_backend_table_share", "gauge"),
+    ] {
+        let _ = writeln!(out, "# TYPE {metric} {kind}");
+        for v in &stats {
+            for b in &v.backends {
+                let value = match metric {
+                    "xlb_backend_packets_total" => b.packets as f64,
+                    "xlb_backend_bytes_total" => b.bytes as f64,
+                    "xlb_backend_new_flows_total" => b.new_flows as f64,
+                    "xlb_backend_weight" => f64::from(b.weight),
+                    _ => b.table_share,
+                };
+                let _ = writeln!(
+                    out,
+                    "{metric}{{vip=\"{}\",backend=\"{}\"}} {value}",
+                    v.vip, b.backend
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "# TYPE xlb_vip_drops_total counter");
+    for v in &stats {
+        let _ = writeln!(out, "xlb_vip_drops_total{{vip=\"{}\"}} {}", v.vip, v.drops);
+    }
+    if let Ok(reasons) = controller.maps().reason_stats() {
+        let _ = writeln!(out, "# TYPE xlb_packets_total counter");
+        for (reason, s) in reasons {
+            let _ = writeln!(
+                out,
+                "xlb_packets_total{{reason=\"{}\"}} {}",
+                reason.name(),
+                s.packets
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,248 @@
+//! Durable history of applied generations: one JSON file per generation under
+//! `<state_dir>/history/`, written to a temporary file, fsynced, renamed into place and
+//! the directory fsynced, so a crash leaves either the whole record or none of it. The
+//! newest record is the committed state a restarted daemon reconciles to.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::Config;
+
+#[derive(Debug, Error)]
+pub enum HistoryError {
+    #[error("history {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("history {}: not a generation record: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("generation {generation} is not in the history (see `xlb history`)")]
+    Unknown { generation: u64 },
+}
+
+/// What caused a generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Source {
+    /// `xlb run` starting from its config file.
+    Startup { file: PathBuf },
+    /// `xlb apply FILE`.
+    File { file: PathBuf },
+    /// SIGHUP re-read of the daemon's config file.
+    Reload { file: PathBuf },
+    /// `xlb weight set` or `xlb drain`.
+    Cli { command: String },
+    /// `xlb rollback`.
+    Rollback { to: u64 },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Startup { file } => write!(f, "startup {}", file.display()),
+            Source::File { file } => write!(f, "apply {}", file.display()),
+            Source::Reload { file } => write!(f, "reload {}", file.display()),
+            Source::Cli { command } => f.write_str(command),
+            Source::Rollback { to } => write!(f, "rollback to {to}"),
+        }
+    }
+}
+
+/// Ids the data plane knows VIPs and backends by.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ids {
+    /// VIP name -> vip_id.
+    pub vips: BTreeMap<String, u32>,
+    /// "vip/backend" -> backend id.
+    pub backends: BTreeMap<String, u32>,
+}
+
+impl Ids {
+    pub fn backend_key(vip: &str, backend: &str) -> String {
+        format!("{vip}/{backend}")
+    }
+
+    pub fn backend(&self, vip: &str, backend: &str) -> Option<u32> {
+        self.backends.get(&Self::backend_key(vip, backend)).copied()
+    }
+}
+
+/// One applied generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub generation: u64,
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    pub source: Source,
+    pub user: String,
+    pub reason: Option<String>,
+    pub force: bool,
+    /// The VIPs and policy that were applied (daemon settings included as they were).
+    pub config: Config,
+    pub ids: Ids,
+    /// VIP name -> fingerprint of its installed table (`guard::NamedTable::fingerprint`).
+    pub fingerprints: BTreeMap<String, String>,
+}
+
+/// The history directory.
+pub struct History {
+    dir: PathBuf,
+}
+
+impl History {
+    /// Opens (creating if needed) `<state_dir>/history`, root-only.
+    pub fn open(state_dir: &Path) -> Result<History, HistoryError> {
+        let dir = state_dir.join("history");
+        let io = |source| HistoryError::Io {
+            path: dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&dir).map_err(io)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        Ok(History { dir })
+    }
+
+    fn path(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("{generation:010}.json"))
+    }
+
+    /// Generation numbers on disk, oldest first.
+    pub fn generations(&self) -> Result<Vec<u64>, HistoryError> {
+        let io = |source| HistoryError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let name = name.to_string_lossy();
+            // Temporary files of an interrupted write end in ".tmp" and are ignored.
+            if let Some(n) = name.strip_suffix(".json").and_then(|n| n.parse().ok()) {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    pub fn get(&self, generation: u64) -> Result<Record, HistoryError> {
+        let path = self.path(generation);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(HistoryError::Unknown { generation });
+            }
+            Err(source) => return Err(HistoryError::Io { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|source| HistoryError::Corrupt { path, source })
+    }
+
+    /// The newest committed record.
+    pub fn latest(&self) -> Result<Option<Record>, HistoryError> {
+        match self.generations()?.last() {
+            Some(&g) => self.get(g).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record, oldest first.
+    pub fn all(&self) -> Result<Vec<Record>, HistoryError> {
+        self.generations()?
+            .into_iter()
+            .map(|g| self.get(g))
+            .collect()
+    }
+
+    /// Commits `record` durably. Refuses to overwrite an existing generation.
+    pub fn commit(&self, record: &Record) -> Result<(), HistoryError> {
+        let path = self.path(record.generation);
+        let tmp = path.with_extension("json.tmp");
+        let io = |source| HistoryError::Io {
+            path: path.clone(),
+            source,
+        };
+        if path.exists() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "generation already committed",
+            )));
+        }
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| HistoryError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io)?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(generation: u64) -> Record {
+        Record {
+            generation,
+            time: 1_700_000_000 + generation,
+            source: Source::Cli {
+                command: "weight set web a 3".into(),
+            },
+            user: "root".into(),
+            reason: Some("test".into()),
+            force: generation.is_multiple_of(2),
+            config: Config::default(),
+            ids: Ids::default(),
+            fingerprints: BTreeMap::from([("web".into(), "00ff".into())]),
+        }
+    }
+
+    #[test]
+    fn commits_lists_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        assert_eq!(h.latest().unwrap(), None);
+        for g in [1, 2, 10] {
+            h.commit(&record(g)).unwrap();
+        }
+        assert_eq!(h.generations().unwrap(), vec![1, 2, 10]);
+        assert_eq!(h.latest().unwrap(), Some(record(10)));
+        assert_eq!(h.get(2).unwrap(), record(2));
+        assert!(matches!(
+            h.get(3),
+            Err(HistoryError::Unknown { generation: 3 })
+        ));
+        assert!(h.commit(&record(2)).is_err(), "generations are immutable");
+        assert_eq!(h.get(2).unwrap(), record(2));
+    }
+
+    #[test]
+    fn interrupted_write_is_ignored_and_corruption_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path()).unwrap();
+        h.commit(&record(1)).unwrap();
+        fs::write(dir.path().join("history/0000000002.json.tmp"), "{ half").unwrap();
+        assert_eq!(h.latest().unwrap(), Some(record(1)));
+        fs::write(dir.path().join("history/0000000003.json"), "{ half").unwrap();
+        let err = h.latest().unwrap_err().to_string();
+        assert!(
+            err.contains("0000000003.json: not a generation record"),
+            "{err}"
+        );
+    }
+}
