@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod packet;
+pub mod topology;
 
 use std::{
     path::{Path, PathBuf},

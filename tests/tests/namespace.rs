@@ -26,6 +26,7 @@ use xlb_tests::{
     PinDir,
     netns::{Netns, sh},
     require_root,
+    topology::{Topology, enter},
 };
 
 const VIP: &str = "198.18.0.100";
@@ -37,57 +38,9 @@ const BACKENDS: [(&str, &str, u32); 3] = [
     ("b3", "198.18.0.13", 3),
 ];
 
-struct Topology {
-    // Field order is drop order: hosts first, then the switch.
-    client: Netns,
-    lb: Netns,
-    backends: Vec<Netns>,
-    switch: Netns,
-}
-
-/// Plugs `host`'s eth0 into the bridge in `switch`, addressed `addr/24`.
-fn plug(switch: &Netns, host: &Netns, port: &str, addr: &str) {
-    sh(&format!(
-        "ip -n {} link add {port} type veth peer name eth0 netns {}",
-        switch.name, host.name
-    ));
-    sh(&format!(
-        "ip -n {} link set {port} master br0 up",
-        switch.name
-    ));
-    sh(&format!("ip -n {} addr add {addr}/24 dev eth0", host.name));
-    sh(&format!("ip -n {} link set eth0 up", host.name));
-}
-
 fn topology() -> Topology {
-    let switch = Netns::new("xsw");
-    sh(&format!("ip -n {} link add br0 type bridge", switch.name));
-    sh(&format!("ip -n {} link set br0 up", switch.name));
-    let client = Netns::new("xcl");
-    let lb = Netns::new("xlb");
-    plug(&switch, &client, "pcl", "198.18.0.1");
-    plug(&switch, &lb, "plb", "198.18.0.2");
-    // Native XDP forwarding would leave the client's partial TCP checksums unfinished.
-    client.sh("ethtool -K eth0 tx off");
-    client.sh(&format!("ip route add {VIP}/32 via 198.18.0.2"));
-    let mut backends = Vec::new();
-    for (i, (_, addr, _)) in BACKENDS.iter().enumerate() {
-        let ns = Netns::new("xbe");
-        plug(&switch, &ns, &format!("pb{i}"), addr);
-        ns.sh(&format!("ip addr add {VIP}/32 dev lo"));
-        for (key, value) in [("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)] {
-            ns.sh(&format!(
-                "sysctl -qw net.ipv4.conf.all.{key}={value} net.ipv4.conf.eth0.{key}={value}"
-            ));
-        }
-        backends.push(ns);
-    }
-    Topology {
-        client,
-        lb,
-        backends,
-        switch,
-    }
+    let addrs: Vec<&str> = BACKENDS.iter().map(|b| b.1).collect();
+    Topology::new(&addrs, VIP)
 }
 
 /// Accepts connections on VIP:PORT in `ns`, answers with `name`, counts them; stops when
@@ -100,7 +53,7 @@ fn serve(
 ) -> thread::JoinHandle<()> {
     let path = ns.name.clone();
     thread::spawn(move || {
-        Netns { name: path.clone() }.enter_without_drop();
+        enter(&path);
         let listener = TcpListener::bind((VIP, PORT)).expect("bind VIP on backend");
         listener.set_nonblocking(true).unwrap();
         while !stop.load(Ordering::Relaxed) {
@@ -117,18 +70,6 @@ fn serve(
             }
         }
     })
-}
-
-trait EnterWithoutDrop {
-    fn enter_without_drop(self);
-}
-
-impl EnterWithoutDrop for Netns {
-    /// Enters a namespace owned elsewhere (does not delete it when this handle goes).
-    fn enter_without_drop(self) {
-        self.enter();
-        std::mem::forget(self);
-    }
 }
 
 /// Sum over CPUs of `field` for `key` in a `bpftool -j map dump` of a per-CPU array.
@@ -165,7 +106,7 @@ fn weighted_distribution_over_real_tcp_matches_weights_and_bpftool() {
     let lb_name = topo.lb.name.clone();
     let pin_path = pins.path().to_path_buf();
     let mut dp = thread::spawn(move || {
-        Netns { name: lb_name }.enter_without_drop();
+        enter(&lb_name);
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: pin_path,
             flow_capacity: 65536,
@@ -181,28 +122,11 @@ fn weighted_distribution_over_real_tcp_matches_weights_and_bpftool() {
         topo.lb.sh("ip link show eth0").contains("xdp"),
         "XDP not attached natively"
     );
-    // XDP_TX out of the LB's veth only arrives if the peer runs XDP: attach XDP_PASS.
-    let switch_name = topo.switch.name.clone();
-    let _peer_pass = thread::spawn(move || {
-        Netns { name: switch_name }.enter_without_drop();
-        let mut ebpf = aya::Ebpf::load(xlb::object::PASS_OBJECT).unwrap();
-        let prog: &mut aya::programs::Xdp = ebpf
-            .program_mut(xlb::object::PASS_PROGRAM_NAME)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        prog.load().unwrap();
-        prog.attach("plb", aya::programs::XdpMode::Driver).unwrap();
-        ebpf
-    })
-    .join()
-    .unwrap();
-
     let mut ids = Vec::new();
     for (i, ((name, _, _), ns)) in BACKENDS.iter().zip(&topo.backends).enumerate() {
         let ns_name = ns.name.clone();
         let mac = thread::spawn(move || {
-            Netns { name: ns_name }.enter_without_drop();
+            enter(&ns_name);
             interface_mac("eth0").unwrap()
         })
         .join()
@@ -272,7 +196,7 @@ fn weighted_distribution_over_real_tcp_matches_weights_and_bpftool() {
 
     let client_name = topo.client.name.clone();
     let answers = thread::spawn(move || {
-        Netns { name: client_name }.enter_without_drop();
+        enter(&client_name);
         let target: SocketAddr = format!("{VIP}:{PORT}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut answers: BTreeMap<String, u32> = BTreeMap::new();

@@ -163,5 +163,7 @@ fn test() -> Result<()> {
             "warnings",
         ]))?;
     // Release: the table property tests build thousands of 65537-slot tables.
+    // The daemon tests run the real `xlb` binary.
+    run(Command::new("cargo").args(["build", "--locked", "--release", "--bins"]))?;
     run(Command::new("cargo").args(["test", "--locked", "--release"]))
 }
