@@ -424,10 +424,7 @@ fn validate(file: &Path, json: bool) -> Result<u8, String> {
 
 fn print_violations(violations: &[Violation], file: &Path) {
     for v in violations {
-        match v.line {
-            Some(line) => println!("{}:{line}: {v}", file.display()),
-            None => println!("{v}"),
-        }
+        println!("{}: {v}", file.display());
     }
 }
 

@@ -424,3 +424,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn example_config_in_the_repo_is_valid() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/xlb.toml"));
+    let c = config::load(path).unwrap();
+    let p = check(&c, None);
+    assert!(p.violations.is_empty(), "{:#?}", p.violations);
+    assert_eq!(c.vips.len(), 2);
+}
