@@ -85,6 +85,11 @@ pub struct Outcome {
 /// Resolves a backend's MAC from its address (the neighbour table, in the daemon).
 pub type Resolver = Box<dyn Fn(IpAddr) -> Result<[u8; 6], String> + Send>;
 
+/// The tables of `config` as they are installed (no running config, no health).
+fn tables_of(config: &Config) -> Plan {
+    guard::plan(config, None, &Health::new(), &Maglev)
+}
+
 /// Resolves through the neighbour table of `iface`.
 pub fn neighbour_resolver(iface: String) -> Resolver {
     Box::new(move |addr| crate::neighbour::resolve(&iface, addr, Duration::from_secs(2)))
@@ -94,6 +99,8 @@ pub struct Controller {
     maps: Maps,
     history: History,
     current: Option<Record>,
+    /// `current`'s tables and shares, built once per generation (not per read).
+    current_plan: Option<Plan>,
     health: Health,
     resolve: Resolver,
 }
@@ -202,10 +209,12 @@ impl Controller {
     /// A controller over loaded maps and a history directory. Call `reconcile` next.
     pub fn new(maps: Maps, history: History, resolve: Resolver) -> Result<Self, ApplyError> {
         let current = history.latest()?;
+        let current_plan = current.as_ref().map(|r| tables_of(&r.config));
         Ok(Controller {
             maps,
             history,
             current,
+            current_plan,
             health: Health::new(),
             resolve,
         })
@@ -235,11 +244,11 @@ impl Controller {
     /// the middle of an apply). Backends and tables already right are left alone, so
     /// established flows keep their entries and backends.
     pub fn reconcile(&mut self) -> Result<(), ApplyError> {
-        let Some(record) = self.current.clone() else {
+        let (Some(record), Some(plan)) = (self.current.clone(), self.current_plan.clone()) else {
             return Ok(());
         };
         let resolved = self.resolve_macs(&record.config, Some(&record))?;
-        self.write(&record, &resolved, None, true)
+        self.write(&record, &plan, &resolved, None, true)
     }
 
     /// Plans `req` and, unless it is rejected or dry, applies it and commits a generation.
@@ -296,7 +305,8 @@ impl Controller {
         };
         let previous = self.current.clone();
         let restore = |this: &mut Self, error: String| -> ApplyError {
-            let Some(prev) = previous.clone() else {
+            let (Some(prev), Some(prev_plan)) = (previous.clone(), this.current_plan.clone())
+            else {
                 return ApplyError::Restore {
                     error,
                     restore: "there is no previous generation".into(),
@@ -304,7 +314,7 @@ impl Controller {
             };
             let undo = this
                 .resolve_macs(&prev.config, Some(&prev))
-                .and_then(|macs| this.write(&prev, &macs, Some(&record), true));
+                .and_then(|macs| this.write(&prev, &prev_plan, &macs, Some(&record), true));
             match undo {
                 Ok(()) => ApplyError::Restore {
                     error,
@@ -316,13 +326,14 @@ impl Controller {
                 },
             }
         };
-        if let Err(e) = self.write(&record, &resolved, previous.as_ref(), false) {
+        if let Err(e) = self.write(&record, &plan, &resolved, previous.as_ref(), false) {
             return Err(restore(self, e.to_string()));
         }
         if let Err(e) = self.history.commit(&record) {
             return Err(restore(self, e.to_string()));
         }
         self.current = Some(record);
+        self.current_plan = Some(plan.clone());
         Ok(Outcome {
             plan,
             generation: Some(generation),
@@ -370,11 +381,13 @@ impl Controller {
         Ok(out)
     }
 
-    /// Writes `record`'s state into the maps, leaving `old`'s leftovers retired. With
-    /// `only_if_different`, tables whose generation and slots already match are kept.
+    /// Writes `record`'s state into the maps, with the tables `plan` built for its config,
+    /// leaving `old`'s leftovers retired. With `only_if_different`, tables whose slots
+    /// already match are kept.
     fn write(
         &mut self,
         record: &Record,
+        plan: &Plan,
         macs: &BTreeMap<(String, String), [u8; 6]>,
         old: Option<&Record>,
         only_if_different: bool,
@@ -411,7 +424,6 @@ impl Controller {
             }
         }
         // 2. Tables, then VIP keys.
-        let plan = guard::plan(config, None, &Health::new(), &Maglev);
         let generation = u32::try_from(record.generation).unwrap_or(u32::MAX);
         for vip in &config.vips {
             let vip_id = ids.vips[&vip.name];
@@ -578,15 +590,15 @@ impl Controller {
         let Some(record) = &self.current else {
             return Ok(Vec::new());
         };
-        let plan = guard::plan(&record.config, None, &self.health, &Maglev);
         let mut out = Vec::new();
         for vip in &record.config.vips {
             let vip_id = record.ids.vips[&vip.name];
             let vs = self.maps.vip_stats(vip_id)?;
-            let rows = plan
-                .vip(&vip.name)
-                .map(|p| p.rows.clone())
-                .unwrap_or_default();
+            let rows = self
+                .current_plan
+                .as_ref()
+                .and_then(|p| p.vip(&vip.name))
+                .map_or(&[][..], |p| &p.rows[..]);
             let mut backends = Vec::new();
             for b in &vip.backends {
                 let id = record.ids.backend(&vip.name, &b.name).unwrap_or(0);
@@ -598,7 +610,10 @@ impl Controller {
                     address: b.address.clone(),
                     weight: b.weight(),
                     table_share: row.map_or(0.0, |r| r.share_after),
-                    healthy: row.and_then(|r| r.healthy),
+                    healthy: vip
+                        .health
+                        .as_ref()
+                        .map(|_| guard::is_healthy(&self.health, &vip.name, &b.name)),
                     packets: s.packets,
                     bytes: s.bytes,
                     new_flows: s.new_flows,
@@ -608,7 +623,7 @@ impl Controller {
                 vip: vip.name.clone(),
                 label: vip.label(),
                 id: vip_id,
-                generation: self.maps.table(vip_id).map_or(0, |t| u64::from(t.1)),
+                generation: self.maps.table_generation(vip_id).map_or(0, u64::from),
                 packets: vs.packets,
                 bytes: vs.bytes,
                 new_flows: vs.new_flows,

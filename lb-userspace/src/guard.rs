@@ -761,7 +761,8 @@ fn checked_table(
     Some(table)
 }
 
-fn is_healthy(health: &Health, vip: &str, backend: &str) -> bool {
+/// Whether the checks last saw `backend` of `vip` healthy (unprobed counts as healthy).
+pub fn is_healthy(health: &Health, vip: &str, backend: &str) -> bool {
     health
         .get(&(vip.to_string(), backend.to_string()))
         .copied()

@@ -264,6 +264,18 @@ impl Maps {
         Ok((size, generation, slots))
     }
 
+    /// The generation of VIP `vip_id`'s live table (its header only).
+    pub fn table_generation(&self, vip_id: u32) -> Result<u32, DataplaneError> {
+        let what = || format!("reading VIP {vip_id}'s table");
+        let inner: Array<MapData, u32> = self
+            .rings
+            .get(&vip_id, 0)
+            .map_err(map_err(names::RINGS, what()))?;
+        inner
+            .get(&TABLE_HDR_GENERATION, 0)
+            .map_err(map_err(names::RINGS, what()))
+    }
+
     /// The flow entry for `key`, if the flow is known.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
         self.flows.get(key, 0).ok()
