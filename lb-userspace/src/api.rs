@@ -15,6 +15,16 @@ use crate::{
     guard::{Plan, Violation},
 };
 
+/// How a change goes through the guardrails; shared by every changing request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Guarded {
+    /// Plan and check only.
+    pub dry_run: bool,
+    /// Override the forceable guardrails; needs `reason`.
+    pub force: bool,
+    pub reason: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
@@ -24,9 +34,8 @@ pub enum Request {
     Apply {
         config: Config,
         file: PathBuf,
-        dry_run: bool,
-        force: bool,
-        reason: Option<String>,
+        #[serde(flatten)]
+        guarded: Guarded,
     },
     /// `xlb weight set` and `xlb drain` (weight 0).
     WeightSet {
@@ -35,15 +44,13 @@ pub enum Request {
         vip: String,
         backend: String,
         weight: i64,
-        dry_run: bool,
-        force: bool,
-        reason: Option<String>,
+        #[serde(flatten)]
+        guarded: Guarded,
     },
     Rollback {
         generation: Option<u64>,
-        dry_run: bool,
-        force: bool,
-        reason: Option<String>,
+        #[serde(flatten)]
+        guarded: Guarded,
     },
     Explain {
         vip: String,

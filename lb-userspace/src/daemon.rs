@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use crate::{
-    api::{Request, Response},
+    api::{Guarded, Request, Response},
     config,
     controller::{self, ApplyError, Controller, VipStatsView},
     dataplane::{Dataplane, LoadOptions, loader},
@@ -375,6 +375,24 @@ fn apply_response(result: Result<controller::Outcome, ApplyError>) -> Response {
     }
 }
 
+/// Applies `config` through the controller on behalf of `user`.
+fn apply_as(
+    s: &mut Shared,
+    config: config::Config,
+    source: Source,
+    user: String,
+    g: Guarded,
+) -> Response {
+    apply_response(s.controller.apply(controller::Request {
+        config,
+        source,
+        user,
+        force: g.force,
+        reason: g.reason,
+        dry_run: g.dry_run,
+    }))
+}
+
 fn handle(state: &State, req: Request, user: String) -> Response {
     let mut s = lock(state);
     let daemon = s.daemon.clone();
@@ -397,30 +415,18 @@ fn handle(state: &State, req: Request, user: String) -> Response {
         Request::Apply {
             mut config,
             file,
-            dry_run,
-            force,
-            reason,
+            guarded,
         } => {
             // Daemon settings take effect at `xlb run`; an apply changes VIPs and policy.
             config.daemon = daemon;
-            let r = s.controller.apply(controller::Request {
-                config,
-                source: Source::File { file },
-                user,
-                force,
-                reason,
-                dry_run,
-            });
-            apply_response(r)
+            apply_as(&mut s, config, Source::File { file }, user, guarded)
         }
         Request::WeightSet {
             command,
             vip,
             backend,
             weight,
-            dry_run,
-            force,
-            reason,
+            guarded,
         } => {
             let Some(current) = s.controller.current() else {
                 return Response::error("no generation is applied yet; use `xlb apply FILE`");
@@ -435,21 +441,11 @@ fn handle(state: &State, req: Request, user: String) -> Response {
                 ));
             };
             b.weight = weight;
-            let r = s.controller.apply(controller::Request {
-                config,
-                source: Source::Cli { command },
-                user,
-                force,
-                reason,
-                dry_run,
-            });
-            apply_response(r)
+            apply_as(&mut s, config, Source::Cli { command }, user, guarded)
         }
         Request::Rollback {
             generation,
-            dry_run,
-            force,
-            reason,
+            guarded,
         } => {
             let target = match generation {
                 Some(g) => g,
@@ -474,15 +470,13 @@ fn handle(state: &State, req: Request, user: String) -> Response {
             };
             let mut config = record.config;
             config.daemon = daemon;
-            let r = s.controller.apply(controller::Request {
+            apply_as(
+                &mut s,
                 config,
-                source: Source::Rollback { to: target },
+                Source::Rollback { to: target },
                 user,
-                force,
-                reason,
-                dry_run,
-            });
-            apply_response(r)
+                guarded,
+            )
         }
         Request::Explain { vip, client } => {
             let Ok(client) = client.parse::<SocketAddr>() else {
@@ -543,50 +537,37 @@ fn sampler(state: State) {
 /// `healthy-quorum` guardrail and `xlb status`.
 fn health_checker(state: State) {
     loop {
-        let targets: Vec<(String, String, SocketAddr, Duration)> = {
-            let s = lock(&state);
-            s.controller
-                .current()
-                .map(|r| {
-                    r.config
-                        .vips
-                        .iter()
-                        .filter_map(|v| Some((v, v.health.as_ref()?)))
-                        .flat_map(|(v, h)| {
-                            v.backends.iter().filter_map(move |b| {
-                                let ip: IpAddr = b.address.parse().ok()?;
-                                Some((
-                                    v.name.clone(),
-                                    b.name.clone(),
-                                    SocketAddr::new(ip, h.port),
-                                    Duration::from_millis(h.timeout_ms),
-                                ))
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let interval = {
-            let s = lock(&state);
-            s.controller
-                .current()
-                .and_then(|r| {
-                    r.config
-                        .vips
-                        .iter()
-                        .filter_map(|v| v.health.as_ref().map(|h| h.interval_ms))
-                        .min()
-                })
-                .unwrap_or(1000)
-        };
+        // The checked VIPs of the running generation, read under one lock.
+        let vips: Vec<config::Vip> = lock(&state)
+            .controller
+            .current()
+            .map(|r| {
+                r.config
+                    .vips
+                    .iter()
+                    .filter(|v| v.health.is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut health = crate::guard::Health::new();
-        for (vip, backend, addr, timeout) in targets {
-            let up = TcpStream::connect_timeout(&addr, timeout).is_ok();
-            health.insert((vip, backend), up);
+        // The shortest configured interval; 1 s while nothing is checked.
+        let mut interval: Option<u64> = None;
+        for v in &vips {
+            let Some(h) = &v.health else { continue };
+            interval = Some(interval.map_or(h.interval_ms, |i| i.min(h.interval_ms)));
+            for b in &v.backends {
+                let Ok(ip) = b.address.parse::<IpAddr>() else {
+                    continue;
+                };
+                let addr = SocketAddr::new(ip, h.port);
+                let up =
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(h.timeout_ms)).is_ok();
+                health.insert((v.name.clone(), b.name.clone()), up);
+            }
         }
         lock(&state).controller.set_health(health);
-        thread::sleep(Duration::from_millis(interval.max(100)));
+        thread::sleep(Duration::from_millis(interval.unwrap_or(1000).max(100)));
     }
 }
 

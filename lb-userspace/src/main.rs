@@ -10,7 +10,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use xlb::{
-    api::{self, Request, Response},
+    api::{self, Guarded, Request, Response},
     config::{self, DEFAULT_SOCKET},
     controller::{Explain, VipStatsView},
     dataplane::{loader, pins::DEFAULT_PIN_DIR},
@@ -33,13 +33,26 @@ struct Cli {
 }
 
 #[derive(clap::Args, Clone)]
-struct Force {
+struct GuardArgs {
+    /// Plan and check only.
+    #[arg(long)]
+    dry_run: bool,
     /// Override the policy guardrails (not structure, nonzero-total or table-fidelity).
     #[arg(long, requires = "reason")]
     force: bool,
     /// Why; recorded in the history. Required with --force.
     #[arg(long)]
     reason: Option<String>,
+}
+
+impl From<GuardArgs> for Guarded {
+    fn from(a: GuardArgs) -> Self {
+        Guarded {
+            dry_run: a.dry_run,
+            force: a.force,
+            reason: a.reason,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -64,11 +77,8 @@ enum Command {
     /// Apply FILE's VIPs and guardrail policy through the guardrails.
     Apply {
         file: PathBuf,
-        /// Plan and check only.
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        force: Force,
+        guard: GuardArgs,
         #[arg(long)]
         json: bool,
     },
@@ -81,10 +91,8 @@ enum Command {
     Drain {
         vip: String,
         backend: String,
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        force: Force,
+        guard: GuardArgs,
         #[arg(long)]
         json: bool,
     },
@@ -114,10 +122,8 @@ enum Command {
     /// Re-apply an earlier generation (default: the one before the current).
     Rollback {
         generation: Option<u64>,
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        force: Force,
+        guard: GuardArgs,
         #[arg(long)]
         json: bool,
     },
@@ -144,10 +150,8 @@ enum WeightOp {
         vip: String,
         backend: String,
         weight: i64,
-        #[arg(long)]
-        dry_run: bool,
         #[command(flatten)]
-        force: Force,
+        guard: GuardArgs,
         #[arg(long)]
         json: bool,
     },
@@ -194,31 +198,22 @@ fn run(cli: Cli) -> Result<u8, String> {
                 &Request::Apply {
                     config,
                     file: absolute(&file),
-                    dry_run: true,
-                    force: false,
-                    reason: None,
+                    guarded: Guarded {
+                        dry_run: true,
+                        ..Guarded::default()
+                    },
                 },
             )?;
             apply_result(r, json, true)
         }
-        Command::Apply {
-            file,
-            dry_run,
-            force,
-            json,
-        } => {
+        Command::Apply { file, guard, json } => {
             let config = config::load(&file).map_err(|e| e.to_string())?;
-            let r = call(
-                &socket,
-                &Request::Apply {
-                    config,
-                    file: absolute(&file),
-                    dry_run,
-                    force: force.force,
-                    reason: force.reason,
-                },
-            )?;
-            apply_result(r, json, dry_run)
+            let file = absolute(&file);
+            change(&socket, guard, json, |guarded| Request::Apply {
+                config,
+                file,
+                guarded,
+            })
         }
         Command::Weight {
             op:
@@ -226,63 +221,36 @@ fn run(cli: Cli) -> Result<u8, String> {
                     vip,
                     backend,
                     weight,
-                    dry_run,
-                    force,
+                    guard,
                     json,
                 },
-        } => {
-            let r = call(
-                &socket,
-                &Request::WeightSet {
-                    command: format!("weight set {vip} {backend} {weight}"),
-                    vip,
-                    backend,
-                    weight,
-                    dry_run,
-                    force: force.force,
-                    reason: force.reason,
-                },
-            )?;
-            apply_result(r, json, dry_run)
-        }
+        } => change(&socket, guard, json, |guarded| Request::WeightSet {
+            command: format!("weight set {vip} {backend} {weight}"),
+            vip,
+            backend,
+            weight,
+            guarded,
+        }),
         Command::Drain {
             vip,
             backend,
-            dry_run,
-            force,
+            guard,
             json,
-        } => {
-            let r = call(
-                &socket,
-                &Request::WeightSet {
-                    command: format!("drain {vip} {backend}"),
-                    vip,
-                    backend,
-                    weight: 0,
-                    dry_run,
-                    force: force.force,
-                    reason: force.reason,
-                },
-            )?;
-            apply_result(r, json, dry_run)
-        }
+        } => change(&socket, guard, json, |guarded| Request::WeightSet {
+            command: format!("drain {vip} {backend}"),
+            vip,
+            backend,
+            weight: 0,
+            guarded,
+        }),
         Command::Rollback {
             generation,
-            dry_run,
-            force,
+            guard,
             json,
-        } => {
-            let r = call(
-                &socket,
-                &Request::Rollback {
-                    generation,
-                    dry_run,
-                    force: force.force,
-                    reason: force.reason,
-                },
-            )?;
-            apply_result(r, json, dry_run)
-        }
+        } => change(&socket, guard, json, |guarded| Request::Rollback {
+            generation,
+            guarded,
+        }),
         Command::Status { json } => {
             let r = ok(call(&socket, &Request::Status)?)?;
             if json {
@@ -378,6 +346,17 @@ fn run(cli: Cli) -> Result<u8, String> {
             Ok(0)
         }
     }
+}
+
+/// Sends a changing request built with `guard`'s options and prints its outcome.
+fn change(
+    socket: &Path,
+    guard: GuardArgs,
+    json: bool,
+    request: impl FnOnce(Guarded) -> Request,
+) -> Result<u8, String> {
+    let dry_run = guard.dry_run;
+    apply_result(call(socket, &request(guard.into()))?, json, dry_run)
 }
 
 fn absolute(p: &Path) -> PathBuf {
