@@ -58,8 +58,10 @@ pub enum ApplyError {
     Dataplane(#[from] DataplaneError),
     #[error("{0}")]
     History(#[from] HistoryError),
-    #[error("{error}; restoring the previous generation also failed: {restore}")]
-    Restore { error: String, restore: String },
+    #[error("{0}; the previous generation was written back, nothing changed")]
+    Restored(String),
+    #[error("{error}; writing the previous generation back also failed: {restore}")]
+    RestoreFailed { error: String, restore: String },
 }
 
 /// One requested change.
@@ -305,22 +307,24 @@ impl Controller {
         };
         let previous = self.current.clone();
         let restore = |this: &mut Self, error: String| -> ApplyError {
-            let (Some(prev), Some(prev_plan)) = (previous.clone(), this.current_plan.clone())
-            else {
-                return ApplyError::Restore {
-                    error,
-                    restore: "there is no previous generation".into(),
-                };
+            let (prev, prev_plan) = match (previous.clone(), this.current_plan.clone()) {
+                (Some(prev), Some(plan)) => (prev, plan),
+                // Nothing was committed before: write back "no VIPs, no live backends".
+                _ => {
+                    let mut none = record.clone();
+                    none.config.vips.clear();
+                    none.ids = Ids::default();
+                    none.fingerprints.clear();
+                    let plan = tables_of(&none.config);
+                    (none, plan)
+                }
             };
             let undo = this
                 .resolve_macs(&prev.config, Some(&prev))
                 .and_then(|macs| this.write(&prev, &prev_plan, &macs, Some(&record), true));
             match undo {
-                Ok(()) => ApplyError::Restore {
-                    error,
-                    restore: "no: the previous generation is back in place".into(),
-                },
-                Err(e) => ApplyError::Restore {
+                Ok(()) => ApplyError::Restored(error),
+                Err(e) => ApplyError::RestoreFailed {
                     error,
                     restore: e.to_string(),
                 },
@@ -475,20 +479,18 @@ impl Controller {
             .filter_map(|v| Some((vip_key(v)?, ids.vips[&v.name])))
             .collect();
         let wanted_ids: BTreeSet<u32> = ids.vips.values().copied().collect();
+        // Each table swap waits for an RCU grace period: retire each table once.
+        let mut unwanted_tables: BTreeSet<u32> = old
+            .map(|o| o.ids.vips.values().copied().collect())
+            .unwrap_or_default();
         for (key, info) in self.maps.vips() {
             if !wanted.contains(&(key, info.vip_id)) {
                 self.maps.remove_vip(&key)?;
-                if !wanted_ids.contains(&info.vip_id) {
-                    self.maps.remove_table(info.vip_id)?;
-                }
+                unwanted_tables.insert(info.vip_id);
             }
         }
-        if let Some(old) = old {
-            for id in old.ids.vips.values() {
-                if !wanted_ids.contains(id) {
-                    self.maps.remove_table(*id)?;
-                }
-            }
+        for id in unwanted_tables.difference(&wanted_ids) {
+            self.maps.remove_table(*id)?;
         }
         // 4. Backends that left.
         let keep: BTreeSet<u32> = ids.backends.values().copied().collect();
