@@ -3,14 +3,14 @@
 
 use lb_common::{BACKEND_LIVE, Backend, maps};
 use xlb::dataplane::{Dataplane, LoadOptions};
-use xlb_tests::{PinDir, require_root};
+use xlb_lab::{PinDir, require_root};
 
 #[test]
 fn program_loads_pins_every_map_and_reload_adopts_them() {
     if !require_root("program_loads_pins_every_map_and_reload_adopts_them") {
         return;
     }
-    let pins = PinDir::new("xlb-load-");
+    let pins = PinDir::new("load");
     let opts = LoadOptions {
         pin_dir: pins.path().into(),
         flow_capacity: 1024,

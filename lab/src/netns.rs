@@ -22,9 +22,14 @@ pub struct Netns {
     pub name: String,
 }
 
+/// Every lab namespace is named `xlab-<pid>-<role><n>`, so that a later run can tell
+/// which ones a killed process left behind (`crate::remove_stale`).
+const PREFIX: &str = "xlab-";
+
 impl Netns {
-    pub fn new(prefix: &str) -> Self {
-        let name = crate::unique(prefix, 30);
+    /// A new namespace for `role` (e.g. "lb", "c0", "b1"), with `lo` up.
+    pub fn new(role: &str) -> Self {
+        let name = crate::unique(&format!("{PREFIX}{}-{role}-", std::process::id()), 60);
         sh(&format!("ip netns add {name}"));
         sh(&format!("ip -n {name} link set lo up"));
         Netns { name }

@@ -23,7 +23,7 @@ use xlb::{
     dataplane::{Dataplane, LoadOptions},
     history::{History, Source},
 };
-use xlb_tests::{
+use xlb_lab::{
     PinDir,
     packet::{SYN, tcp, v4},
     require_root,
@@ -66,7 +66,7 @@ fn switching_disjoint_backend_sets_never_mixes_generations() {
     if !require_root("switching_disjoint_backend_sets_never_mixes_generations") {
         return;
     }
-    let pins = PinDir::new("xlb-atomic-");
+    let pins = PinDir::new("atomic");
     let state = tempfile::tempdir().unwrap();
     let opts = LoadOptions {
         pin_dir: pins.path().to_path_buf(),

@@ -13,7 +13,7 @@ use xlb::{
     dataplane::{Dataplane, LoadOptions, TableWrite},
     table::{self, Weighted},
 };
-use xlb_tests::{
+use xlb_lab::{
     PinDir,
     packet::{ACK, L3, L4, LB_MAC, SYN, tcp, udp, v4, v6},
     require_root,
@@ -143,7 +143,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let pins = PinDir::new("xlb-pkt-");
+    let pins = PinDir::new("pkt");
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: pins.path().into(),
         flow_capacity: 4096,
@@ -177,7 +177,7 @@ fn run(dp: &mut Dataplane, input: &[u8]) -> (u32, Vec<u8>) {
     (r.return_value, out)
 }
 
-fn flow_key(frame: &xlb_tests::packet::Frame) -> FlowKey {
+fn flow_key(frame: &xlb_lab::packet::Frame) -> FlowKey {
     let mut key = FlowKey {
         proto: frame.l4.proto(),
         ..FlowKey::default()
@@ -246,11 +246,11 @@ enum Expect {
 struct Fixture {
     what: &'static str,
     input: Vec<u8>,
-    frame: Option<xlb_tests::packet::Frame>,
+    frame: Option<xlb_lab::packet::Frame>,
     expect: Expect,
 }
 
-fn fx(what: &'static str, frame: xlb_tests::packet::Frame, expect: Expect) -> Fixture {
+fn fx(what: &'static str, frame: xlb_lab::packet::Frame, expect: Expect) -> Fixture {
     Fixture {
         what,
         input: frame.bytes(),
@@ -268,7 +268,7 @@ fn raw(what: &'static str, input: Vec<u8>, reason: Reason) -> Fixture {
     }
 }
 
-fn truncate(frame: xlb_tests::packet::Frame, len: usize) -> Vec<u8> {
+fn truncate(frame: xlb_lab::packet::Frame, len: usize) -> Vec<u8> {
     let mut b = frame.bytes();
     b.truncate(len);
     b
@@ -284,14 +284,14 @@ fn fixtures() -> Vec<Fixture> {
     use Reason::*;
     let arp = {
         let mut b = vec![0xff; 6];
-        b.extend_from_slice(&xlb_tests::packet::CLIENT_MAC);
+        b.extend_from_slice(&xlb_lab::packet::CLIENT_MAC);
         b.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
         b.extend_from_slice(&[0; 28]);
         b
     };
     let lldp = {
         let mut b = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e];
-        b.extend_from_slice(&xlb_tests::packet::CLIENT_MAC);
+        b.extend_from_slice(&xlb_lab::packet::CLIENT_MAC);
         b.extend_from_slice(&[0x88, 0xcc]);
         b.extend_from_slice(&[0; 46]);
         b

@@ -1,0 +1,282 @@
+//! Real clients for the lab servers: short HTTP connections, keep-alive HTTP, long-lived
+//! echo connections and UDP requests, plus a bounded background load that counts every
+//! failure. All of them must run on a thread inside a client namespace (`topology::in_ns`).
+
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    servers::{ECHO_PORT, HTTP_PORT},
+    topology::enter,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn bad(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// An HTTP/1.1 connection that stays open for several requests.
+pub struct Http {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Http {
+    pub fn connect(vip: IpAddr) -> io::Result<Http> {
+        let stream = connect(SocketAddr::new(vip, HTTP_PORT))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Http { stream, reader })
+    }
+
+    /// The client side of this connection (what `xlb explain` takes).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
+    /// One GET; returns the backend that answered.
+    pub fn get(&mut self, close: bool) -> io::Result<String> {
+        let conn = if close { "close" } else { "keep-alive" };
+        // One write: pieces of a request would wait on Nagle and delayed ACKs.
+        let request = format!("GET / HTTP/1.1\r\nHost: xlb-lab\r\nConnection: {conn}\r\n\r\n");
+        self.stream.write_all(request.as_bytes())?;
+        let mut status = String::new();
+        self.reader.read_line(&mut status)?;
+        if !status.starts_with("HTTP/1.1 200") {
+            return Err(bad(format!("bad status line {status:?}")));
+        }
+        let mut length = None;
+        loop {
+            let mut h = String::new();
+            if self.reader.read_line(&mut h)? == 0 {
+                return Err(bad("connection closed inside the headers".into()));
+            }
+            let h = h.trim();
+            if h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.strip_prefix("Content-Length: ") {
+                length = v.parse::<usize>().ok();
+            }
+        }
+        let length = length.ok_or_else(|| bad("no Content-Length".into()))?;
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim().to_string())
+    }
+}
+
+/// One request on a new connection: (client source port, backend). The client closes
+/// first, so its side keeps the 5-tuple in TIME_WAIT and the next connection gets a new
+/// source port: each call is exactly one new flow for the load balancer.
+pub fn http_once(vip: IpAddr) -> io::Result<(u16, String)> {
+    let mut c = Http::connect(vip)?;
+    let port = c.local_addr()?.port();
+    let who = c.get(false)?;
+    drop(c);
+    Ok((port, who))
+}
+
+/// A long-lived echo connection that must stay on the backend that accepted it.
+pub struct Echo {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    pub backend: String,
+    pub local: SocketAddr,
+}
+
+impl Echo {
+    pub fn open(vip: IpAddr) -> io::Result<Echo> {
+        let s = connect(SocketAddr::new(vip, ECHO_PORT))?;
+        let local = s.local_addr()?;
+        let mut reader = BufReader::new(s.try_clone()?);
+        let mut backend = String::new();
+        reader.read_line(&mut backend)?;
+        Ok(Echo {
+            reader,
+            writer: s,
+            backend: backend.trim().to_string(),
+            local,
+        })
+    }
+
+    /// Sends a line; Ok if the same backend echoes it.
+    pub fn ping(&mut self, what: &str) -> io::Result<()> {
+        self.writer.write_all(format!("{what}\n").as_bytes())?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let want = format!("{} {what}", self.backend);
+        if line.trim() != want {
+            return Err(bad(format!(
+                "established connection from {} moved or broke: sent {what:?}, got {:?}, \
+                 expected {want:?}",
+                self.local,
+                line.trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One UDP request from a fresh socket: (source port, backend). Retries a lost datagram
+/// up to 3 times (UDP has no retransmission of its own).
+pub fn udp_once(vip: IpAddr, payload: &str) -> io::Result<(u16, String)> {
+    let any: IpAddr = if vip.is_ipv4() {
+        "0.0.0.0".parse().expect("literal")
+    } else {
+        "::".parse().expect("literal")
+    };
+    let sock = UdpSocket::bind(SocketAddr::new(any, 0))?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    sock.connect(SocketAddr::new(vip, ECHO_PORT))?;
+    let mut buf = [0u8; 2048];
+    let mut last = None;
+    for _ in 0..3 {
+        sock.send(payload.as_bytes())?;
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (backend, echoed) = reply
+                    .split_once(' ')
+                    .ok_or_else(|| bad(format!("bad reply {reply:?}")))?;
+                if echoed != payload {
+                    return Err(bad(format!("echo mismatch: {reply:?}")));
+                }
+                return Ok((sock.local_addr()?.port(), backend.to_string()));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| bad("no reply".into())))
+}
+
+/// `n` short HTTP connections: connections per backend. Panics on any failure.
+pub fn http_many(vip: IpAddr, n: u32) -> BTreeMap<String, u32> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut count = BTreeMap::new();
+    for i in 0..n {
+        assert!(
+            Instant::now() < deadline,
+            "traffic over its time bound at {i}"
+        );
+        let (_, who) = http_once(vip).unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
+        *count.entry(who).or_insert(0) += 1;
+    }
+    count
+}
+
+/// What a background load saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Successful requests per backend: new connections.
+    pub short: BTreeMap<String, u64>,
+    /// Successful requests on the keep-alive connection.
+    pub keepalive: u64,
+    /// Every failed request, with its error.
+    pub failures: Vec<String>,
+}
+
+impl LoadReport {
+    pub fn requests(&self) -> u64 {
+        self.short.values().sum::<u64>() + self.keepalive
+    }
+}
+
+/// A continuous request loop from a client namespace: alternately a short connection
+/// and a request on one keep-alive connection (reopened when the server closes it).
+/// Bounded: stops at `stop`, at `max_requests`, or after `max_time`.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<LoadReport>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(client_ns: &str, vip: IpAddr, max_requests: u64, max_time: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
+        let (ns, s, r) = (client_ns.to_string(), stop.clone(), report.clone());
+        let thread = thread::spawn(move || {
+            enter(&ns);
+            let deadline = Instant::now() + max_time;
+            let mut keep: Option<Http> = None;
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) && n < max_requests && Instant::now() < deadline {
+                n += 1;
+                if n.is_multiple_of(2) {
+                    match http_once(vip) {
+                        Ok((_, who)) => *lock(&r).short.entry(who).or_default() += 1,
+                        Err(e) => lock(&r).failures.push(format!("short request {n}: {e}")),
+                    }
+                } else {
+                    let result = match keep.as_mut() {
+                        Some(c) => c.get(false),
+                        None => Http::connect(vip).and_then(|mut c| {
+                            let who = c.get(false);
+                            keep = Some(c);
+                            who
+                        }),
+                    };
+                    match result {
+                        Ok(_) => lock(&r).keepalive += 1,
+                        Err(e) => {
+                            keep = None;
+                            lock(&r)
+                                .failures
+                                .push(format!("keep-alive request {n}: {e}"));
+                        }
+                    }
+                }
+            }
+        });
+        Load {
+            stop,
+            report,
+            thread: Some(thread),
+        }
+    }
+
+    /// A copy of what the load has seen so far.
+    pub fn report(&self) -> LoadReport {
+        lock(&self.report).clone()
+    }
+
+    /// Stops the load and returns its report.
+    pub fn finish(mut self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
+        self.report()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,333 @@
+//! The real `xlb run` in the lab's load-balancer namespace, with its config, state and
+//! pins in a scratch directory, and the real `xlb` CLI to talk to it.
+
+use std::{
+    net::IpAddr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    PinDir,
+    topology::{Topology, backend_addr, backend_name},
+};
+
+/// The `xlb` binary next to the running executable (a test in target/<profile>/deps, or a
+/// binary in target/<profile>).
+pub fn xlb_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe dir");
+    for candidate in [dir.join("xlb"), dir.join("../xlb")] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!(
+        "no xlb binary next to {}: run `cargo build --release --bins` (cargo xtask test does)",
+        exe.display()
+    );
+}
+
+/// One VIP of a lab config; its backends are the topology's b1..bN in order.
+#[derive(Clone, Debug)]
+pub struct VipSpec {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub udp: bool,
+    pub weights: Vec<i64>,
+    /// `[vip.health]` TCP port, if health checks are on.
+    pub health_port: Option<u16>,
+}
+
+impl VipSpec {
+    pub fn tcp(name: &str, address: &str, port: u16, weights: &[i64]) -> VipSpec {
+        VipSpec {
+            name: name.into(),
+            address: address.parse().expect("VIP address"),
+            port,
+            udp: false,
+            weights: weights.to_vec(),
+            health_port: None,
+        }
+    }
+
+    pub fn udp(name: &str, address: &str, port: u16, weights: &[i64]) -> VipSpec {
+        VipSpec {
+            udp: true,
+            ..VipSpec::tcp(name, address, port, weights)
+        }
+    }
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub pins: PinDir,
+    lb_ns: String,
+    child: Option<Child>,
+    /// `[daemon] metrics` inside the LB namespace.
+    pub metrics: Option<String>,
+}
+
+impl Daemon {
+    /// A daemon for `topo` (not started).
+    pub fn new(topo: &Topology) -> Daemon {
+        Daemon {
+            dir: tempfile::tempdir().expect("tempdir"),
+            pins: PinDir::new("daemon"),
+            lb_ns: topo.lb.name.clone(),
+            child: None,
+            metrics: None,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("xlb.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/xlb.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The config text for `vips`.
+    pub fn render(&self, vips: &[VipSpec]) -> String {
+        let mut text = format!(
+            "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"native\"\nsocket = \"{}\"\n\
+             state_dir = \"{}\"\npin_dir = \"{}\"\n",
+            self.socket().display(),
+            self.state_dir().display(),
+            self.pins.path().display()
+        );
+        if let Some(m) = &self.metrics {
+            text += &format!("metrics = \"{m}\"\n");
+        }
+        for v in vips {
+            text += &format!(
+                "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
+                v.name,
+                v.address,
+                v.port,
+                if v.udp { "udp" } else { "tcp" }
+            );
+            if let Some(port) = v.health_port {
+                text += &format!(
+                    "\n[vip.health]\nport = {port}\ninterval_ms = 200\ntimeout_ms = 200\n"
+                );
+            }
+            for (i, w) in v.weights.iter().enumerate() {
+                text += &format!(
+                    "\n[[vip.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"neighbour\"\nweight = {w}\n",
+                    backend_name(i),
+                    backend_addr(i, v.address)
+                );
+            }
+        }
+        text
+    }
+
+    /// Writes the config file for `vips`.
+    pub fn write_config(&self, vips: &[VipSpec]) {
+        std::fs::write(self.config_path(), self.render(vips)).expect("write config");
+    }
+
+    /// Writes the config for `vips` to `name` in the scratch directory; returns its path.
+    pub fn write_file(&self, name: &str, vips: &[VipSpec]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, self.render(vips)).expect("write config");
+        path
+    }
+
+    /// Starts `xlb run` in the LB namespace (network namespace only: bpffs stays
+    /// visible) and waits until its socket answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("daemon log");
+        let mut cmd = Command::new(xlb_bin());
+        cmd.args(["run", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.lb_ns)).expect("LB netns");
+        // SAFETY: setns is async-signal-safe; it only moves the child into the namespace.
+        unsafe {
+            cmd.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn xlb run");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("daemon exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` and waits for the daemon to exit (TERM: a clean stop; KILL: a crash).
+    pub fn stop_with(&mut self, signal: i32) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "daemon did not exit on {signal}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the daemon to exit by itself (after `xlb teardown`).
+    pub fn wait_exit(&mut self, within: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + within;
+        while child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "daemon did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn xlb(&self, args: &[&str]) -> Output {
+        Command::new(xlb_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run xlb")
+    }
+
+    /// Runs the CLI and panics unless it exits 0; returns stdout.
+    pub fn xlb_ok(&self, args: &[&str]) -> String {
+        let out = self.xlb(args);
+        assert!(
+            out.status.success(),
+            "xlb {args:?} exited {:?}: {}",
+            out.status.code(),
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `xlb status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.xlb_ok(&["status", "--json"])).expect("status JSON")
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.status()["generation"].as_u64().expect("a generation")
+    }
+
+    /// `xlb status`'s backends of VIP `vip`, in order.
+    pub fn backends(&self, vip: &str) -> Vec<serde_json::Value> {
+        let status = self.status();
+        status["vips"]
+            .as_array()
+            .expect("vips")
+            .iter()
+            .find(|v| v["vip"] == vip)
+            .unwrap_or_else(|| panic!("no VIP {vip} in {status}"))["backends"]
+            .as_array()
+            .expect("backends")
+            .clone()
+    }
+
+    /// Weights of VIP `vip`'s backends, in order.
+    pub fn weights(&self, vip: &str) -> Vec<u64> {
+        self.backends(vip)
+            .iter()
+            .map(|b| b["weight"].as_u64().expect("weight"))
+            .collect()
+    }
+
+    /// Table shares of VIP `vip`'s backends, in order: what new flows should follow.
+    pub fn table_shares(&self, vip: &str) -> Vec<f64> {
+        self.backends(vip)
+            .iter()
+            .map(|b| b["table_share"].as_f64().expect("table_share"))
+            .collect()
+    }
+
+    /// Number of committed generations in the state directory.
+    pub fn history_len(&self) -> usize {
+        std::fs::read_dir(self.state_dir().join("history"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// bpftool's JSON dump of pinned map `name`.
+    pub fn dump(&self, name: &str) -> serde_json::Value {
+        crate::bpftool_dump(&self.pins.path().join(name))
+    }
+
+    /// Everything that decides where packets go, as bpftool dumps it: VIPs and backends.
+    pub fn routing_snapshot(&self) -> (serde_json::Value, serde_json::Value) {
+        (
+            self.dump(lb_common::maps::VIPS),
+            self.dump(lb_common::maps::BACKENDS),
+        )
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// stdout and stderr of a CLI run, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -1,0 +1,194 @@
+//! Real servers on the backends, each telling the client who answered:
+//! - HTTP/1.1 on port 80 (keep-alive unless the client says `Connection: close`); the
+//!   body is the backend's name;
+//! - a TCP line echo on port 7: the backend's name on connect, then `<name> <line>` per
+//!   line (for long-lived connections);
+//! - a UDP echo on port 7: `<name> <payload>`.
+//!
+//! TCP listens dual-stack on `[::]`, so one server answers both VIPs. UDP binds each VIP
+//! itself: a reply from a socket bound to `[::]` would leave from the backend's own
+//! address, and the client (which sent to the VIP) would discard it. Each server counts
+//! what it accepted, so tests can compare the servers' own counts with the load balancer's.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::topology::{Topology, VIP4, VIP6, backend_name, enter};
+
+pub const HTTP_PORT: u16 = 80;
+pub const ECHO_PORT: u16 = 7;
+
+/// What one backend's servers accepted.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub http_connections: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub echo_connections: AtomicU64,
+    pub udp_datagrams: AtomicU64,
+}
+
+/// The servers of every backend; stopped and joined on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+    /// Per backend, in topology order.
+    pub counts: Vec<Arc<Counts>>,
+}
+
+impl Servers {
+    /// Starts the servers in every backend namespace of `topo`; returns when all listen.
+    pub fn start(topo: &Topology) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut counts = Vec::new();
+        for (i, ns) in topo.backends.iter().enumerate() {
+            let name = backend_name(i);
+            let c = Arc::new(Counts::default());
+            counts.push(c.clone());
+            let (ns, stop) = (ns.name.clone(), stop.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            threads.push(thread::spawn(move || {
+                enter(&ns);
+                let http = TcpListener::bind(("::", HTTP_PORT)).expect("bind [::]:80");
+                let echo = TcpListener::bind(("::", ECHO_PORT)).expect("bind [::]:7");
+                let udp = [VIP4, VIP6].map(|vip| {
+                    let s = UdpSocket::bind((vip, ECHO_PORT)).expect("bind udp VIP:7");
+                    s.set_nonblocking(true).expect("nonblocking udp");
+                    s
+                });
+                for l in [&http, &echo] {
+                    l.set_nonblocking(true).expect("nonblocking listener");
+                }
+                let _ = tx.send(());
+                serve(&name, &http, &echo, &udp, &c, &stop);
+            }));
+            rx.recv().expect("server thread started");
+        }
+        Servers {
+            stop,
+            threads,
+            counts,
+        }
+    }
+
+    /// HTTP connections backend `i` accepted.
+    pub fn http_connections(&self, i: usize) -> u64 {
+        self.counts[i].http_connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    name: &str,
+    http: &TcpListener,
+    echo: &TcpListener,
+    udp: &[UdpSocket; 2],
+    counts: &Arc<Counts>,
+    stop: &AtomicBool,
+) {
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        let mut idle = true;
+        if let Ok((conn, _)) = http.accept() {
+            idle = false;
+            counts.http_connections.fetch_add(1, Ordering::Relaxed);
+            let (name, counts) = (name.to_string(), counts.clone());
+            thread::spawn(move || http_conn(&name, conn, &counts));
+        }
+        if let Ok((conn, _)) = echo.accept() {
+            idle = false;
+            counts.echo_connections.fetch_add(1, Ordering::Relaxed);
+            let name = name.to_string();
+            thread::spawn(move || echo_conn(&name, conn));
+        }
+        for sock in udp {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                idle = false;
+                counts.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+                let mut reply = format!("{name} ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = sock.send_to(&reply, from);
+            }
+        }
+        if idle {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn http_conn(name: &str, conn: TcpStream, counts: &Counts) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_nodelay(true);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut close = false;
+        let mut line = String::new();
+        // Request line, headers, blank line. EOF or an error ends the connection.
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            let mut header = String::new();
+            match r.read_line(&mut header) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let h = header.trim();
+            if h.is_empty() {
+                break;
+            }
+            if h.eq_ignore_ascii_case("connection: close") {
+                close = true;
+            }
+        }
+        counts.http_requests.fetch_add(1, Ordering::Relaxed);
+        let body = format!("{name}\n");
+        let conn_header = if close { "close" } else { "keep-alive" };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn_header}\r\n\r\n{body}",
+            body.len()
+        );
+        if w.write_all(response.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn echo_conn(name: &str, conn: TcpStream) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_nodelay(true);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
+    let Ok(mut w) = conn.try_clone() else { return };
+    if w.write_all(format!("{name}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut r = BufReader::new(conn);
+    let mut line = String::new();
+    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+        if w.write_all(format!("{name} {}\n", line.trim_end()).as_bytes())
+            .is_err()
+        {
+            return;
+        }
+        line.clear();
+    }
+}

@@ -1,0 +1,176 @@
+//! The lab topology: a switch namespace with a bridge, N clients, the load balancer and M
+//! L2 DSR backends, dual-stack on 198.18.0.0/24 and 2001:db8::/64.
+//!
+//! ```text
+//!   client c0 ─┐                        ┌─ backend b1 (VIPs on lo)
+//!   client c1 ─┼── br0 (switch netns) ──┼─ backend b2
+//!          lb ─┘   (XDP_PASS on lb port) └─ backend b3
+//! ```
+//!
+//! Clients route the VIPs via the load balancer; the load balancer's XDP program rewrites
+//! the destination MAC and sends the frame back out (XDP_TX) to the chosen backend, which
+//! holds the VIP on `lo` and answers the client directly (direct server return).
+//!
+//! The traps from ENVIRONMENT.md are handled here: the LB's switch port runs XDP_PASS so
+//! XDP_TX frames arrive, clients have TX checksum offload off, backends have the ARP and
+//! rp_filter sysctls, IPv6 addresses skip DAD. Everything is deleted on drop, also after
+//! a panic; `crate::remove_stale` removes what a killed run left behind.
+
+use std::{net::IpAddr, thread};
+
+use crate::netns::Netns;
+
+/// The IPv4 VIP every backend holds on `lo`.
+pub const VIP4: &str = "198.18.0.100";
+/// The IPv6 VIP every backend holds on `lo`.
+pub const VIP6: &str = "2001:db8::100";
+/// The load balancer's addresses.
+pub const LB4: &str = "198.18.0.2";
+pub const LB6: &str = "2001:db8::2";
+
+/// Client `i`'s IPv4 address.
+pub fn client4(i: usize) -> String {
+    format!("198.18.0.{}", 21 + i)
+}
+
+/// Client `i`'s IPv6 address.
+pub fn client6(i: usize) -> String {
+    format!("2001:db8::{}", 21 + i)
+}
+
+/// Backend `i`'s (0-based) IPv4 address.
+pub fn backend4(i: usize) -> String {
+    format!("198.18.0.{}", 11 + i)
+}
+
+/// Backend `i`'s (0-based) IPv6 address.
+pub fn backend6(i: usize) -> String {
+    format!("2001:db8::{}", 11 + i)
+}
+
+/// Backend `i`'s (0-based) name: b1, b2, ...
+pub fn backend_name(i: usize) -> String {
+    format!("b{}", i + 1)
+}
+
+/// Backend `i`'s address in `vip`'s family.
+pub fn backend_addr(i: usize, vip: IpAddr) -> String {
+    if vip.is_ipv4() {
+        backend4(i)
+    } else {
+        backend6(i)
+    }
+}
+
+pub struct Topology {
+    // Field order is drop order: hosts first, then the switch.
+    pub clients: Vec<Netns>,
+    pub lb: Netns,
+    pub backends: Vec<Netns>,
+    pub switch: Netns,
+    /// XDP_PASS on the LB's switch port (kept loaded while the topology lives).
+    _peer_pass: Option<aya::Ebpf>,
+}
+
+/// Plugs `host`'s eth0 into the bridge in `switch` with both addresses.
+fn plug(switch: &Netns, host: &Netns, port: &str, v4: &str, v6: &str) {
+    switch.sh(&format!(
+        "ip link add {port} type veth peer name eth0 netns {}",
+        host.name
+    ));
+    switch.sh(&format!("ip link set {port} master br0 up"));
+    host.sh(&format!("ip addr add {v4}/24 dev eth0"));
+    host.sh(&format!("ip -6 addr add {v6}/64 dev eth0 nodad"));
+    host.sh("ip link set eth0 up");
+}
+
+impl Topology {
+    /// Builds `clients` client namespaces and `backends` backend namespaces.
+    pub fn new(clients: usize, backends: usize) -> Topology {
+        crate::remove_stale();
+        let switch = Netns::new("sw");
+        switch.sh("ip link add br0 type bridge");
+        // No IPv6 on the bridge itself; it only switches.
+        switch.sh("sysctl -qw net.ipv6.conf.br0.disable_ipv6=1");
+        switch.sh("ip link set br0 up");
+        let lb = Netns::new("lb");
+        plug(&switch, &lb, "plb", LB4, LB6);
+        let mut cls = Vec::new();
+        for i in 0..clients {
+            let ns = Netns::new(&format!("c{i}"));
+            plug(&switch, &ns, &format!("pc{i}"), &client4(i), &client6(i));
+            // Native XDP forwarding would leave the client's partial checksums unfinished.
+            ns.sh("ethtool -K eth0 tx off");
+            ns.sh(&format!("ip route add {VIP4}/32 via {LB4}"));
+            ns.sh(&format!("ip -6 route add {VIP6}/128 via {LB6}"));
+            cls.push(ns);
+        }
+        let mut bes = Vec::new();
+        for i in 0..backends {
+            let ns = Netns::new(&backend_name(i));
+            plug(&switch, &ns, &format!("pb{i}"), &backend4(i), &backend6(i));
+            ns.sh(&format!("ip addr add {VIP4}/32 dev lo"));
+            ns.sh(&format!("ip -6 addr add {VIP6}/128 dev lo nodad"));
+            for (key, value) in [("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)] {
+                ns.sh(&format!(
+                    "sysctl -qw net.ipv4.conf.all.{key}={value} net.ipv4.conf.eth0.{key}={value}"
+                ));
+            }
+            bes.push(ns);
+        }
+        let mut topo = Topology {
+            clients: cls,
+            lb,
+            backends: bes,
+            switch,
+            _peer_pass: None,
+        };
+        topo._peer_pass = Some(topo.pass_on_lb_peer());
+        topo
+    }
+
+    /// The first client (most scenarios need one).
+    pub fn client(&self) -> &Netns {
+        &self.clients[0]
+    }
+
+    /// XDP_TX out of the LB's veth only arrives if the peer runs XDP: attach XDP_PASS.
+    fn pass_on_lb_peer(&self) -> aya::Ebpf {
+        let switch = self.switch.name.clone();
+        thread::spawn(move || {
+            enter(&switch);
+            let mut ebpf = aya::Ebpf::load(xlb::object::PASS_OBJECT).expect("load xlb-pass");
+            let prog: &mut aya::programs::Xdp = ebpf
+                .program_mut(xlb::object::PASS_PROGRAM_NAME)
+                .expect("xlb-pass program")
+                .try_into()
+                .expect("an XDP program");
+            prog.load().expect("load xlb-pass");
+            prog.attach("plb", aya::programs::XdpMode::Driver)
+                .expect("attach xlb-pass to plb");
+            ebpf
+        })
+        .join()
+        .expect("xlb-pass thread")
+    }
+}
+
+/// Moves the calling thread into the namespace named `name` (owned elsewhere).
+pub fn enter(name: &str) {
+    let ns = Netns {
+        name: name.to_string(),
+    };
+    ns.enter();
+    std::mem::forget(ns);
+}
+
+/// Runs `f` on a new thread inside namespace `name` and returns its result.
+pub fn in_ns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let name = name.to_string();
+    thread::spawn(move || {
+        enter(&name);
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
