@@ -483,6 +483,36 @@ fn vips(data: &serde_json::Value) -> Result<Vec<VipStatsView>, String> {
     serde_json::from_value(data["vips"].clone()).map_err(|e| e.to_string())
 }
 
+/// Each backend's observed share of new flows: over the daemon's last one-second sample
+/// when that saw new flows (so a bad change shows within seconds), else since the
+/// counters started.
+fn observed_shares(data: &serde_json::Value, v: &VipStatsView) -> Vec<String> {
+    let rates = data["rates"].as_array().cloned().unwrap_or_default();
+    let recent: Vec<f64> = v
+        .backends
+        .iter()
+        .map(|b| {
+            rates
+                .iter()
+                .find(|r| r["vip"] == v.vip.as_str() && r["backend"] == b.backend.as_str())
+                .and_then(|r| r["rates"]["new_flows_per_s"].as_f64())
+                .unwrap_or(0.0)
+        })
+        .collect();
+    let recent_total: f64 = recent.iter().sum();
+    let total: u64 = v.backends.iter().map(|b| b.new_flows).sum();
+    if recent_total > 0.0 {
+        recent.iter().map(|r| pct(r / recent_total)).collect()
+    } else if total > 0 {
+        v.backends
+            .iter()
+            .map(|b| pct(b.new_flows as f64 / total as f64))
+            .collect()
+    } else {
+        vec!["-".into(); v.backends.len()]
+    }
+}
+
 fn print_status(data: &serde_json::Value) -> Result<(), String> {
     println!(
         "generation {}  interface {}  xdp {}",
@@ -491,7 +521,7 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
         data["xdp_mode"].as_str().unwrap_or("-")
     );
     for v in vips(data)? {
-        let total_new: u64 = v.backends.iter().map(|b| b.new_flows).sum();
+        let observed = observed_shares(data, &v);
         println!(
             "\nvip {} (id {}, table generation {})",
             v.label, v.id, v.generation
@@ -500,12 +530,7 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
             "  {:<20} {:<16} {:>8} {:>8} {:>11} {:>14}",
             "BACKEND", "ADDRESS", "WEIGHT", "HEALTH", "TABLE SHARE", "OBSERVED SHARE"
         );
-        for b in &v.backends {
-            let observed = if total_new == 0 {
-                "-".to_string()
-            } else {
-                pct(b.new_flows as f64 / total_new as f64)
-            };
+        for (b, observed) in v.backends.iter().zip(&observed) {
             let health = match b.healthy {
                 Some(true) => "up",
                 Some(false) => "DOWN",
@@ -535,7 +560,7 @@ fn print_stats(data: &serde_json::Value) -> Result<(), String> {
             .unwrap_or(0.0)
     };
     for v in vips(data)? {
-        let total_new: u64 = v.backends.iter().map(|b| b.new_flows).sum();
+        let observed = observed_shares(data, &v);
         println!(
             "vip {}  packets {}  bytes {}  new flows {}  drops {}",
             v.label, v.packets, v.bytes, v.new_flows, v.drops
@@ -544,7 +569,7 @@ fn print_stats(data: &serde_json::Value) -> Result<(), String> {
             "  {:<20} {:>12} {:>14} {:>10} {:>10} {:>10} {:>8} {:>8}",
             "BACKEND", "PACKETS", "BYTES", "NEW FLOWS", "PKT/S", "FLOWS/S", "TABLE", "OBSERVED"
         );
-        for b in &v.backends {
+        for (b, observed) in v.backends.iter().zip(&observed) {
             println!(
                 "  {:<20} {:>12} {:>14} {:>10} {:>10.0} {:>10.1} {:>8} {:>8}",
                 b.backend,
@@ -554,11 +579,7 @@ fn print_stats(data: &serde_json::Value) -> Result<(), String> {
                 rate(&v.vip, &b.backend, "packets_per_s"),
                 rate(&v.vip, &b.backend, "new_flows_per_s"),
                 pct(b.table_share),
-                if total_new == 0 {
-                    "-".into()
-                } else {
-                    pct(b.new_flows as f64 / total_new as f64)
-                }
+                observed
             );
         }
     }

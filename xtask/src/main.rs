@@ -1,5 +1,5 @@
-//! Orchestration for xlb: `setup` installs or verifies what a fresh machine lacks, `test`
-//! runs every test layer after setup. Building the XDP object is not hidden here: it is
+//! Orchestration for xlb: `setup` installs or verifies what a fresh machine lacks, `demo`
+//! shows xlb on the lab topology, `test` runs every test layer; both run setup first. Building the XDP object is not hidden here: it is
 //! `lb-userspace/build.rs`, so a plain `cargo build` does it too.
 
 use std::process::{Command, ExitCode};
@@ -18,6 +18,8 @@ struct Cli {
 enum Task {
     /// Install or verify the toolchain pieces, packages and mounts the tests need.
     Setup,
+    /// Setup, build, then the demo on the embedded lab topology (as root, under 2 minutes).
+    Demo,
     /// Setup, then lint and run every test: host, packet (BPF_PROG_TEST_RUN), namespace.
     Test,
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup(),
+        Task::Demo => setup().and_then(|()| demo()),
         Task::Test => setup().and_then(|()| test()),
     };
     match result {
@@ -129,6 +132,18 @@ fn setup() -> Result<()> {
         "setup: nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, packages and bpffs are ready"
     );
     Ok(())
+}
+
+/// Builds the binaries and runs `xlb-demo` (it needs root: namespaces and XDP).
+fn demo() -> Result<()> {
+    if !is_root() {
+        bail!("the demo creates namespaces and attaches XDP: run `sudo cargo xtask demo`");
+    }
+    run(Command::new("cargo").args(["build", "--locked", "--release", "--bins"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    run(&mut Command::new(target.join("release/xlb-demo")))
 }
 
 fn test() -> Result<()> {

@@ -1,0 +1,289 @@
+//! `cargo xtask demo`: xlb on an embedded lab topology (2 clients, the load balancer, 3
+//! backends), with the real daemon, CLI and traffic. Four steps, each checked; the exit
+//! status is non-zero if any step did not behave as shown.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::Duration,
+};
+
+use xlb_lab::{
+    bpftool_sum,
+    clients::{Echo, Load, LoadReport},
+    daemon::{Daemon, VipSpec, text},
+    servers::{ECHO_PORT, HTTP_PORT, Servers},
+    topology::{Topology, VIP4, backend_name, in_ns},
+};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+type Step = Result<(), String>;
+
+fn main() -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the demo builds namespaces and attaches XDP: run it as root");
+        return ExitCode::from(2);
+    }
+    // Ctrl-C ends the demo through the normal path, so namespaces, daemon and pins are
+    // removed by their drop handlers.
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    match run() {
+        Ok(()) => {
+            println!("\nAll four steps behaved as shown. Everything is cleaned up.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\nDEMO FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const WEIGHTS: [i64; 3] = [2, 3, 4];
+
+fn heading(n: u32, what: &str) {
+    println!("\n=== {n}. {what}");
+}
+
+fn sleep(d: Duration) -> Step {
+    let steps = d.as_millis() / 100;
+    for _ in 0..steps {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// New connections per backend, summed over the clients' loads.
+fn connections(loads: &[Load]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for l in loads {
+        for (b, n) in l.report().short {
+            *out.entry(b).or_default() += n;
+        }
+    }
+    out
+}
+
+fn failures(loads: &[Load]) -> Vec<String> {
+    loads.iter().flat_map(|l| l.report().failures).collect()
+}
+
+/// Shows a live per-backend view once a second for `secs` seconds and returns the share
+/// of new connections each backend got over that time.
+fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<Vec<f64>, String> {
+    let start = connections(loads);
+    let mut last = start.clone();
+    println!(
+        "  {:<4} {:>6} {:>8} {:>9} {:>8}",
+        "", "weight", "table", "observed", "conn/s"
+    );
+    for t in 0..secs {
+        sleep(Duration::from_secs(1))?;
+        let now = connections(loads);
+        let delta: BTreeMap<String, u64> = now
+            .iter()
+            .map(|(b, n)| (b.clone(), n - last.get(b).copied().unwrap_or(0)))
+            .collect();
+        let total: u64 = delta.values().sum::<u64>().max(1);
+        let backends = daemon.backends("web");
+        if t > 0 {
+            // Redraw the table in place.
+            print!("\x1b[{}A", backends.len());
+        }
+        for (i, b) in backends.iter().enumerate() {
+            let name = backend_name(i);
+            let n = delta.get(&name).copied().unwrap_or(0);
+            let share = n as f64 / total as f64;
+            println!(
+                "  {name:<4} {:>6} {:>7.1}% {:>8.1}% {:>8}  {:<40}",
+                b["weight"],
+                b["table_share"].as_f64().unwrap_or(0.0) * 100.0,
+                share * 100.0,
+                n,
+                "#".repeat((share * 40.0).round() as usize)
+            );
+        }
+        last = now;
+    }
+    let end = connections(loads);
+    let got: Vec<u64> = (0..3)
+        .map(|i| {
+            let b = backend_name(i);
+            end.get(&b).copied().unwrap_or(0) - start.get(&b).copied().unwrap_or(0)
+        })
+        .collect();
+    let total = got.iter().sum::<u64>().max(1) as f64;
+    Ok(got.iter().map(|&n| n as f64 / total).collect())
+}
+
+/// Observed shares within 5 points of the table shares.
+fn check_shares(what: &str, observed: &[f64], table: &[f64]) -> Step {
+    for (i, (o, t)) in observed.iter().zip(table).enumerate() {
+        if (o - t).abs() > 0.05 {
+            return Err(format!(
+                "{what}: {} got {:.1}% of new connections, its table share is {:.1}%",
+                backend_name(i),
+                o * 100.0,
+                t * 100.0
+            ));
+        }
+    }
+    println!("  ok: every backend within 5 points of its table share");
+    Ok(())
+}
+
+fn no_failures(loads: &[Load]) -> Step {
+    let f = failures(loads);
+    if let Some(first) = f.first() {
+        return Err(format!("{} failed requests; first: {first}", f.len()));
+    }
+    let served: u64 = loads.iter().map(|l| l.report().requests()).sum();
+    println!("  ok: {served} requests so far, 0 failed");
+    Ok(())
+}
+
+fn run() -> Step {
+    println!("xlb demo: building the lab (2 clients, load balancer, 3 backends on a bridge)");
+    let topo = Topology::new(2, 3);
+    let _servers = Servers::start(&topo);
+    let mut daemon = Daemon::new(&topo);
+    let web = |w: &[i64]| VipSpec::tcp("web", VIP4, HTTP_PORT, w);
+    let echo = VipSpec::tcp("echo", VIP4, ECHO_PORT, &WEIGHTS);
+    daemon.write_config(&[web(&WEIGHTS), echo.clone()]);
+    println!(
+        "  VIP {VIP4}: web on :80 (HTTP), echo on :7 (long-lived connections)\n  \
+         backends b1..b3 = 198.18.0.11..13, weights {WEIGHTS:?}; `xlb run` in the LB namespace"
+    );
+    daemon.start();
+    let vip: IpAddr = VIP4.parse().map_err(|e| format!("{e}"))?;
+    let loads: Vec<Load> = topo
+        .clients
+        .iter()
+        .map(|c| Load::start(&c.name, vip, 2_000_000, Duration::from_secs(100)))
+        .collect();
+
+    heading(1, "Traffic lands in proportion to the weights");
+    let table = daemon.table_shares("web");
+    let observed = watch(&daemon, &loads, 6)?;
+    check_shares("step 1", &observed, &table)?;
+    no_failures(&loads)?;
+
+    heading(
+        2,
+        "The postmortem change: every weight zero except one. It is refused.",
+    );
+    let bad = daemon.write_file("postmortem.toml", &[web(&[0, 0, 9]), echo.clone()]);
+    let (maps_before, generation) = (daemon.routing_snapshot(), daemon.generation());
+    println!("  $ xlb apply postmortem.toml   (web: b1=0 b2=0 b3=9)");
+    let out = daemon.xlb(&["apply", &bad.display().to_string()]);
+    for line in text(&out).lines() {
+        println!("  | {line}");
+    }
+    if out.status.code() != Some(1) {
+        return Err(format!("the postmortem config was not refused: {out:?}"));
+    }
+    for rule in ["[min-active-backends]", "[max-backend-share]"] {
+        if !text(&out).contains(rule) {
+            return Err(format!("the refusal does not name {rule}"));
+        }
+    }
+    let observed = watch(&daemon, &loads, 4)?;
+    if daemon.routing_snapshot() != maps_before || daemon.generation() != generation {
+        return Err("a refused change altered the maps or the generation".into());
+    }
+    println!("  ok: maps and generation unchanged (exit code 1)");
+    check_shares("step 2", &observed, &table)?;
+
+    heading(
+        3,
+        "A legitimate change under load: b1 from 2 to 5. Nothing fails, long connections stay.",
+    );
+    let client1 = topo.clients[1].name.clone();
+    let mut held: Vec<Echo> = in_ns(&client1, move || {
+        (0..12)
+            .map(|_| Echo::open(vip))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("opening long-lived connections: {e}"))
+    })?;
+    let on: BTreeMap<&str, usize> = held.iter().fold(BTreeMap::new(), |mut m, h| {
+        *m.entry(h.backend.as_str()).or_default() += 1;
+        m
+    });
+    println!("  12 long-lived echo connections: {on:?}");
+    println!("  $ xlb weight set web b1 5");
+    let out = daemon.xlb(&["weight", "set", "web", "b1", "5"]);
+    for line in text(&out).lines() {
+        println!("  | {line}");
+    }
+    if !out.status.success() {
+        return Err("the legitimate change was refused".into());
+    }
+    let table = daemon.table_shares("web");
+    let observed = watch(&daemon, &loads, 6)?;
+    check_shares("step 3", &observed, &table)?;
+    for (i, h) in held.iter_mut().enumerate() {
+        h.ping(&format!("after-change-{i}"))
+            .map_err(|e| format!("long-lived connection: {e}"))?;
+    }
+    println!("  ok: all 12 long-lived connections still answered by their backend");
+    no_failures(&loads)?;
+
+    heading(
+        4,
+        "The same counters, from plain bpftool and from `xlb stats`",
+    );
+    let loads: Vec<LoadReport> = loads.into_iter().map(Load::finish).collect();
+    let stats_path = daemon.pin_dir().join(lb_common::maps::BACKEND_STATS);
+    println!(
+        "  $ bpftool map dump pinned {}   (summed over CPUs)",
+        stats_path.display()
+    );
+    let dump = daemon.dump(lb_common::maps::BACKEND_STATS);
+    let stats: serde_json::Value = serde_json::from_str(&daemon.xlb_ok(&["stats", "--json"]))
+        .map_err(|e| format!("stats JSON: {e}"))?;
+    let web_stats = stats["vips"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["vip"] == "web"))
+        .ok_or("no web in stats")?;
+    for b in web_stats["backends"].as_array().ok_or("no backends")? {
+        let id = b["id"].as_u64().unwrap_or(0) as u32;
+        let (packets, flows) = (
+            bpftool_sum(&dump, id, "packets"),
+            bpftool_sum(&dump, id, "new_flows"),
+        );
+        println!(
+            "  key {id}: packets {packets:>8}  new_flows {flows:>6}   ({} in xlb stats: {} / {})",
+            b["backend"].as_str().unwrap_or("?"),
+            b["packets"],
+            b["new_flows"]
+        );
+        if b["packets"].as_u64() != Some(packets) || b["new_flows"].as_u64() != Some(flows) {
+            return Err(format!("bpftool and xlb stats disagree on backend id {id}"));
+        }
+    }
+    println!("  $ xlb stats");
+    for line in daemon.xlb_ok(&["stats"]).lines() {
+        println!("  | {line}");
+    }
+    let failed: usize = loads.iter().map(|l| l.failures.len()).sum();
+    let served: u64 = loads.iter().map(LoadReport::requests).sum();
+    if failed > 0 {
+        return Err(format!("{failed} requests failed"));
+    }
+    println!("\n  {served} requests over the whole demo, 0 failed");
+    drop(held);
+    Ok(())
+}
