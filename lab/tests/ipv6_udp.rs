@@ -16,7 +16,7 @@ use xlb_lab::{
     topology::{Topology, VIP4, VIP6, backend_name, in_ns},
 };
 
-const N: u32 = 900;
+const N: u32 = 1500;
 
 fn assert_follows(what: &str, count: &BTreeMap<String, u32>, shares: &[f64]) {
     let total: u32 = count.values().sum();
