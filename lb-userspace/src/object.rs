@@ -11,8 +11,11 @@ pub const PROGRAM_NAME: &str = "xlb";
 /// XDP frames only to a peer that runs XDP).
 pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-pass"));
 
-/// Name of the program inside [`PASS_OBJECT`].
+/// Name of the XDP_PASS program inside [`PASS_OBJECT`].
 pub const PASS_PROGRAM_NAME: &str = "xlb_pass";
+
+/// Name of the XDP_DROP program inside [`PASS_OBJECT`]: the benchmarks' floor.
+pub const DROP_PROGRAM_NAME: &str = "xlb_drop";
 
 #[cfg(test)]
 mod tests {

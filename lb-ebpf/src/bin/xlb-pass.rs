@@ -1,6 +1,8 @@
-//! XDP_PASS and nothing else. A veth only receives frames another veth sends with
-//! XDP_TX if an XDP program is attached to it, so test topologies and the demo attach
-//! this to the load balancer's peer; real NICs do not need it.
+//! Two reference programs that do nothing else:
+//! - `xlb_pass` (XDP_PASS): a veth only receives frames another veth sends with XDP_TX
+//!   if an XDP program is attached to it, so the lab attaches this to the load
+//!   balancer's peer; real NICs do not need it;
+//! - `xlb_drop` (XDP_DROP): the floor the benchmarks measure every figure against.
 #![no_std]
 #![no_main]
 
@@ -9,6 +11,11 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn xlb_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
 }
 
 #[cfg(not(test))]
