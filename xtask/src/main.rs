@@ -22,6 +22,12 @@ enum Task {
     Demo,
     /// Setup, then lint and run every test: host, packet (BPF_PROG_TEST_RUN), namespace.
     Test,
+    /// Setup, build, then measure and write BENCHMARKS.md (as root).
+    Bench {
+        /// Fewer runs and repeats: for development, not for publishing.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 /// bpf-linker must stay on 0.10.x: later releases need a system LLVM this machine lacks.
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
         Task::Setup => setup(),
         Task::Demo => setup().and_then(|()| demo()),
         Task::Test => setup().and_then(|()| test()),
+        Task::Bench { quick } => setup().and_then(|()| bench(quick)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,16 +141,38 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the binaries and returns the path of release binary `name`.
+fn built(name: &str) -> Result<std::path::PathBuf> {
+    run(Command::new("cargo").args(["build", "--locked", "--release", "--bins"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    Ok(target.join("release").join(name))
+}
+
 /// Builds the binaries and runs `xlb-demo` (it needs root: namespaces and XDP).
 fn demo() -> Result<()> {
     if !is_root() {
         bail!("the demo creates namespaces and attaches XDP: run `sudo cargo xtask demo`");
     }
-    run(Command::new("cargo").args(["build", "--locked", "--release", "--bins"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    run(&mut Command::new(target.join("release/xlb-demo")))
+    run(&mut Command::new(built("xlb-demo")?))
+}
+
+/// Builds the binaries and runs `xlb-bench`, which writes BENCHMARKS.md.
+fn bench(quick: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load BPF programs: run `sudo cargo xtask bench`");
+    }
+    let mut cmd = Command::new(built("xlb-bench")?);
+    cmd.arg("--out").arg(workspace().join("BENCHMARKS.md"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(&mut cmd)
 }
 
 fn test() -> Result<()> {
