@@ -42,6 +42,15 @@ pub fn unique(prefix: &str, max: usize) -> String {
     name
 }
 
+/// Every lab namespace and pin directory is named `xlab-<pid>-<role>-<n>`, so that a
+/// later run can tell which ones a killed process left behind (`remove_stale`).
+const LAB_PREFIX: &str = "xlab-";
+
+/// A new lab name for `role`, unique within this process.
+pub fn lab_name(role: &str) -> String {
+    unique(&format!("{LAB_PREFIX}{}-{role}-", std::process::id()), 60)
+}
+
 /// A pin directory under /sys/fs/bpf that is removed with everything in it on drop,
 /// also when the test panics.
 pub struct PinDir {
@@ -49,12 +58,11 @@ pub struct PinDir {
 }
 
 impl PinDir {
-    /// `/sys/fs/bpf/xlab-<pid>-<role><n>`: named like the namespaces, and removed by
-    /// `netns::Netns::remove_stale` when the process that made it is gone.
+    /// `/sys/fs/bpf/<lab_name(role)>`, removed by `remove_stale` when the process that
+    /// made it is gone.
     pub fn new(role: &str) -> Self {
-        let name = unique(&format!("xlab-{}-{role}", std::process::id()), 60);
         PinDir {
-            path: Path::new("/sys/fs/bpf").join(name),
+            path: Path::new("/sys/fs/bpf").join(lab_name(role)),
         }
     }
 
@@ -81,7 +89,11 @@ impl Drop for PinDir {
 
 /// The pid in a lab name `xlab-<pid>-...`, if `name` is one.
 fn lab_pid(name: &str) -> Option<u32> {
-    name.strip_prefix("xlab-")?.split('-').next()?.parse().ok()
+    name.strip_prefix(LAB_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Removes lab namespaces and pin directories whose creating process no longer runs
@@ -99,9 +111,8 @@ pub fn remove_stale() {
                 continue;
             }
             if dir == "/run/netns" {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &name])
-                    .status();
+                // Dropping a handle deletes the namespace.
+                drop(netns::Netns { name });
             } else {
                 PinDir::remove(&entry.path());
             }

@@ -22,14 +22,11 @@ pub struct Netns {
     pub name: String,
 }
 
-/// Every lab namespace is named `xlab-<pid>-<role><n>`, so that a later run can tell
-/// which ones a killed process left behind (`crate::remove_stale`).
-const PREFIX: &str = "xlab-";
-
 impl Netns {
-    /// A new namespace for `role` (e.g. "lb", "c0", "b1"), with `lo` up.
+    /// A new namespace for `role` (e.g. "lb", "c0", "b1"), with `lo` up, named by
+    /// `crate::lab_name`.
     pub fn new(role: &str) -> Self {
-        let name = crate::unique(&format!("{PREFIX}{}-{role}-", std::process::id()), 60);
+        let name = crate::lab_name(role);
         sh(&format!("ip netns add {name}"));
         sh(&format!("ip -n {name} link set lo up"));
         Netns { name }
