@@ -64,6 +64,40 @@ fn test_run(prog: &Xdp, input: &[u8], repeat: u32) -> (u32, f64) {
     (r.return_value, r.duration.as_nanos() as f64)
 }
 
+/// A controller over freshly loaded, pinned maps and a scratch history; the pins and the
+/// history are removed on drop.
+struct Bench {
+    ctl: Controller,
+    opts: LoadOptions,
+    _pins: PinDir,
+    _state: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new(flow_capacity: u32) -> Bench {
+        let pins = PinDir::new("bench");
+        let opts = LoadOptions {
+            pin_dir: pins.path().to_path_buf(),
+            flow_capacity,
+        };
+        let state = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
+        let ctl = Controller::new(
+            Dataplane::load(&opts)
+                .unwrap_or_else(|e| fail(format!("load: {e}")))
+                .into_maps(),
+            History::open(state.path()).unwrap_or_else(|e| fail(format!("history: {e}"))),
+            Box::new(|addr| Err(format!("no neighbour lookups in the bench ({addr})"))),
+        )
+        .unwrap_or_else(|e| fail(format!("controller: {e}")));
+        Bench {
+            ctl,
+            opts,
+            _pins: pins,
+            _state: state,
+        }
+    }
+}
+
 fn backends(n: usize, prefix: &str) -> Vec<BackendSpec> {
     (0..n)
         .map(|i| BackendSpec {
@@ -174,20 +208,8 @@ fn main() {
 /// Section 1: ns per packet through BPF_PROG_TEST_RUN against the XDP_DROP floor.
 fn per_packet(mode: &Mode, md: &mut String) {
     eprintln!("bench: cost per packet");
-    let pins = PinDir::new("bench");
-    let opts = LoadOptions {
-        pin_dir: pins.path().to_path_buf(),
-        flow_capacity: 1 << 20,
-    };
-    let state = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
-    let mut ctl = Controller::new(
-        Dataplane::load(&opts)
-            .unwrap_or_else(|e| fail(format!("load: {e}")))
-            .into_maps(),
-        History::open(state.path()).unwrap_or_else(|e| fail(format!("history: {e}"))),
-        Box::new(|addr| Err(format!("no neighbour lookups in the bench ({addr})"))),
-    )
-    .unwrap_or_else(|e| fail(format!("controller: {e}")));
+    let mut bench = Bench::new(1 << 20);
+    let ctl = &mut bench.ctl;
     let config = Config {
         vips: vec![
             vip("web", "198.18.0.100", 80, Protocol::Tcp, 3),
@@ -198,7 +220,7 @@ fn per_packet(mode: &Mode, md: &mut String) {
     };
     ctl.apply(request(config))
         .unwrap_or_else(|e| fail(format!("apply: {e}")));
-    let mut dp = Dataplane::load(&opts).unwrap_or_else(|e| fail(format!("load: {e}")));
+    let mut dp = Dataplane::load(&bench.opts).unwrap_or_else(|e| fail(format!("load: {e}")));
     let mut refs = aya::Ebpf::load(xlb::object::PASS_OBJECT)
         .unwrap_or_else(|e| fail(format!("load reference programs: {e}")));
     let drop: &mut Xdp = refs
@@ -232,7 +254,7 @@ fn per_packet(mode: &Mode, md: &mut String) {
         if rc != want {
             fail(format!("{name}: returned {rc}, expected {want}"));
         }
-        let before = total_backend_packets(&ctl);
+        let before = backend_totals(ctl).0;
         let samples: Vec<f64> = (0..mode.runs)
             .map(|_| {
                 let (rc, ns) = test_run(p, pkt, mode.repeat);
@@ -242,7 +264,7 @@ fn per_packet(mode: &Mode, md: &mut String) {
                 ns
             })
             .collect();
-        let forwarded = total_backend_packets(&ctl) - before;
+        let forwarded = backend_totals(ctl).0 - before;
         let expect = if want == XDP_TX {
             u64::from(mode.repeat) * mode.runs as u64
         } else {
@@ -273,14 +295,14 @@ fn per_packet(mode: &Mode, md: &mut String) {
             })
             .collect()
     };
-    let flows_before = total_new_flows(&ctl);
+    let flows_before = backend_totals(ctl).1;
     let mut new_flow = Vec::new();
     let mut single_floor = Vec::new();
     for r in 0..mode.runs as u32 {
         single_floor.push(stats(single(drop, r * mode.single_runs)).0);
         new_flow.push(stats(single(prog, r * mode.single_runs)).0);
     }
-    let inserted = total_new_flows(&ctl) - flows_before;
+    let inserted = backend_totals(ctl).1 - flows_before;
     let expect = u64::from(mode.single_runs) * mode.runs as u64;
     if inserted != expect {
         fail(format!(
@@ -347,18 +369,11 @@ fn per_packet(mode: &Mode, md: &mut String) {
     );
 }
 
-fn total_backend_packets(ctl: &Controller) -> u64 {
+/// Packets and new flows over the bench's backends (ids 1..16), summed over CPUs.
+fn backend_totals(ctl: &Controller) -> (u64, u64) {
     (1..16)
         .filter_map(|id| ctl.maps().backend_stats(id).ok())
-        .map(|s| s.packets)
-        .sum()
-}
-
-fn total_new_flows(ctl: &Controller) -> u64 {
-    (1..16)
-        .filter_map(|id| ctl.maps().backend_stats(id).ok())
-        .map(|s| s.new_flows)
-        .sum()
+        .fold((0, 0), |(p, f), s| (p + s.packets, f + s.new_flows))
 }
 
 fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
@@ -399,21 +414,10 @@ fn control_plane(mode: &Mode, md: &mut String) {
         let (m, lo, hi) = stats(samples);
         let _ = writeln!(md, "| build, {n} backends | {m:.2} | {lo:.2}..{hi:.2} |");
     }
+    let mut apply_1000 = f64::MAX;
     for n in [2usize, 100, 1000] {
-        let pins = PinDir::new("bench-cp");
-        let opts = LoadOptions {
-            pin_dir: pins.path().to_path_buf(),
-            flow_capacity: 65536,
-        };
-        let state = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
-        let mut ctl = Controller::new(
-            Dataplane::load(&opts)
-                .unwrap_or_else(|e| fail(format!("load: {e}")))
-                .into_maps(),
-            History::open(state.path()).unwrap_or_else(|e| fail(format!("{e}"))),
-            Box::new(|addr| Err(format!("no neighbour lookups ({addr})"))),
-        )
-        .unwrap_or_else(|e| fail(format!("{e}")));
+        let mut bench = Bench::new(65536);
+        let ctl = &mut bench.ctl;
         let mut config = Config {
             vips: vec![vip("web", "198.18.0.100", 80, Protocol::Tcp, n)],
             ..Config::default()
@@ -429,6 +433,9 @@ fn control_plane(mode: &Mode, md: &mut String) {
             })
             .collect();
         let (m, lo, hi) = stats(samples);
+        if n == 1000 {
+            apply_1000 = m;
+        }
         let _ = writeln!(
             md,
             "| build + apply a weight change, {n} backends | {m:.2} | {lo:.2}..{hi:.2} |"
@@ -470,12 +477,6 @@ fn control_plane(mode: &Mode, md: &mut String) {
          `xlb_vip_stats` entry. Flows cost one `xlb_flows` entry each, shared by all VIPs.\n",
         table_bytes as f64 / 1024.0
     );
-    let apply_1000 = md
-        .lines()
-        .find(|l| l.starts_with("| build + apply a weight change, 1000 backends"))
-        .and_then(|l| l.split('|').nth(2))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(f64::MAX);
     let _ = writeln!(
         md,
         "Target: build + apply for 1000 backends < 50 ms: {apply_1000:.1} ms, {}.\n",
