@@ -483,21 +483,27 @@ fn vips(data: &serde_json::Value) -> Result<Vec<VipStatsView>, String> {
     serde_json::from_value(data["vips"].clone()).map_err(|e| e.to_string())
 }
 
+/// `field` of the daemon's last one-second rates for `backend` of `vip` (0 if none yet).
+fn rate(data: &serde_json::Value, vip: &str, backend: &str, field: &str) -> f64 {
+    data["rates"]
+        .as_array()
+        .and_then(|rates| {
+            rates
+                .iter()
+                .find(|r| r["vip"] == vip && r["backend"] == backend)
+        })
+        .and_then(|r| r["rates"][field].as_f64())
+        .unwrap_or(0.0)
+}
+
 /// Each backend's observed share of new flows: over the daemon's last one-second sample
 /// when that saw new flows (so a bad change shows within seconds), else since the
 /// counters started.
 fn observed_shares(data: &serde_json::Value, v: &VipStatsView) -> Vec<String> {
-    let rates = data["rates"].as_array().cloned().unwrap_or_default();
     let recent: Vec<f64> = v
         .backends
         .iter()
-        .map(|b| {
-            rates
-                .iter()
-                .find(|r| r["vip"] == v.vip.as_str() && r["backend"] == b.backend.as_str())
-                .and_then(|r| r["rates"]["new_flows_per_s"].as_f64())
-                .unwrap_or(0.0)
-        })
+        .map(|b| rate(data, &v.vip, &b.backend, "new_flows_per_s"))
         .collect();
     let recent_total: f64 = recent.iter().sum();
     let total: u64 = v.backends.iter().map(|b| b.new_flows).sum();
@@ -551,14 +557,6 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
 }
 
 fn print_stats(data: &serde_json::Value) -> Result<(), String> {
-    let rates = data["rates"].as_array().cloned().unwrap_or_default();
-    let rate = |vip: &str, backend: &str, field: &str| {
-        rates
-            .iter()
-            .find(|r| r["vip"] == vip && r["backend"] == backend)
-            .and_then(|r| r["rates"][field].as_f64())
-            .unwrap_or(0.0)
-    };
     for v in vips(data)? {
         let observed = observed_shares(data, &v);
         println!(
@@ -576,8 +574,8 @@ fn print_stats(data: &serde_json::Value) -> Result<(), String> {
                 b.packets,
                 b.bytes,
                 b.new_flows,
-                rate(&v.vip, &b.backend, "packets_per_s"),
-                rate(&v.vip, &b.backend, "new_flows_per_s"),
+                rate(data, &v.vip, &b.backend, "packets_per_s"),
+                rate(data, &v.vip, &b.backend, "new_flows_per_s"),
                 pct(b.table_share),
                 observed
             );
