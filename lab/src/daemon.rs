@@ -192,26 +192,25 @@ impl Daemon {
 
     /// Sends `signal` and waits for the daemon to exit (TERM: a clean stop; KILL: a crash).
     pub fn stop_with(&mut self, signal: i32) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().expect("try_wait").is_none() {
-            assert!(Instant::now() < deadline, "daemon did not exit on {signal}");
-            thread::sleep(Duration::from_millis(20));
+        if let Some(child) = &self.child {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
         }
+        self.wait_exit(Duration::from_secs(10));
     }
 
-    /// Waits for the daemon to exit by itself (after `xlb teardown`).
+    /// Waits for the daemon to exit (after a signal, or by itself after `xlb teardown`).
     pub fn wait_exit(&mut self, within: Duration) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         let deadline = Instant::now() + within;
         while child.try_wait().expect("try_wait").is_none() {
-            assert!(Instant::now() < deadline, "daemon did not exit");
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {within:?}: {}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
