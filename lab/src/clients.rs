@@ -182,6 +182,30 @@ pub fn http_many(vip: IpAddr, n: u32) -> BTreeMap<String, u32> {
     count
 }
 
+/// Checks that new flows counted per backend name follow `table`, the table shares of
+/// b1..bN in order, within `tolerance` (a fraction); the error names the first backend
+/// that is off, with both shares.
+pub fn follows<N: Copy + Into<u64>>(
+    count: &BTreeMap<String, N>,
+    table: &[f64],
+    tolerance: f64,
+) -> Result<(), String> {
+    let total: u64 = count.values().map(|&n| n.into()).sum();
+    for (i, want) in table.iter().enumerate() {
+        let name = crate::topology::backend_name(i);
+        let n: u64 = count.get(&name).map_or(0, |&n| n.into());
+        let got = n as f64 / total.max(1) as f64;
+        if (got - want).abs() > tolerance {
+            return Err(format!(
+                "{name}: {:.1}% of {total} new flows, table share {:.1}%",
+                got * 100.0,
+                want * 100.0
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a background load saw.
 #[derive(Debug, Default, Clone)]
 pub struct LoadReport {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use xlb_lab::{
-    clients::{http_many, udp_once},
+    clients::{follows, http_many, udp_once},
     daemon::{Daemon, VipSpec},
     require_root,
     servers::{ECHO_PORT, HTTP_PORT, Servers},
@@ -17,20 +17,6 @@ use xlb_lab::{
 };
 
 const N: u32 = 1500;
-
-fn assert_follows(what: &str, count: &BTreeMap<String, u32>, shares: &[f64]) {
-    let total: u32 = count.values().sum();
-    for (i, want) in shares.iter().enumerate() {
-        let got = f64::from(count.get(&backend_name(i)).copied().unwrap_or(0)) / f64::from(total);
-        assert!(
-            (got - want).abs() <= 0.05,
-            "{what}, {}: {:.1}% of {total} new flows, table share {:.1}%",
-            backend_name(i),
-            got * 100.0,
-            want * 100.0
-        );
-    }
-}
 
 #[test]
 fn ipv6_tcp_and_udp_on_both_families_end_to_end() {
@@ -50,7 +36,7 @@ fn ipv6_tcp_and_udp_on_both_families_end_to_end() {
 
     let vip6: IpAddr = VIP6.parse().unwrap();
     let count = in_ns(&client, move || http_many(vip6, N));
-    assert_follows("IPv6 TCP", &count, &daemon.table_shares("web6"));
+    follows(&count, &daemon.table_shares("web6"), 0.05).unwrap_or_else(|e| panic!("IPv6 TCP, {e}"));
     for (i, _) in topo.backends.iter().enumerate() {
         assert_eq!(
             servers.http_connections(i),
@@ -63,7 +49,7 @@ fn ipv6_tcp_and_udp_on_both_families_end_to_end() {
         // UDP has no TIME_WAIT: a new socket may get a source port used before, and so
         // the same 5-tuple, which must go to the same backend and is not a new flow.
         let (udp, ports) = in_ns(&client, move || {
-            let mut count = BTreeMap::new();
+            let mut count: BTreeMap<String, u32> = BTreeMap::new();
             let mut ports: BTreeMap<u16, String> = BTreeMap::new();
             for i in 0..N {
                 let (port, who) = udp_once(vip, &format!("q{i}"))
@@ -75,7 +61,7 @@ fn ipv6_tcp_and_udp_on_both_families_end_to_end() {
             }
             (count, ports)
         });
-        assert_follows(name, &udp, &daemon.table_shares(name));
+        follows(&udp, &daemon.table_shares(name), 0.05).unwrap_or_else(|e| panic!("{name}, {e}"));
         let stats: serde_json::Value =
             serde_json::from_str(&daemon.xlb_ok(&["stats", "--json"])).unwrap();
         let v = stats["vips"]

@@ -7,7 +7,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use xlb_lab::{
-    clients::{Echo, Load, http_many},
+    clients::{Echo, Load, follows, http_many},
     daemon::{Daemon, VipSpec},
     require_root,
     servers::{HTTP_PORT, Servers},
@@ -85,16 +85,8 @@ fn twenty_weight_changes_under_load_fail_nothing() {
     // New connections follow the final weights (the table shares of the last generation).
     let shares = daemon.table_shares("web");
     let count = in_ns(&topo.clients[0].name, move || http_many(vip, 1500));
-    for (i, want) in shares.iter().enumerate() {
-        let got = f64::from(count.get(&backend_name(i)).copied().unwrap_or(0)) / 1500.0;
-        assert!(
-            (got - want).abs() <= 0.04,
-            "{}: {:.1}% of new connections after the changes, table share {:.1}%",
-            backend_name(i),
-            got * 100.0,
-            want * 100.0
-        );
-    }
+    follows(&count, &shares, 0.04)
+        .unwrap_or_else(|e| panic!("new connections after the changes, {e}"));
     for (j, h) in held.iter_mut().enumerate() {
         h.ping(&format!("final-{j}")).unwrap();
     }

@@ -13,7 +13,7 @@ use std::{
 
 use xlb_lab::{
     bpftool_sum,
-    clients::{Echo, Load, LoadReport},
+    clients::{Echo, Load, LoadReport, follows},
     daemon::{Daemon, VipSpec, text},
     servers::{ECHO_PORT, HTTP_PORT, Servers},
     topology::{Topology, VIP4, backend_name, in_ns},
@@ -82,8 +82,8 @@ fn failures(loads: &[Load]) -> Vec<String> {
 }
 
 /// Shows a live per-backend view once a second for `secs` seconds and returns the share
-/// of new connections each backend got over that time.
-fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<Vec<f64>, String> {
+/// new connections each backend got over that time.
+fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, u64>, String> {
     let start = connections(loads);
     let mut last = start.clone();
     println!(
@@ -119,28 +119,15 @@ fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<Vec<f64>, String>
         last = now;
     }
     let end = connections(loads);
-    let got: Vec<u64> = (0..3)
-        .map(|i| {
-            let b = backend_name(i);
-            end.get(&b).copied().unwrap_or(0) - start.get(&b).copied().unwrap_or(0)
-        })
-        .collect();
-    let total = got.iter().sum::<u64>().max(1) as f64;
-    Ok(got.iter().map(|&n| n as f64 / total).collect())
+    Ok(end
+        .iter()
+        .map(|(b, n)| (b.clone(), n - start.get(b).copied().unwrap_or(0)))
+        .collect())
 }
 
-/// Observed shares within 5 points of the table shares.
-fn check_shares(what: &str, observed: &[f64], table: &[f64]) -> Step {
-    for (i, (o, t)) in observed.iter().zip(table).enumerate() {
-        if (o - t).abs() > 0.05 {
-            return Err(format!(
-                "{what}: {} got {:.1}% of new connections, its table share is {:.1}%",
-                backend_name(i),
-                o * 100.0,
-                t * 100.0
-            ));
-        }
-    }
+/// New connections within 5 points of the table shares.
+fn check_shares(what: &str, observed: &BTreeMap<String, u64>, table: &[f64]) -> Step {
+    follows(observed, table, 0.05).map_err(|e| format!("{what}: {e}"))?;
     println!("  ok: every backend within 5 points of its table share");
     Ok(())
 }
