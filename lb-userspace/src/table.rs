@@ -23,7 +23,11 @@
 //! A backend of weight 0 never plays. Both are measured by the property tests below and by
 //! `cargo xtask bench`.
 
-use std::{cmp::Ordering, cmp::Reverse, collections::BTreeMap, collections::BinaryHeap};
+use std::{
+    cmp::{Ordering, Reverse},
+    collections::{BTreeMap, BinaryHeap, binary_heap::PeekMut},
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use thiserror::Error;
 
@@ -134,6 +138,12 @@ pub const SOFT_CAP_PER_MILLE: u32 = 3;
 pub const SHARE_TOLERANCE: f64 = SOFT_CAP_PER_MILLE as f64 / 1000.0;
 
 /// Runs the race; each backend stops at `quota + tolerance` slots.
+///
+/// A look at a slot that is already taken changes nothing, and a taken slot stays taken,
+/// so a backend's next event is scheduled straight at the next slot of its permutation
+/// that is free now. The outcome is the same as looking at every slot in turn, but the
+/// event queue only sees looks that can still win, about `size` of them instead of
+/// `size * ln(size)`.
 fn race(
     backends: &[Weighted<'_>],
     order: &[usize],
@@ -141,53 +151,50 @@ fn race(
     size: u32,
     tolerance: u32,
 ) -> Table {
-    let m = u64::from(size);
+    let m = size as usize;
     let times = unit_times(size);
     let weights: Vec<f64> = order
         .iter()
         .map(|&i| f64::from(backends[i].weight))
         .collect();
     let mut placed = vec![0u32; order.len()];
-    let mut slots = vec![EMPTY; size as usize];
-    let mut filled = 0u64;
+    let mut slots = vec![EMPTY; m];
+    let mut filled = 0usize;
     let mut events: BinaryHeap<Reverse<Event>> = BinaryHeap::with_capacity(order.len());
-    let mut perms = Vec::with_capacity(order.len());
+    let mut walks = Vec::with_capacity(order.len());
     for (rank, &i) in order.iter().enumerate() {
         let h = name_hash(backends[i].name);
-        perms.push((
-            splitmix(h ^ 0x6f66_6673_6574) % m,
-            splitmix(h ^ 0x736b_6970) % (m - 1) + 1,
-        ));
+        let m = m as u64;
+        // Both are below `size`, a u32.
+        walks.push(Walk {
+            step: 0,
+            slot: (splitmix(h ^ 0x6f66_6673_6574) % m) as usize,
+            skip: (splitmix(h ^ 0x736b_6970) % (m - 1) + 1) as usize,
+        });
         if quotas[rank] > 0 {
-            events.push(Reverse(Event {
-                time: 0.0,
-                step: 0,
-                rank,
-            }));
+            events.push(Reverse(Event { time: 0.0, rank }));
         }
     }
     while filled < m {
         // The heap is non-empty while slots are free: a backend below its cap that has
         // walked its whole permutation has seen every slot taken, i.e. filled == m, and the
         // caps add up to at least m.
-        let Some(Reverse(ev)) = events.pop() else {
+        let Some(mut next) = events.peek_mut() else {
             break;
         };
-        let (offset, skip) = perms[ev.rank];
-        let slot = ((offset + ev.step * skip) % m) as usize;
-        if slots[slot] == EMPTY {
+        let rank = next.0.rank;
+        let walk = &mut walks[rank];
+        if slots[walk.slot] == EMPTY {
             // Input indices come from a slice the config layer caps far below u32::MAX.
-            slots[slot] = order[ev.rank] as u32;
-            placed[ev.rank] += 1;
+            slots[walk.slot] = order[rank] as u32;
+            placed[rank] += 1;
             filled += 1;
         }
-        if placed[ev.rank] < quotas[ev.rank] + tolerance && ev.step + 1 < m {
-            let step = ev.step + 1;
-            events.push(Reverse(Event {
-                time: times[step as usize] / weights[ev.rank],
-                step,
-                rank: ev.rank,
-            }));
+        if placed[rank] < quotas[rank] + tolerance && walk.next_free(&slots) {
+            // Rescheduling the top in place: one sift instead of a pop and a push.
+            next.0.time = times[walk.step] / weights[rank];
+        } else {
+            PeekMut::pop(next);
         }
     }
     Table {
@@ -196,11 +203,38 @@ fn race(
     }
 }
 
-/// Backend `rank` looks at its `step`-th permutation slot at `time`.
+/// Where one backend is in its permutation of the slots: `slot = offset + step * skip`
+/// (mod size), kept incrementally.
+struct Walk {
+    step: usize,
+    slot: usize,
+    skip: usize,
+}
+
+impl Walk {
+    /// Moves to the next step whose slot is free; false when the permutation runs out.
+    fn next_free(&mut self, slots: &[u32]) -> bool {
+        let m = slots.len();
+        loop {
+            self.step += 1;
+            if self.step >= m {
+                return false;
+            }
+            self.slot += self.skip;
+            if self.slot >= m {
+                self.slot -= m;
+            }
+            if slots[self.slot] == EMPTY {
+                return true;
+            }
+        }
+    }
+}
+
+/// Backend `rank`'s next look happens at `time`.
 #[derive(Clone, Copy, Debug)]
 struct Event {
     time: f64,
-    step: u64,
     rank: usize,
 }
 
@@ -228,11 +262,22 @@ impl PartialEq for Event {
 impl Eq for Event {}
 
 /// `-ln(1 - k/size)` for every step k: the unit-weight time of a backend's k-th look.
-fn unit_times(size: u32) -> Vec<f64> {
+/// Computing them costs more than a whole race, and every table of a config has the same
+/// size, so the last size's times are kept.
+fn unit_times(size: u32) -> Arc<[f64]> {
+    static LAST: Mutex<Option<(u32, Arc<[f64]>)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((s, times)) = last.as_ref()
+        && *s == size
+    {
+        return Arc::clone(times);
+    }
     let m = f64::from(size);
-    (0..size)
+    let times: Arc<[f64]> = (0..size)
         .map(|k| ln_deterministic(m / (m - f64::from(k))))
-        .collect()
+        .collect();
+    *last = Some((size, Arc::clone(&times)));
+    times
 }
 
 /// Natural log of `x >= 1` from IEEE-754 basic operations only (correctly rounded on every

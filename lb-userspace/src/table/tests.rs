@@ -199,3 +199,33 @@ fn deterministic_ln_matches_libm() {
         assert!((got - f64::ln(x)).abs() < 1e-14, "ln({x}) = {got}");
     }
 }
+
+#[test]
+fn known_full_size_tables_are_stable() {
+    // The same guarantee as above at the default size, over shapes that take every path
+    // of the builder: caps that never bind (many backends), a soft cap that binds (a few
+    // heavy ones), and the exact-cap rebuild (the 11-backend case). The value is FNV-1a
+    // over the slots.
+    let fnv = |t: &Table| {
+        t.slots().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &s| {
+            (h ^ u64::from(s)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let cases: Vec<(Vec<u32>, u64)> = vec![
+        (vec![1, 1], 0xdec4_4412_9d16_dcdd),
+        (vec![1, 2, 3], 0x27de_a5d6_69f5_4e8e),
+        (vec![1000, 1], 0x4684_7d16_ecfd_85a6),
+        (vec![5, 5, 5, 1], 0xb64b_5d17_ae7b_880a),
+        ((0..100).map(|i| 1 + i % 7).collect(), 0x7eae_99fa_a6b3_690d),
+        (
+            (0..1000).map(|i| 1 + i % 3).collect(),
+            0x6138_a85b_00b4_5719,
+        ),
+        (vec![1, 3, 2, 2, 1, 1, 4, 1, 4, 3, 4], 0xff37_65ce_b745_1ce6),
+    ];
+    for (weights, want) in cases {
+        let n = names(weights.len());
+        let t = build(&input(&n, &weights), M).unwrap();
+        assert_eq!(fnv(&t), want, "weights {weights:?}");
+    }
+}
