@@ -260,7 +260,11 @@ impl Controller {
         }
         let rollback = matches!(req.source, Source::Rollback { .. });
         let running = self.current.as_ref().map(|r| &r.config);
-        let plan = guard::plan(&req.config, running, &self.health, &Maglev);
+        let builder = guard::Reuse {
+            plan: self.current_plan.as_ref(),
+            builder: &Maglev,
+        };
+        let plan = guard::plan(&req.config, running, &self.health, &builder);
         let blocking: Vec<guard::Violation> = plan
             .blocking(req.force, !rollback)
             .into_iter()
@@ -437,14 +441,12 @@ impl Controller {
                     vip.name
                 )));
             };
-            let slots: Vec<u32> = table
-                .slots
+            let id_of: Vec<u32> = table
+                .names
                 .iter()
-                .map(|&i| {
-                    ids.backend(&vip.name, &table.names[i as usize])
-                        .unwrap_or(0)
-                })
+                .map(|name| ids.backend(&vip.name, name).unwrap_or(0))
                 .collect();
+            let slots: Vec<u32> = table.slots.iter().map(|&i| id_of[i as usize]).collect();
             let old_fp = old.and_then(|o| o.fingerprints.get(&vip.name));
             let same_as_old = old_fp == record.fingerprints.get(&vip.name)
                 && old.is_some_and(|o| o.ids.vips.get(&vip.name) == Some(&vip_id));

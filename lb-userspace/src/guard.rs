@@ -147,6 +147,36 @@ impl TableBuilder for Maglev {
     }
 }
 
+/// A builder that hands back a table `plan` already holds when the input is exactly the
+/// one that built it (same backends in the same order, same weights, same size), and asks
+/// `builder` otherwise. The controller passes the running generation's plan, so an apply
+/// builds only the tables that change.
+pub struct Reuse<'a> {
+    pub plan: Option<&'a Plan>,
+    pub builder: &'a dyn TableBuilder,
+}
+
+impl TableBuilder for Reuse<'_> {
+    fn build(&self, backends: &[Weighted<'_>], size: u32) -> Result<Table, TableError> {
+        let built_from = |v: &VipPlan| {
+            let t = v.table.as_ref()?;
+            // Rows start with the VIP's backends in config order, the order of `names`.
+            let same = t.slots.len() == size as usize
+                && t.names.len() == backends.len()
+                && v.rows.len() >= backends.len()
+                && v.rows
+                    .iter()
+                    .zip(backends)
+                    .all(|(r, b)| r.backend == b.name && r.weight_after == Some(b.weight));
+            same.then(|| Table::from_slots(t.slots.clone(), backends.len()))
+        };
+        match self.plan.and_then(|p| p.vips.iter().find_map(built_from)) {
+            Some(table) => Ok(table),
+            None => self.builder.build(backends, size),
+        }
+    }
+}
+
 /// A VIP's table by backend name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamedTable {
@@ -193,28 +223,32 @@ impl NamedTable {
         format!("{h:016x}")
     }
 
-    /// Fraction of flows whose owner differs between `self` and `new`. Equal sizes compare
-    /// slot by slot (exact); different sizes compare a fixed sample of hash values.
-    pub fn moved_to(&self, new: &NamedTable) -> f64 {
-        self.moved_where(new, |_| true)
-    }
-
-    /// Like `moved_to`, restricted to flows `self` gives to `backend`.
-    pub fn moved_from(&self, new: &NamedTable, backend: &str) -> f64 {
-        self.moved_where(new, |owner| owner == backend)
-    }
-
-    fn moved_where(&self, new: &NamedTable, mine: impl Fn(&str) -> bool) -> f64 {
-        let (mut seen, mut moved) = (0u64, 0u64);
-        let mut count = |old: &str, new: &str| {
-            if mine(old) {
-                seen += 1;
-                moved += u64::from(old != new);
-            }
+    /// Fraction of flows whose owner differs between `self` and `new`, over all flows and
+    /// over each of `self`'s backends' flows. Equal sizes compare slot by slot (exact);
+    /// different sizes compare a fixed sample of hash values. One pass, whatever the
+    /// number of backends.
+    pub fn moved(&self, new: &NamedTable) -> Moved<'_> {
+        let new_index: BTreeMap<&str, u32> = new
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as u32))
+            .collect();
+        // Owner index in `self` -> the same backend's index in `new`, if it is there.
+        let same: Vec<Option<u32>> = self
+            .names
+            .iter()
+            .map(|n| new_index.get(n.as_str()).copied())
+            .collect();
+        let mut seen = vec![0u64; self.names.len()];
+        let mut moved = vec![0u64; self.names.len()];
+        let mut count = |old: u32, new: u32| {
+            seen[old as usize] += 1;
+            moved[old as usize] += u64::from(same[old as usize] != Some(new));
         };
         if self.slots.len() == new.slots.len() {
-            for i in 0..self.slots.len() {
-                count(self.owner(i), new.owner(i));
+            for (&old, &new) in self.slots.iter().zip(&new.slots) {
+                count(old, new);
             }
         } else {
             let mut x: u32 = 0x9e37_79b9;
@@ -224,17 +258,31 @@ impl NamedTable {
                 x ^= x >> 17;
                 x ^= x << 5;
                 count(
-                    self.owner(x as usize % self.slots.len()),
-                    new.owner(x as usize % new.slots.len()),
+                    self.slots[x as usize % self.slots.len()],
+                    new.slots[x as usize % new.slots.len()],
                 );
             }
         }
-        if seen == 0 {
-            0.0
-        } else {
-            moved as f64 / seen as f64
+        let fraction = |m: u64, s: u64| if s == 0 { 0.0 } else { m as f64 / s as f64 };
+        Moved {
+            all: fraction(moved.iter().sum(), seen.iter().sum()),
+            by_backend: self
+                .names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), fraction(moved[i], seen[i])))
+                .collect(),
         }
     }
+}
+
+/// How much of a table's traffic another table sends elsewhere.
+#[derive(Debug)]
+pub struct Moved<'a> {
+    /// Fraction of all flows.
+    pub all: f64,
+    /// Fraction of the flows of each backend of the old table, by name.
+    pub by_backend: BTreeMap<&'a str, f64>,
 }
 
 /// One backend's line in a diff.
@@ -777,6 +825,10 @@ fn diff(
 ) -> VipPlan {
     let total: u64 = vip.backends.iter().map(|b| u64::from(b.weight())).sum();
     let after_shares = table.as_ref().map(|t| t.shares()).unwrap_or_default();
+    let moved = match (before, &table) {
+        (Some((_, old)), Some(new)) => Some(old.moved(new)),
+        _ => None,
+    };
     let before_shares = before.map(|(_, t)| t.shares()).unwrap_or_default();
     let mut rows: Vec<Row> = vip
         .backends
@@ -794,10 +846,10 @@ fn diff(
             } else {
                 f64::from(b.weight()) / total as f64
             },
-            moved: match (before, &table) {
-                (Some((_, old)), Some(new)) => old.moved_from(new, &b.name),
-                _ => 0.0,
-            },
+            moved: moved
+                .as_ref()
+                .and_then(|m| m.by_backend.get(b.name.as_str()).copied())
+                .unwrap_or(0.0),
             healthy: vip
                 .health
                 .as_ref()
@@ -832,10 +884,7 @@ fn diff(
             });
         }
     }
-    let moved = match (before, &table) {
-        (Some((_, old)), Some(new)) => old.moved_to(new),
-        _ => 0.0,
-    };
+    let moved = moved.map_or(0.0, |m| m.all);
     let change = match before {
         None => Change::Added,
         Some((_, old)) if Some(old) == table.as_ref() => Change::Unchanged,

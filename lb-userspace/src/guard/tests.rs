@@ -262,6 +262,37 @@ fn duplicate_service_and_bad_policy_and_table_size_are_structure() {
     assert_eq!(msgs[2], "198.18.0.100:80/tcp is also another VIP's");
 }
 
+/// Counts the tables it really builds.
+struct Counting(std::cell::Cell<u32>);
+
+impl TableBuilder for Counting {
+    fn build(&self, backends: &[Weighted<'_>], size: u32) -> Result<Table, TableError> {
+        self.0.set(self.0.get() + 1);
+        table::build(backends, size)
+    }
+}
+
+#[test]
+fn running_tables_are_reused_and_only_changed_tables_are_built() {
+    let mut api = vip("api", &[1, 1]);
+    api.address = "198.18.0.101".into();
+    let before = config(vec![vip("web", &[1, 2, 3]), api.clone()]);
+    let running = check(&before, None);
+    let mut after = before.clone();
+    after.vips[0].backends[0].weight = 2;
+    let counting = Counting(std::cell::Cell::new(0));
+    let reuse = Reuse {
+        plan: Some(&running),
+        builder: &counting,
+    };
+    let p = plan(&after, Some(&before), &Health::new(), &reuse);
+    // web's new table only: web's running table and both of api's come from `running`.
+    assert_eq!(counting.0.get(), 1);
+    // Exactly what building everything afresh gives.
+    assert_eq!(p, check(&after, Some(&before)));
+    assert_eq!(p.vip("api").unwrap().change, Change::Unchanged);
+}
+
 #[test]
 fn flow_shift_is_measured_against_the_running_table() {
     let before = config(vec![vip("web", &[1, 1, 1, 1])]);
