@@ -59,6 +59,12 @@ pub const MAX_TABLE_SIZE: u32 = 1 << 20;
 
 /// `BPF_F_INNER_MAP`: inner maps of differing `max_entries` may share one outer map.
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// `BPF_F_MMAPABLE`: userspace may mmap the array's values.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Flags of every table (inner map) and of the template in `xlb_rings`; the kernel only
+/// accepts inner maps whose flags equal the template's. Mmap-able so that userspace
+/// fills a new table with memory writes.
+pub const TABLE_MAP_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
 #[cfg(test)]
 mod tests {

@@ -9,8 +9,8 @@ use lb_common::{
     Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, VipAddrKey, VipInfo, VipKey,
     VipStats,
     maps::{
-        BPF_F_INNER_MAP, DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS,
-        TABLE_HEADER,
+        DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, TABLE_HEADER,
+        TABLE_MAP_FLAGS,
     },
     reason::REASON_COUNT,
 };
@@ -33,7 +33,7 @@ pub static VIP_ADDRS: HashMap<VipAddrKey, u32, { MAX_VIPS as usize }> = HashMap:
 /// ids. The control plane builds a complete new inner map and swaps it in with one update.
 #[btf_map(name = "xlb_rings")]
 pub static RINGS: ArrayOfMaps<
-    Array<u32, TEMPLATE_TABLE_ENTRIES, { BPF_F_INNER_MAP as usize }>,
+    Array<u32, TEMPLATE_TABLE_ENTRIES, { TABLE_MAP_FLAGS as usize }>,
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
 

@@ -7,16 +7,16 @@ use std::path::Path;
 
 use aya::{
     Ebpf,
-    maps::{Array, ArrayOfMaps, HashMap, MapData, MapError, MapInfo, PerCpuArray},
+    maps::{Array, ArrayOfMaps, HashMap, IterableMap, MapData, MapError, MapInfo, PerCpuArray},
 };
 use lb_common::{
     Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, VipAddrKey, VipInfo, VipKey,
     VipStats,
-    maps::{self as names, BPF_F_INNER_MAP, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HEADER},
+    maps::{self as names, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HEADER, TABLE_MAP_FLAGS},
     reason::{REASON_COUNT, Reason},
 };
 
-use super::{DataplaneError, pins};
+use super::{DataplaneError, pins, table_mem};
 
 /// A table to install for one VIP.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +44,18 @@ pub struct Maps {
 fn map_err(map: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
     let what = what.into();
     move |source| DataplaneError::Map { map, what, source }
+}
+
+/// Mapping a table into memory failed; reported like aya's own map errors.
+fn table_err(what: &str, io_error: std::io::Error) -> DataplaneError {
+    DataplaneError::Map {
+        map: names::RINGS,
+        what: what.to_string(),
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "mmap",
+            io_error,
+        }),
+    }
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -203,7 +215,7 @@ impl Maps {
         if self.rings.get(&vip_id, 0).is_err() {
             return Ok(());
         }
-        let empty: Array<MapData, u32> = Array::create(TABLE_HEADER, BPF_F_INNER_MAP)
+        let empty: Array<MapData, u32> = Array::create(TABLE_HEADER, TABLE_MAP_FLAGS)
             .map_err(map_err(names::RINGS, "creating an empty table"))?;
         self.rings.set(vip_id, &empty, 0).map_err(map_err(
             names::RINGS,
@@ -224,20 +236,16 @@ impl Maps {
     /// `xlb_rings`: a packet sees either the old table or this one, never a mix.
     pub fn install_table(&mut self, table: TableWrite<'_>) -> Result<(), DataplaneError> {
         let size = table.slots.len() as u32;
-        let mut inner: Array<MapData, u32> = Array::create(size + TABLE_HEADER, BPF_F_INNER_MAP)
+        let inner: Array<MapData, u32> = Array::create(size + TABLE_HEADER, TABLE_MAP_FLAGS)
             .map_err(map_err(
                 names::RINGS,
                 format!("creating a {size}-slot table for VIP {}", table.vip_id),
             ))?;
-        let fill = |inner: &mut Array<MapData, u32>| -> Result<(), MapError> {
-            inner.set(TABLE_HDR_SIZE, size, 0)?;
-            inner.set(TABLE_HDR_GENERATION, table.generation, 0)?;
-            for (slot, &id) in table.slots.iter().enumerate() {
-                inner.set(TABLE_HEADER + slot as u32, id, 0)?;
-            }
-            Ok(())
-        };
-        fill(&mut inner).map_err(map_err(names::RINGS, "filling a new table"))?;
+        let mut values = vec![0u32; (size + TABLE_HEADER) as usize];
+        values[TABLE_HDR_SIZE as usize] = size;
+        values[TABLE_HDR_GENERATION as usize] = table.generation;
+        values[TABLE_HEADER as usize..].copy_from_slice(table.slots);
+        table_mem::write(inner.map(), &values).map_err(|e| table_err("filling a new table", e))?;
         self.rings.set(table.vip_id, &inner, 0).map_err(map_err(
             names::RINGS,
             format!("switching VIP {} to its new table", table.vip_id),
@@ -246,22 +254,28 @@ impl Maps {
 
     /// The live table of `vip_id`: (size, generation, backend id per slot).
     pub fn table(&self, vip_id: u32) -> Result<(u32, u32, Vec<u32>), DataplaneError> {
-        let inner: Array<MapData, u32> = self.rings.get(&vip_id, 0).map_err(map_err(
-            names::RINGS,
-            format!("reading VIP {vip_id}'s table"),
-        ))?;
-        let read = |i: u32| {
-            inner.get(&i, 0).map_err(map_err(
-                names::RINGS,
-                format!("reading VIP {vip_id}'s table"),
-            ))
-        };
-        let size = read(TABLE_HDR_SIZE)?;
-        let generation = read(TABLE_HDR_GENERATION)?;
-        let slots = (0..size)
-            .map(|s| read(TABLE_HEADER + s))
-            .collect::<Result<_, _>>()?;
-        Ok((size, generation, slots))
+        let what = || format!("reading VIP {vip_id}'s table");
+        let inner: Array<MapData, u32> = self
+            .rings
+            .get(&vip_id, 0)
+            .map_err(map_err(names::RINGS, what()))?;
+        let mut values = table_mem::read(inner.map(), inner.len() as usize)
+            .map_err(|e| table_err(&what(), e))?;
+        let size = values[TABLE_HDR_SIZE as usize];
+        let generation = values[TABLE_HDR_GENERATION as usize];
+        let end = TABLE_HEADER as usize + size as usize;
+        if end > values.len() {
+            return Err(table_err(
+                &what(),
+                std::io::Error::other(format!(
+                    "its header says {size} slots but it has {}",
+                    values.len() - TABLE_HEADER as usize
+                )),
+            ));
+        }
+        values.truncate(end);
+        values.drain(..TABLE_HEADER as usize);
+        Ok((size, generation, values))
     }
 
     /// The generation of VIP `vip_id`'s live table (its header only).

@@ -5,6 +5,7 @@
 pub mod loader;
 pub mod maps;
 pub mod pins;
+mod table_mem;
 
 use std::path::PathBuf;
 
