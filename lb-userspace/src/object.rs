@@ -17,6 +17,11 @@ pub const PASS_PROGRAM_NAME: &str = "xlb_pass";
 /// Name of the XDP_DROP program inside [`PASS_OBJECT`]: the benchmarks' floor.
 pub const DROP_PROGRAM_NAME: &str = "xlb_drop";
 
+/// The benchmark's traffic generator (`xlb_gen`), XDP_TX reflector (`xlb_reflect`) and
+/// counting sink (`xlb_sink`); see `lb-ebpf/src/bin/xlb-bench-progs.rs`.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-bench-progs"));
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,11 +33,13 @@ enum Task {
 /// bpf-linker must stay on 0.10.x: later releases need a system LLVM this machine lacks.
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the tests call: ip, bpftool, ethtool, nft.
-const PACKAGES: [(&str, &str); 4] = [
+const PACKAGES: [(&str, &str); 5] = [
     ("iproute2", "ip"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("nftables", "nft"),
+    // The benchmarks' comparison (HAProxy in TCP mode); its service is not started.
+    ("haproxy", "haproxy"),
 ];
 
 fn main() -> ExitCode {
