@@ -186,10 +186,6 @@ pub struct NamedTable {
 }
 
 impl NamedTable {
-    pub fn owner(&self, slot: usize) -> &str {
-        &self.names[self.slots[slot] as usize]
-    }
-
     /// Share of the table owned by each backend, by name.
     pub fn shares(&self) -> BTreeMap<&str, f64> {
         let mut counts = vec![0u64; self.names.len()];
