@@ -139,23 +139,38 @@ impl Topology {
 
     /// XDP_TX out of the LB's veth only arrives if the peer runs XDP: attach XDP_PASS.
     fn pass_on_lb_peer(&self) -> aya::Ebpf {
-        let switch = self.switch.name.clone();
-        thread::spawn(move || {
-            enter(&switch);
-            let mut ebpf = aya::Ebpf::load(xlb::object::PASS_OBJECT).expect("load xlb-pass");
-            let prog: &mut aya::programs::Xdp = ebpf
-                .program_mut(xlb::object::PASS_PROGRAM_NAME)
-                .expect("xlb-pass program")
-                .try_into()
-                .expect("an XDP program");
-            prog.load().expect("load xlb-pass");
-            prog.attach("plb", aya::programs::XdpMode::Driver)
-                .expect("attach xlb-pass to plb");
-            ebpf
-        })
-        .join()
-        .expect("xlb-pass thread")
+        attach_xdp(
+            &self.switch.name,
+            xlb::object::PASS_OBJECT,
+            xlb::object::PASS_PROGRAM_NAME,
+            "plb",
+            |_| {},
+        )
     }
+}
+
+/// Loads program `prog` of `object` in namespace `ns`, lets `setup` fill its maps, and
+/// attaches it to `iface` in driver mode. The returned handle keeps it attached.
+pub fn attach_xdp(
+    ns: &str,
+    object: &'static [u8],
+    prog: &'static str,
+    iface: &'static str,
+    setup: impl FnOnce(&mut aya::Ebpf) + Send + 'static,
+) -> aya::Ebpf {
+    let at = format!("{prog} on {iface} in {ns}");
+    in_ns(ns, move || {
+        let mut ebpf = aya::Ebpf::load(object).unwrap_or_else(|e| panic!("load {at}: {e}"));
+        setup(&mut ebpf);
+        let p: &mut aya::programs::Xdp = ebpf
+            .program_mut(prog)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("no XDP program for {at}"));
+        p.load().unwrap_or_else(|e| panic!("load {at}: {e}"));
+        p.attach(iface, aya::programs::XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attach {at}: {e}"));
+        ebpf
+    })
 }
 
 /// Moves the calling thread into the namespace named `name` (owned elsewhere).

@@ -24,14 +24,15 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, PerCpuArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
+use lb_common::Reason;
 use xlb_lab::{
     clients,
     daemon::{Daemon, VipSpec},
     packet::{udp, v4},
     servers::Servers,
-    topology::{Topology, VIP4, backend4, client4, in_ns},
+    topology::{Topology, VIP4, attach_xdp, backend4, client4, in_ns},
 };
 
 use crate::{Mode, fail, stats};
@@ -62,29 +63,14 @@ impl Forwarder {
     }
 }
 
-/// Loads `prog` of `object` in namespace `ns`, lets `setup` fill its maps, and attaches
-/// it to `iface` in driver mode. The returned handle keeps it attached.
-fn attach(
-    ns: &str,
-    object: &'static [u8],
-    prog: &'static str,
-    iface: &'static str,
-    setup: impl FnOnce(&mut Ebpf) + Send + 'static,
-) -> Ebpf {
-    let where_ = ns.to_string();
-    in_ns(ns, move || {
-        let mut ebpf = Ebpf::load(object).unwrap_or_else(|e| fail(format!("load {prog}: {e}")));
-        setup(&mut ebpf);
-        let p: &mut Xdp = ebpf
-            .program_mut(prog)
-            .and_then(|p| p.try_into().ok())
-            .unwrap_or_else(|| fail(format!("no XDP program {prog}")));
-        p.load()
-            .unwrap_or_else(|e| fail(format!("load {prog}: {e}")));
-        p.attach(iface, XdpMode::Driver)
-            .unwrap_or_else(|e| fail(format!("attach {prog} to {iface} in {where_}: {e}")));
-        ebpf
-    })
+/// Sets entry 0 of the array map `name` of `ebpf` to `value`.
+fn set_first<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) {
+    let mut map: Array<_, V> = ebpf
+        .map_mut(name)
+        .and_then(|m| Array::try_from(m).ok())
+        .unwrap_or_else(|| fail(format!("no array map {name}")));
+    map.set(0, value, 0)
+        .unwrap_or_else(|e| fail(format!("writing {name}: {e}")));
 }
 
 /// Sum over CPUs of the `sink` counter of a bench-programs instance.
@@ -304,7 +290,7 @@ fn packet_run(fwd: Forwarder, count: u32) -> PacketRun {
         .backends
         .iter()
         .map(|b| {
-            attach(
+            attach_xdp(
                 &b.name,
                 xlb::object::BENCH_OBJECT,
                 "xlb_sink",
@@ -314,7 +300,7 @@ fn packet_run(fwd: Forwarder, count: u32) -> PacketRun {
         })
         .collect();
     // The generator's XDP_TX leaves c0's veth; its peer must run XDP to receive it.
-    let _client_port = attach(
+    let _client_port = attach_xdp(
         &topo.switch.name,
         xlb::object::PASS_OBJECT,
         xlb::object::PASS_PROGRAM_NAME,
@@ -325,21 +311,16 @@ fn packet_run(fwd: Forwarder, count: u32) -> PacketRun {
     let lb = match fwd {
         Forwarder::Reflector => {
             let b1 = mac_of(&topo.backends[0].name, "eth0");
-            Lb::Xdp(attach(
+            Lb::Xdp(attach_xdp(
                 &topo.lb.name,
                 xlb::object::BENCH_OBJECT,
                 "xlb_reflect",
                 "eth0",
                 move |ebpf| {
-                    let mut macs: Array<_, [u8; 12]> = ebpf
-                        .map_mut("reflect_macs")
-                        .and_then(|m| Array::try_from(m).ok())
-                        .unwrap_or_else(|| fail("no reflect_macs map".into()));
-                    let mut v = [0u8; 12];
-                    v[..6].copy_from_slice(&b1);
-                    v[6..].copy_from_slice(&lb_mac);
-                    macs.set(0, v, 0)
-                        .unwrap_or_else(|e| fail(format!("reflect_macs: {e}")));
+                    let mut macs = [0u8; 12];
+                    macs[..6].copy_from_slice(&b1);
+                    macs[6..].copy_from_slice(&lb_mac);
+                    set_first(ebpf, "reflect_macs", macs);
                 },
             ))
         }
@@ -385,7 +366,7 @@ fn packet_run(fwd: Forwarder, count: u32) -> PacketRun {
             let all = (0..lb_common::reason::REASON_COUNT)
                 .map(|k| xlb_lab::bpftool_sum(&reasons, k, "packets"))
                 .sum();
-            let fwd = xlb_lab::bpftool_sum(&reasons, 0, "packets");
+            let fwd = xlb_lab::bpftool_sum(&reasons, Reason::Forwarded.index(), "packets");
             (all, fwd)
         }
         Lb::Nft => {
@@ -412,22 +393,10 @@ fn generate(ns: &str, frame: Vec<u8>, count: u32) -> f64 {
     in_ns(ns, move || {
         let mut ebpf = Ebpf::load(xlb::object::BENCH_OBJECT)
             .unwrap_or_else(|e| fail(format!("load xlb_gen: {e}")));
-        let mut flows: Array<_, u32> = ebpf
-            .map_mut("gen_flows")
-            .and_then(|m| Array::try_from(m).ok())
-            .unwrap_or_else(|| fail("no gen_flows map".into()));
-        flows
-            .set(0, FLOWS, 0)
-            .unwrap_or_else(|e| fail(format!("gen_flows: {e}")));
-        let mut headers: Array<_, [u8; 42]> = ebpf
-            .map_mut("gen_headers")
-            .and_then(|m| Array::try_from(m).ok())
-            .unwrap_or_else(|| fail("no gen_headers map".into()));
-        let mut h = [0u8; 42];
-        h.copy_from_slice(&frame[..42]);
-        headers
-            .set(0, h, 0)
-            .unwrap_or_else(|e| fail(format!("gen_headers: {e}")));
+        set_first(&mut ebpf, "gen_flows", FLOWS);
+        let mut headers = [0u8; 42];
+        headers.copy_from_slice(&frame[..42]);
+        set_first(&mut ebpf, "gen_headers", headers);
         let prog: &mut Xdp = ebpf
             .program_mut("xlb_gen")
             .and_then(|p| p.try_into().ok())
