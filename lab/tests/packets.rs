@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     BACKEND_LIVE, Backend, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason, VipInfo,
-    VipKey, flow_hash, maps::DEFAULT_TABLE_SIZE, table_slot,
+    VipKey, flow_hash, maps::DEFAULT_TABLE_SIZE, table_slot, vip_filter_bit,
 };
 use xlb::{
     dataplane::{Dataplane, LoadOptions, TableWrite},
@@ -99,6 +99,7 @@ fn install(dp: &mut Dataplane, vip: &TestVip, weights: &[u32], generation: u32) 
             flags: BACKEND_LIVE,
             vip_id: vip.id,
             family: vip.key.family,
+            vip_key: vip.key,
             ..Backend::default()
         };
         maps.put_backend(id, &backend).unwrap();
@@ -413,6 +414,14 @@ fn fixtures() -> Vec<Fixture> {
             v4(C4, VIP4, tcp(40000, 8080, SYN)),
             Untouched(PassNotVip),
         ),
+        {
+            let (addr, port) = filter_twin(&v4_key(VIP4, 80, PROTO_TCP));
+            fx(
+                "v4 TCP to a non-VIP whose filter bit a VIP also has",
+                v4(C4, &addr, tcp(40000, port, SYN)),
+                Untouched(PassNotVip),
+            )
+        },
         fx(
             "v4 UDP to a TCP-only VIP port",
             v4(C4, VIP4, udp(40000, 80)),
@@ -597,6 +606,17 @@ fn fixtures() -> Vec<Fixture> {
     ]
 }
 
+/// An IPv4 address and TCP port that are no VIP but share `vip`'s `xlb_vip_filter` bit:
+/// such a packet passes the filter and must be told apart by the exact lookup.
+fn filter_twin(vip: &VipKey) -> (String, u16) {
+    let bit = |k: &VipKey| vip_filter_bit(&k.addr, k.port_be, k.proto, k.family);
+    (0..=255u8)
+        .flat_map(|host| (1..=u16::MAX).map(move |port| (host, port)))
+        .map(|(host, port)| (format!("198.18.9.{host}"), port))
+        .find(|(addr, port)| bit(&v4_key(addr, *port, PROTO_TCP)) == bit(vip))
+        .expect("some address and port share the bit")
+}
+
 /// The output frame xlb must produce for `input` sent to a backend with `backend_mac`.
 fn forwarded(input: &[u8], backend_mac: [u8; 6]) -> Vec<u8> {
     let mut out = input.to_vec();
@@ -745,4 +765,82 @@ fn flow_of_a_dead_backend_is_rehomed() {
     assert_ne!(entry.backend_id, id);
     assert_eq!(entry.generation, 2);
     assert_eq!(s.dp.maps().backend_stats(id).unwrap(), before);
+}
+
+#[test]
+fn flow_entry_is_not_used_once_its_backend_serves_another_vip() {
+    if !require_root("flow_entry_is_not_used_once_its_backend_serves_another_vip") {
+        return;
+    }
+    let mut s = setup();
+    let syn = v4(C4, VIP4, tcp(42000, 80, SYN)).bytes();
+    let (action, _) = run(&mut s.dp, &syn);
+    assert_eq!(action, Reason::Forwarded.action());
+    let entry =
+        s.dp.maps()
+            .flow(&flow_key(&v4(C4, VIP4, tcp(42000, 80, SYN))))
+            .unwrap();
+    // The VIP moves to another address, as an apply does it: the backend first serves
+    // the new key, then the old key stops being a VIP.
+    let old_key = s.vips[0].key;
+    let mut backend = s.dp.maps().backend(entry.backend_id).unwrap();
+    backend.vip_key = v4_key("198.18.0.11", 80, PROTO_TCP);
+    s.dp.maps().put_backend(entry.backend_id, &backend).unwrap();
+    s.dp.maps().remove_vip(&old_key).unwrap();
+
+    let before = counters(&mut s.dp);
+    let ack = v4(C4, VIP4, tcp(42000, 80, ACK)).bytes();
+    let (action, out) = run(&mut s.dp, &ack);
+    assert_eq!(action, Reason::PassNotVip.action());
+    assert_eq!(out, ack, "a packet to the old address was rewritten");
+    let after = counters(&mut s.dp);
+    assert_eq!(
+        after.backends, before.backends,
+        "forwarded by a stale entry"
+    );
+    assert_eq!(
+        after.reasons[Reason::PassNotVip.index() as usize],
+        before.reasons[Reason::PassNotVip.index() as usize] + 1
+    );
+}
+
+#[test]
+fn vip_filter_has_exactly_the_bits_of_the_vips() {
+    if !require_root("vip_filter_has_exactly_the_bits_of_the_vips") {
+        return;
+    }
+    let mut s = setup();
+    let bit = |k: &VipKey| vip_filter_bit(&k.addr, k.port_be, k.proto, k.family);
+    let set_bits = |dp: &mut Dataplane| -> Vec<u32> {
+        (0..lb_common::maps::VIP_FILTER_WORDS)
+            .flat_map(|w| {
+                let word = dp.maps().filter_word(w).unwrap();
+                (0..64)
+                    .filter(move |b| word >> b & 1 == 1)
+                    .map(move |b| w * 64 + b)
+            })
+            .collect()
+    };
+    let want = |vips: &[TestVip]| -> Vec<u32> {
+        let mut bits: Vec<u32> = vips.iter().map(|v| bit(&v.key)).collect();
+        bits.sort_unstable();
+        bits.dedup();
+        bits
+    };
+    assert_eq!(
+        set_bits(&mut s.dp),
+        want(&s.vips),
+        "put_vip sets each VIP's bit"
+    );
+
+    // Removing a VIP leaves its bit until the filter is trimmed; then only the others.
+    let gone = s.vips.remove(0).key;
+    s.dp.maps().remove_vip(&gone).unwrap();
+    assert!(set_bits(&mut s.dp).contains(&bit(&gone)));
+    s.dp.maps().trim_vip_filter().unwrap();
+    assert_eq!(
+        set_bits(&mut s.dp),
+        want(&s.vips),
+        "trim keeps exactly the VIPs' bits"
+    );
 }

@@ -7,7 +7,10 @@
 //! aiming many flows at one slot), and it must be cheap for the verifier and the CPU:
 //! IPv4 keys hash 4 words, IPv6 keys 10.
 
-use crate::types::{FAMILY_V6, FlowKey};
+use crate::{
+    maps::VIP_FILTER_BITS,
+    types::{FAMILY_V6, FlowKey},
+};
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
@@ -56,6 +59,29 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     finish(h ^ (n * 4))
 }
 
+/// Seed of [`vip_filter_bit`]; a constant, as the bit only has to spread VIPs apart.
+const FILTER_SEED: u32 = 0x7869_6c62;
+
+/// The bit of `xlb_vip_filter` that traffic to (`addr`, `port_be`, `proto`, `family`)
+/// tests. Userspace sets the bit of every VIP before the VIP goes live; the program
+/// passes a packet whose bit is clear without any hash-map lookup.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16], port_be: u16, proto: u8, family: u8) -> u32 {
+    let mut h = mix(FILTER_SEED, word(addr, 0));
+    if family == FAMILY_V6 {
+        let mut i = 1;
+        while i < 4 {
+            h = mix(h, word(addr, i));
+            i += 1;
+        }
+    }
+    h = mix(
+        h,
+        u32::from(port_be) | (u32::from(proto) << 16) | (u32::from(family) << 24),
+    );
+    finish(h) % VIP_FILTER_BITS
+}
+
 /// The table slot a new flow with hash `hash` takes in a table of `size` slots
 /// (`size` > 0; the program checks that before calling).
 #[inline(always)]
@@ -98,6 +124,29 @@ mod tests {
         let mut other_proto = base;
         other_proto.proto = 17;
         assert_ne!(h, flow_hash(&other_proto, 7));
+    }
+
+    #[test]
+    fn vip_filter_bit_is_stable_and_spreads_vips() {
+        // Userspace and the program must agree on every bit; pin one value.
+        let v4 = |last: u8, port: u16| {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[198, 18, 0, last]);
+            vip_filter_bit(&a, port.to_be(), PROTO_TCP, FAMILY_V4)
+        };
+        assert_eq!(v4(10, 80), 21981);
+        assert_ne!(v4(10, 80), v4(10, 443));
+        assert_ne!(v4(10, 80), v4(11, 80));
+        // 1023 VIPs (the most the maps hold) on consecutive ports of one address: few
+        // share a bit, so a packet to a non-VIP rarely passes the filter.
+        let mut seen = [false; VIP_FILTER_BITS as usize];
+        let mut shared = 0;
+        for port in 1..1024u16 {
+            let bit = v4(10, port) as usize;
+            shared += usize::from(seen[bit]);
+            seen[bit] = true;
+        }
+        assert!(shared < 20, "{shared} of 1023 VIPs share a bit");
     }
 
     #[test]

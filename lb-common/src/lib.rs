@@ -9,6 +9,6 @@ pub mod maps;
 pub mod reason;
 pub mod types;
 
-pub use hash::{flow_hash, table_slot};
+pub use hash::{flow_hash, table_slot, vip_filter_bit};
 pub use reason::Reason;
 pub use types::*;

@@ -6,6 +6,9 @@
 pub const CONFIG: &str = "xlb_config";
 /// VIP (address, port, protocol) -> VIP id and flags.
 pub const VIPS: &str = "xlb_vips";
+/// One bit per hash of (address, port, protocol) of every VIP: the cheap test that lets
+/// traffic for the host pass without a hash-map lookup.
+pub const VIP_FILTER: &str = "xlb_vip_filter";
 /// Every address any VIP uses; tells a fragment or odd protocol aimed at a VIP apart from
 /// host traffic.
 pub const VIP_ADDRS: &str = "xlb_vip_addrs";
@@ -23,8 +26,9 @@ pub const VIP_STATS: &str = "xlb_vip_stats";
 pub const REASON_STATS: &str = "xlb_reasons";
 
 /// Every map the program defines, in one list for loaders and tests.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     CONFIG,
+    VIP_FILTER,
     VIPS,
     VIP_ADDRS,
     RINGS,
@@ -39,6 +43,10 @@ pub const ALL: [&str; 9] = [
 pub const MAX_VIPS: u32 = 1024;
 /// Highest number of backends over all VIPs (ids are `1..MAX_BACKENDS`; 0 means "empty slot").
 pub const MAX_BACKENDS: u32 = 4096;
+/// Bits of `xlb_vip_filter` (a power of two; at 1023 VIPs about 1.6 % of them are set).
+pub const VIP_FILTER_BITS: u32 = 1 << 16;
+/// `xlb_vip_filter` entries: the bits in 64-bit words.
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
 /// Default flow-table capacity; the loader may set another one.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65536;
 

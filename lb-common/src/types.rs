@@ -3,6 +3,11 @@
 //! the kernel and userspace must agree byte for byte. No `bool`, `Option` or data-carrying
 //! enums cross the boundary. Addresses are 16-byte arrays in network byte order; an IPv4
 //! address takes the first 4 bytes and the rest stay zero.
+//!
+//! The keys the program builds on its stack are `align(4)` or `align(8)`: the program is
+//! compiled with misaligned memory access allowed (packet headers sit at 2-byte offsets,
+//! and one 4-byte load beats four byte loads), and the verifier rejects every misaligned
+//! access to the stack, so whatever the program keeps there must be aligned.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -23,7 +28,7 @@ pub const BACKEND_LIVE: u16 = 1;
 pub const FWD_L2_DSR: u32 = 0;
 
 /// Key of `xlb_vips`: which traffic is a VIP's.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct VipKey {
     /// Destination address, network byte order.
@@ -47,7 +52,7 @@ pub struct VipInfo {
 }
 
 /// Key of `xlb_vip_addrs`: an address some VIP listens on.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct VipAddrKey {
     /// Network byte order.
@@ -65,13 +70,16 @@ pub struct Backend {
     pub mac: [u8; 6],
     /// [`BACKEND_LIVE`] when the backend may receive traffic.
     pub flags: u16,
-    /// The VIP this backend serves (for counters and explain).
+    /// The VIP this backend serves (index of its counters).
     pub vip_id: u32,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
     pub _pad: [u8; 3],
     /// Backend's address, network byte order.
     pub addr: [u8; 16],
+    /// The `xlb_vips` key of the VIP this backend serves. A packet of a known flow is
+    /// checked against it instead of looking the VIP up again (see [`Backend::serves`]).
+    pub vip_key: VipKey,
 }
 
 impl Backend {
@@ -80,10 +88,31 @@ impl Backend {
     pub const fn is_live(&self) -> bool {
         self.flags & BACKEND_LIVE != 0
     }
+
+    /// Whether a packet of `flow` may still go to this backend: the backend is live and
+    /// serves the VIP (address, port, protocol) the packet is addressed to. The program
+    /// asks this of a flow entry's backend; `xlb explain` asks the same.
+    #[inline(always)]
+    pub fn serves(&self, flow: &FlowKey) -> bool {
+        let vip = &self.vip_key;
+        self.is_live()
+            && vip.port_be == flow.dport_be
+            && vip.proto == flow.proto
+            && vip.family == flow.family
+            && same_addr(&vip.addr, &flow.dst)
+    }
+}
+
+/// Address equality in four word compares (a slice compare would become a `bcmp` call
+/// in the BPF program).
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let w = |x: &[u8; 16], i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
+    w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
 }
 
 /// Key of `xlb_flows`: one direction of a connection, as the client sent it.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     /// Client address, network byte order.
@@ -151,7 +180,7 @@ const _: () = {
     assert!(size_of::<VipKey>() == 20);
     assert!(size_of::<VipInfo>() == 8);
     assert!(size_of::<VipAddrKey>() == 20);
-    assert!(size_of::<Backend>() == 32);
+    assert!(size_of::<Backend>() == 52);
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<FlowValue>() == 8);
     assert!(size_of::<Config>() == 12);

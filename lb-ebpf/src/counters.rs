@@ -1,7 +1,7 @@
 //! Stage 5: count. Per-CPU arrays, so plain adds are race-free (XDP runs with migration
 //! disabled on one CPU); userspace sums the CPUs.
 
-use lb_common::{Reason, VipInfo};
+use lb_common::Reason;
 
 use crate::{
     maps::{BACKEND_STATS, REASON_STATS, VIP_STATS},
@@ -20,9 +20,9 @@ pub fn count_reason(reason: Reason, len: u64) {
 }
 
 #[inline(always)]
-pub fn count_forwarded(vip: &VipInfo, chosen: &Chosen, len: u64) {
+pub fn count_forwarded(chosen: &Chosen, len: u64) {
     let new = u64::from(chosen.new_flow);
-    if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
+    if let Some(s) = VIP_STATS.get_ptr_mut(chosen.backend.vip_id) {
         // SAFETY: as in `count_reason`.
         unsafe {
             (*s).packets += 1;

@@ -1,6 +1,7 @@
 //! The xlb XDP program: entry point only. The packet path is one stage per module:
-//! `parse` -> `vip` lookup -> `select` (flow table, then the VIP's
-//! weighted table) -> `forward` -> `counters`. Every exit carries a named `Reason`.
+//! `parse` -> `vip` filter -> `select` (a known flow's backend; otherwise the `vip`
+//! lookup and the VIP's weighted table) -> `forward` -> `counters`. Every exit carries a
+//! named `Reason`.
 #![no_std]
 #![no_main]
 // Map keys are passed by reference on purpose: by value, the 20- to 40-byte keys would be
@@ -15,6 +16,8 @@ mod select;
 mod vip;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
+use core::mem::MaybeUninit;
+
 use lb_common::Reason;
 
 #[xdp]
@@ -30,11 +33,16 @@ pub fn xlb(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn process(ctx: &XdpContext, len: u64) -> Result<(), Reason> {
-    let pkt = parse::parse(ctx)?;
-    let vip = vip::lookup_vip(&pkt)?;
-    let chosen = select::select(&pkt, &vip)?;
-    forward::l2_dsr(ctx, &chosen.backend)?;
-    counters::count_forwarded(&vip, &chosen, len);
+    let mut key = MaybeUninit::uninit();
+    let flow = parse::zeroed_key(&mut key);
+    parse::parse(ctx, flow)?;
+    vip::screen(flow)?;
+    let chosen = match select::established(flow) {
+        Some(chosen) => chosen,
+        None => select::new_flow(flow, &vip::lookup_vip(flow)?)?,
+    };
+    forward::l2_dsr(ctx, chosen.backend)?;
+    counters::count_forwarded(&chosen, len);
     Ok(())
 }
 

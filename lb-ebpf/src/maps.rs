@@ -10,7 +10,7 @@ use lb_common::{
     VipStats,
     maps::{
         DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, TABLE_HEADER,
-        TABLE_MAP_FLAGS,
+        TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
     },
     reason::REASON_COUNT,
 };
@@ -20,6 +20,11 @@ const TEMPLATE_TABLE_ENTRIES: usize = (DEFAULT_TABLE_SIZE + TABLE_HEADER) as usi
 /// Hash seed and this interface's MAC (one entry).
 #[btf_map(name = "xlb_config")]
 pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Bit `vip_filter_bit(address, port, protocol)` is set for every VIP; a packet whose bit
+/// is clear is not for a VIP.
+#[btf_map(name = "xlb_vip_filter")]
+pub static VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
 
 /// (VIP address, port, protocol) -> VIP id and forwarding method.
 #[btf_map(name = "xlb_vips")]
@@ -37,7 +42,7 @@ pub static RINGS: ArrayOfMaps<
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
 
-/// Backend id -> MAC, address, owning VIP, live flag.
+/// Backend id -> MAC, address, live flag, the VIP it serves (id and key).
 #[btf_map(name = "xlb_backends")]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 

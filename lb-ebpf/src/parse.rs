@@ -4,6 +4,8 @@
 //! be parsed fully is never forwarded; it is passed to the host unless it is aimed at a
 //! VIP address, in which case it is dropped under its own reason.
 
+use core::{mem::MaybeUninit, ptr::addr_of};
+
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
 
@@ -20,11 +22,6 @@ const PROTO_ICMPV6: u8 = 58;
 const IPV6_FRAGMENT: u8 = 44;
 /// More-fragments flag and fragment offset bits of the IPv4 `frag_off` field.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
-
-/// A parsed packet: the flow it belongs to.
-pub struct Packet {
-    pub key: FlowKey,
-}
 
 #[repr(C)]
 struct EthHdr {
@@ -81,8 +78,31 @@ pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// Zeroes `key` with five 8-byte stores and returns it initialised. Zeroing it the usual
+/// way (`FlowKey::default()`) compiles to a call of a `memset` subprogram, and on hosts
+/// with return-thunk mitigations every call and return on the packet path is dear.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
+pub fn zeroed_key(key: &mut MaybeUninit<FlowKey>) -> &mut FlowKey {
+    const WORDS: usize = size_of::<FlowKey>() / 8;
+    const { assert!(size_of::<FlowKey>() == WORDS * 8 && align_of::<FlowKey>() == 8) };
+    let words = key.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: in bounds (the assertion above) and aligned. Volatile, so the compiler
+        // cannot merge the stores back into a `memset` call.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte is written, and all-zero is a valid FlowKey (it is Pod).
+    unsafe { key.assume_init_mut() }
+}
+
+/// Parses the packet into `key` (which starts zeroed: IPv4 addresses take only the first
+/// 4 bytes of each address field). The key is filled in place, never returned by value:
+/// a 40-byte key passed around by value is split by the compiler into single bytes, each
+/// moved through a register.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, key: &mut FlowKey) -> Result<(), Reason> {
     let eth = header::<EthHdr>(ctx, 0).ok_or(Reason::PassTruncated)?;
     // SAFETY: `header` checked that the whole EthHdr lies inside the packet.
     let mut proto = u16::from_be(unsafe { (*eth).proto_be });
@@ -93,12 +113,31 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         proto = u16::from_be(unsafe { (*vlan).proto_be });
         l3 += VLAN_HLEN;
     }
-    let key = match proto {
-        ETH_P_IP => parse_ipv4(ctx, l3)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, l3)?,
-        _ => return Err(Reason::PassNotIp),
-    };
-    Ok(Packet { key })
+    match proto {
+        ETH_P_IP => parse_ipv4(ctx, l3, key),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, key),
+        _ => Err(Reason::PassNotIp),
+    }
+}
+
+/// Copies the first `4 * N` bytes of an address from the packet into `to`, a word at a
+/// time.
+///
+/// # Safety
+/// `from` must point at `4 * N` readable bytes (checked against `data_end` by the caller).
+#[inline(always)]
+unsafe fn copy_addr<const N: usize>(to: &mut [u8; 16], from: *const [u8; 16]) {
+    const { assert!(N <= 4) };
+    let to = to.as_mut_ptr().cast::<u32>();
+    let from = from.cast::<u32>();
+    let mut i = 0;
+    while i < N {
+        // SAFETY: the caller vouches for `from`; `to` has 16 bytes. Both may be unaligned
+        // as far as the language knows (the program is built with misaligned access
+        // allowed, so each is one 4-byte load or store either way).
+        unsafe { to.add(i).write_unaligned(from.add(i).read_unaligned()) };
+        i += 1;
+    }
 }
 
 /// Drop `reason` if the packet is aimed at a VIP address, else leave it to the host.
@@ -112,16 +151,13 @@ fn reject(key: &FlowKey, reason: Reason) -> Reason {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<FlowKey, Reason> {
+fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), Reason> {
     let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::PassTruncated)?;
-    let mut key = FlowKey {
-        family: FAMILY_V4,
-        ..FlowKey::default()
-    };
-    // SAFETY: bounds checked by `header`.
+    key.family = FAMILY_V4;
+    // SAFETY: bounds checked by `header`; the address fields are inside the header.
     let (version_ihl, frag_off, protocol) = unsafe {
-        key.src[..4].copy_from_slice(&(*ip).saddr);
-        key.dst[..4].copy_from_slice(&(*ip).daddr);
+        copy_addr::<1>(&mut key.src, addr_of!((*ip).saddr).cast());
+        copy_addr::<1>(&mut key.dst, addr_of!((*ip).daddr).cast());
         (
             (*ip).version_ihl,
             u16::from_be((*ip).frag_off_be),
@@ -130,10 +166,10 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<FlowKey, Reason> {
     };
     let ihl = (version_ihl & 0x0f) as usize;
     if version_ihl >> 4 != 4 || ihl < 5 {
-        return Err(reject(&key, Reason::DropBadHeader));
+        return Err(reject(key, Reason::DropBadHeader));
     }
     if frag_off & IPV4_FRAG_MASK != 0 {
-        return Err(reject(&key, Reason::DropFragment));
+        return Err(reject(key, Reason::DropFragment));
     }
     key.proto = protocol;
     // ihl is masked to 4 bits above, so the L4 offset is bounded for the verifier.
@@ -141,28 +177,25 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<FlowKey, Reason> {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<FlowKey, Reason> {
+fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), Reason> {
     let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::PassTruncated)?;
-    let mut key = FlowKey {
-        family: FAMILY_V6,
-        ..FlowKey::default()
-    };
+    key.family = FAMILY_V6;
     // SAFETY: bounds checked by `header`.
     let next = unsafe {
-        key.src = (*ip).saddr;
-        key.dst = (*ip).daddr;
+        copy_addr::<4>(&mut key.src, addr_of!((*ip).saddr));
+        copy_addr::<4>(&mut key.dst, addr_of!((*ip).daddr));
         (*ip).next_header
     };
     key.proto = next;
     match next {
-        IPV6_FRAGMENT => Err(reject(&key, Reason::DropFragment)),
-        0 | 43 | 51 | 60 | 135 | 139 | 140 => Err(reject(&key, Reason::DropIpv6ExtHeader)),
+        IPV6_FRAGMENT => Err(reject(key, Reason::DropFragment)),
+        0 | 43 | 51 | 60 | 135 | 139 | 140 => Err(reject(key, Reason::DropIpv6ExtHeader)),
         _ => parse_l4(ctx, l3 + IPV6_HLEN, key, PROTO_ICMPV6),
     }
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey, icmp: u8) -> Result<FlowKey, Reason> {
+fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<(), Reason> {
     match key.proto {
         PROTO_TCP | PROTO_UDP => {
             // The whole fixed TCP (20 bytes) or UDP (8 bytes) header must be present.
@@ -172,19 +205,19 @@ fn parse_l4(ctx: &XdpContext, l4: usize, mut key: FlowKey, icmp: u8) -> Result<F
                 header::<[u8; 8]>(ctx, l4).is_some()
             };
             if !whole {
-                return Err(reject(&key, Reason::DropTruncated));
+                return Err(reject(key, Reason::DropTruncated));
             }
             // Verifier: it does not carry the check above over to this narrower pointer.
             let ports =
-                header::<Ports>(ctx, l4).ok_or_else(|| reject(&key, Reason::DropTruncated))?;
+                header::<Ports>(ctx, l4).ok_or_else(|| reject(key, Reason::DropTruncated))?;
             // SAFETY: bounds checked by `header`.
             unsafe {
                 key.sport_be = (*ports).src_be;
                 key.dport_be = (*ports).dst_be;
             }
-            Ok(key)
+            Ok(())
         }
-        p if p == icmp => Err(reject(&key, Reason::PassIcmp)),
-        _ => Err(reject(&key, Reason::DropUnknownProto)),
+        p if p == icmp => Err(reject(key, Reason::PassIcmp)),
+        _ => Err(reject(key, Reason::DropUnknownProto)),
     }
 }

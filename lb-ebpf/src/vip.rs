@@ -1,12 +1,25 @@
-//! Stage 2: is this packet for a VIP? One hash lookup on (address, port, protocol).
+//! Stage 2: is this packet for a VIP? First one bit of `xlb_vip_filter` (an array read,
+//! no hashing by the kernel): clear means no VIP has this (address, port, protocol), so
+//! host traffic leaves here. A set bit may be shared with a VIP; the exact answer is a
+//! hash lookup in `xlb_vips`, which only packets not of a known flow need.
 
-use lb_common::{FlowKey, Reason, VipAddrKey, VipInfo, VipKey};
+use lb_common::{FlowKey, Reason, VipAddrKey, VipInfo, VipKey, vip_filter_bit};
 
-use crate::{maps::VIP_ADDRS, maps::VIPS, parse::Packet};
+use crate::maps::{VIP_ADDRS, VIP_FILTER, VIPS};
+
+/// `Err(PassNotVip)` unless the filter says the packet may be for a VIP.
+#[inline(always)]
+pub fn screen(flow: &FlowKey) -> Result<(), Reason> {
+    let bit = vip_filter_bit(&flow.dst, flow.dport_be, flow.proto, flow.family);
+    match VIP_FILTER.get(bit / 64) {
+        Some(word) if word >> (bit % 64) & 1 != 0 => Ok(()),
+        _ => Err(Reason::PassNotVip),
+    }
+}
 
 #[inline(always)]
-pub fn lookup_vip(pkt: &Packet) -> Result<VipInfo, Reason> {
-    let key = vip_key(&pkt.key);
+pub fn lookup_vip(flow: &FlowKey) -> Result<VipInfo, Reason> {
+    let key = vip_key(flow);
     let info = VIPS.get_ptr(&key).ok_or(Reason::PassNotVip)?;
     // SAFETY: a non-null pointer from bpf_map_lookup_elem to a plain-data value.
     Ok(unsafe { *info })

@@ -405,6 +405,8 @@ impl Controller {
         // 1. Backends.
         for vip in &config.vips {
             let vip_id = ids.vips[&vip.name];
+            let vip_key = vip_key(vip)
+                .ok_or_else(|| ApplyError::NotFound(format!("bad address {}", vip.address)))?;
             for b in &vip.backends {
                 let id = ids.backend(&vip.name, &b.name).ok_or_else(|| {
                     ApplyError::NotFound(format!("no id for backend {}/{}", vip.name, b.name))
@@ -420,6 +422,7 @@ impl Controller {
                     family: family(addr),
                     _pad: [0; 3],
                     addr: addr16(addr),
+                    vip_key,
                 };
                 let have = self.maps.backend(id)?;
                 if have != want {
@@ -485,11 +488,16 @@ impl Controller {
         let mut unwanted_tables: BTreeSet<u32> = old
             .map(|o| o.ids.vips.values().copied().collect())
             .unwrap_or_default();
+        let mut removed = false;
         for (key, info) in self.maps.vips() {
             if !wanted.contains(&(key, info.vip_id)) {
                 self.maps.remove_vip(&key)?;
                 unwanted_tables.insert(info.vip_id);
+                removed = true;
             }
+        }
+        if removed || only_if_different {
+            self.maps.trim_vip_filter()?;
         }
         for id in unwanted_tables.difference(&wanted_ids) {
             self.maps.remove_table(*id)?;
@@ -559,7 +567,7 @@ impl Controller {
             && self
                 .maps
                 .backend(entry.backend_id)
-                .is_ok_and(|b| b.is_live() && b.vip_id == vip_id)
+                .is_ok_and(|b| b.serves(&flow))
         {
             return Ok(Explain {
                 vip: v.name.clone(),

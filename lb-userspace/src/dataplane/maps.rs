@@ -12,8 +12,12 @@ use aya::{
 use lb_common::{
     Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, VipAddrKey, VipInfo, VipKey,
     VipStats,
-    maps::{self as names, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HEADER, TABLE_MAP_FLAGS},
+    maps::{
+        self as names, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HEADER, TABLE_MAP_FLAGS,
+        VIP_FILTER_WORDS,
+    },
     reason::{REASON_COUNT, Reason},
+    vip_filter_bit,
 };
 
 use super::{DataplaneError, pins, table_mem};
@@ -31,6 +35,7 @@ pub struct TableWrite<'a> {
 /// Handles on every map of a loaded data plane.
 pub struct Maps {
     config: Array<MapData, Config>,
+    vip_filter: Array<MapData, u64>,
     vips: HashMap<MapData, VipKey, VipInfo>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
@@ -58,6 +63,10 @@ fn table_err(what: &str, io_error: std::io::Error) -> DataplaneError {
     }
 }
 
+fn filter_bit(key: &VipKey) -> u32 {
+    vip_filter_bit(&key.addr, key.port_be, key.proto, key.family)
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -69,8 +78,9 @@ where
 }
 
 /// (map, key size, value size) as this build defines them; pinned maps must match.
-const LAYOUT: [(&str, usize, usize); 9] = [
+const LAYOUT: [(&str, usize, usize); 10] = [
     (names::CONFIG, 4, size_of::<Config>()),
+    (names::VIP_FILTER, 4, 8),
     (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
     (names::VIP_ADDRS, size_of::<VipAddrKey>(), 4),
     (names::RINGS, 4, 4),
@@ -103,6 +113,7 @@ impl Maps {
         }
         Ok(Maps {
             config: take(ebpf, names::CONFIG)?,
+            vip_filter: take(ebpf, names::VIP_FILTER)?,
             vips: take(ebpf, names::VIPS)?,
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
             rings: take(ebpf, names::RINGS)?,
@@ -153,8 +164,12 @@ impl Maps {
             .map_err(map_err(names::BACKENDS, format!("reading backend {id}")))
     }
 
-    /// Makes `key` a VIP with `info` and records its address.
+    /// Makes `key` a VIP with `info` and records its address. Its `xlb_vip_filter` bit is
+    /// set first, so the program never misses a VIP that is in `xlb_vips`.
     pub fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
+        let bit = filter_bit(key);
+        let word = self.filter_word(bit / 64)?;
+        self.set_filter_word(bit / 64, word | 1 << (bit % 64))?;
         let addr = VipAddrKey {
             addr: key.addr,
             family: key.family,
@@ -200,6 +215,38 @@ impl Maps {
                 .insert(addr, users - 1, 0)
                 .map_err(map_err(names::VIP_ADDRS, "writing VIP address")),
         }
+    }
+
+    /// Clears every `xlb_vip_filter` bit that no VIP in `xlb_vips` uses (after VIPs were
+    /// removed; a stale bit only sends some host traffic to the exact lookup).
+    pub fn trim_vip_filter(&mut self) -> Result<(), DataplaneError> {
+        let mut want = vec![0u64; VIP_FILTER_WORDS as usize];
+        for (key, _) in self.vips() {
+            let bit = filter_bit(&key);
+            want[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        for (i, &word) in (0..).zip(&want) {
+            if self.filter_word(i)? != word {
+                self.set_filter_word(i, word)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Word `i` of `xlb_vip_filter`.
+    pub fn filter_word(&self, i: u32) -> Result<u64, DataplaneError> {
+        self.vip_filter
+            .get(&i, 0)
+            .map_err(map_err(names::VIP_FILTER, format!("reading word {i}")))
+    }
+
+    /// Writes word `i` of `xlb_vip_filter`. The update is a plain copy that a packet may
+    /// read half done, but a bit that does not change is equal in the old and the new
+    /// word, so any mix of the two leaves every other bit as it was.
+    fn set_filter_word(&mut self, i: u32, word: u64) -> Result<(), DataplaneError> {
+        self.vip_filter
+            .set(i, word, 0)
+            .map_err(map_err(names::VIP_FILTER, format!("writing word {i}")))
     }
 
     /// Every VIP key in the map with its info.
