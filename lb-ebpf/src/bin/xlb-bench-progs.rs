@@ -12,15 +12,19 @@
 //!   the least any XDP forwarder does on this path.
 //! - `xlb_sink`: on each backend, counts the IPv4 UDP frames that arrived (`SINK`) and
 //!   drops them; everything else (ARP above all) goes to the stack.
+//! - `xlb_lookup`: one lookup of the key in `LOOKUP_KEY` in `LOOKUP_FLOWS`, a map like
+//!   xlb's flow table, then XDP_DROP: the cost of the one hash-map lookup that xlb's
+//!   established-flow path cannot do without, measured next to the XDP_DROP floor.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray},
+    btf_maps::{Array, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use lb_common::{FlowKey, FlowValue, maps::DEFAULT_FLOW_CAPACITY};
 
 /// Byte offset of the UDP source port in Ethernet + IPv4 (no options) + UDP.
 const UDP_SPORT: usize = 14 + 20;
@@ -49,6 +53,15 @@ static REFLECT_MACS: Array<[u8; 12], 1> = Array::new();
 /// Frames this sink (or reflector) saw.
 #[btf_map(name = "sink")]
 static SINK: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// The key `xlb_lookup` looks up (a map value may be a lookup key; no stack copy).
+#[btf_map(name = "lookup_key")]
+static LOOKUP_KEY: Array<FlowKey, 1> = Array::new();
+
+/// Shaped like `xlb_flows`: same key and value types, same default capacity.
+#[btf_map(name = "lookup_flows")]
+static LOOKUP_FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOW_CAPACITY as usize }> =
+    LruHashMap::new();
 
 #[xdp]
 pub fn xlb_gen(ctx: XdpContext) -> u32 {
@@ -111,6 +124,17 @@ pub fn xlb_sink(ctx: XdpContext) -> u32 {
     }
     count();
     xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn xlb_lookup(_ctx: XdpContext) -> u32 {
+    let Some(key) = LOOKUP_KEY.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    match LOOKUP_FLOWS.get_ptr(key) {
+        Some(_) => xdp_action::XDP_DROP,
+        None => xdp_action::XDP_ABORTED,
+    }
 }
 
 #[inline(always)]
