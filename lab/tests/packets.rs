@@ -315,6 +315,14 @@ fn fixtures() -> Vec<Fixture> {
             },
         ),
         fx(
+            "a SYN on that 5-tuple opens a new connection: a new flow",
+            v4(C4, VIP4, tcp(40000, 80, SYN)),
+            Forward {
+                vip: 0,
+                new_flow: true,
+            },
+        ),
+        fx(
             "another client port is a new flow",
             v4(C4, VIP4, tcp(40001, 80, SYN)),
             Forward {
@@ -730,6 +738,19 @@ fn established_flow_keeps_its_backend_when_the_table_changes() {
         let (_, out) = run(&mut s.dp, &fresh);
         assert_eq!(out, forwarded(&fresh, mac_of(owner(&new_slots, port))));
     }
+
+    // A new connection on the same 5-tuple (a SYN) follows the new table, and its entry
+    // is re-homed.
+    let (_, out) = run(&mut s.dp, &syn);
+    assert_eq!(out, forwarded(&syn, mac_of(owner(&new_slots, port))));
+    let entry =
+        s.dp.maps()
+            .flow(&flow_key(&v4(C4, VIP4, tcp(port, 80, SYN))))
+            .unwrap();
+    assert_eq!(
+        (entry.backend_id, entry.generation),
+        (owner(&new_slots, port), 2)
+    );
 }
 
 #[test]

@@ -35,9 +35,15 @@ pub fn xlb(ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext, len: u64) -> Result<(), Reason> {
     let mut key = MaybeUninit::uninit();
     let flow = parse::zeroed_key(&mut key);
-    parse::parse(ctx, flow)?;
+    let parsed = parse::parse(ctx, flow)?;
     vip::screen(flow)?;
-    let chosen = match select::established(flow) {
+    // A SYN opens a connection: it is a new flow whatever entry its 5-tuple has left.
+    let known = if parsed.syn {
+        None
+    } else {
+        select::established(flow)
+    };
+    let chosen = match known {
         Some(chosen) => chosen,
         None => select::new_flow(flow, &vip::lookup_vip(flow)?)?,
     };

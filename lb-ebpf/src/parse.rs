@@ -60,11 +60,36 @@ struct Ipv6Hdr {
     daddr: [u8; 16],
 }
 
-/// The first four bytes of both TCP and UDP headers.
+/// The fixed part of a TCP header.
 #[repr(C)]
-struct Ports {
+struct TcpHdr {
     src_be: u16,
     dst_be: u16,
+    seq: [u8; 4],
+    ack: [u8; 4],
+    data_offset: u8,
+    flags: u8,
+    window: [u8; 2],
+    check: [u8; 2],
+    urgent: [u8; 2],
+}
+
+#[repr(C)]
+struct UdpHdr {
+    src_be: u16,
+    dst_be: u16,
+    len_be: u16,
+    check: u16,
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// What parsing learned beyond the flow key.
+pub struct Parsed {
+    /// A TCP SYN without ACK: a client opening a connection, which starts a new flow
+    /// even if an entry for its 5-tuple is left from an earlier connection.
+    pub syn: bool,
 }
 
 /// A pointer to a `T` at `offset`, or `None` if the packet is shorter than that.
@@ -102,7 +127,7 @@ pub fn zeroed_key(key: &mut MaybeUninit<FlowKey>) -> &mut FlowKey {
 /// a 40-byte key passed around by value is split by the compiler into single bytes, each
 /// moved through a register.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, key: &mut FlowKey) -> Result<(), Reason> {
+pub fn parse(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, Reason> {
     let eth = header::<EthHdr>(ctx, 0).ok_or(Reason::PassTruncated)?;
     // SAFETY: `header` checked that the whole EthHdr lies inside the packet.
     let mut proto = u16::from_be(unsafe { (*eth).proto_be });
@@ -151,7 +176,7 @@ fn reject(key: &FlowKey, reason: Reason) -> Reason {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), Reason> {
+fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, Reason> {
     let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::PassTruncated)?;
     key.family = FAMILY_V4;
     // SAFETY: bounds checked by `header`; the address fields are inside the header.
@@ -177,7 +202,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), Reas
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), Reason> {
+fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, Reason> {
     let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::PassTruncated)?;
     key.family = FAMILY_V6;
     // SAFETY: bounds checked by `header`.
@@ -195,27 +220,31 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<(), Reas
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<(), Reason> {
+fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<Parsed, Reason> {
     match key.proto {
-        PROTO_TCP | PROTO_UDP => {
-            // The whole fixed TCP (20 bytes) or UDP (8 bytes) header must be present.
-            let whole = if key.proto == PROTO_TCP {
-                header::<[u8; 20]>(ctx, l4).is_some()
-            } else {
-                header::<[u8; 8]>(ctx, l4).is_some()
+        // The whole fixed TCP (20 bytes) or UDP (8 bytes) header must be present.
+        PROTO_TCP => {
+            let tcp =
+                header::<TcpHdr>(ctx, l4).ok_or_else(|| reject(key, Reason::DropTruncated))?;
+            // SAFETY: bounds checked by `header`.
+            let flags = unsafe {
+                key.sport_be = (*tcp).src_be;
+                key.dport_be = (*tcp).dst_be;
+                (*tcp).flags
             };
-            if !whole {
-                return Err(reject(key, Reason::DropTruncated));
-            }
-            // Verifier: it does not carry the check above over to this narrower pointer.
-            let ports =
-                header::<Ports>(ctx, l4).ok_or_else(|| reject(key, Reason::DropTruncated))?;
+            Ok(Parsed {
+                syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            })
+        }
+        PROTO_UDP => {
+            let udp =
+                header::<UdpHdr>(ctx, l4).ok_or_else(|| reject(key, Reason::DropTruncated))?;
             // SAFETY: bounds checked by `header`.
             unsafe {
-                key.sport_be = (*ports).src_be;
-                key.dport_be = (*ports).dst_be;
+                key.sport_be = (*udp).src_be;
+                key.dport_be = (*udp).dst_be;
             }
-            Ok(())
+            Ok(Parsed { syn: false })
         }
         p if p == icmp => Err(reject(key, Reason::PassIcmp)),
         _ => Err(reject(key, Reason::DropUnknownProto)),
