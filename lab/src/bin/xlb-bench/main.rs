@@ -319,6 +319,12 @@ fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         rows.push((name.to_string(), median, min, max));
     }
     let row = |name: &str| rows.iter().find(|r| r.0 == name).map_or(0.0, |r| r.1);
+    // (min, max) of a case's runs.
+    let spread = |name: &str| {
+        rows.iter()
+            .find(|r| r.0 == name)
+            .map_or((0.0, 0.0), |r| (r.2, r.3))
+    };
     let profile = profile_established(prog, &established);
 
     // New flows: every packet must insert, so each is a different flow, run once; the
@@ -398,6 +404,16 @@ fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
          program's own code, the rest is the kernel it calls and the test harness):\n\n```\n{profile}```\n"
     );
     let target = |ok: bool| if ok { "met" } else { "MISSED" };
+    // The ratio of two noisy medians: say so when the runs' spreads reach across 2.5x.
+    let ((est_lo, est_hi), (floor_lo, floor_hi)) = (spread(ESTABLISHED), spread(FLOOR));
+    let (ratio_lo, ratio_hi) = (est_lo / floor_hi, est_hi / floor_lo);
+    let est_verdict = match (est / floor <= 2.5, ratio_lo <= 2.5 && 2.5 < ratio_hi) {
+        (ok, true) => format!(
+            "{} (borderline: the runs' spreads give {ratio_lo:.2}x..{ratio_hi:.2}x)",
+            target(ok)
+        ),
+        (ok, false) => target(ok).to_string(),
+    };
     let _ = writeln!(
         md,
         "Targets: established flow <= 2.5x floor: {:.2}x, {}; new flow <= 10x floor: \
@@ -406,7 +422,7 @@ fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
          {est:.1} ns is {:.2}x, {}; non-VIP {non_vip_ns:.1} ns is {:.2}x, {}; new flow \
          (as x floor, 355/30 = 11.8x) {:.2}x floor is {:.2}x, {}.\n",
         est / floor,
-        target(est / floor <= 2.5),
+        est_verdict,
         nf / sf,
         target(nf / sf <= 10.0),
         est / 165.0,
