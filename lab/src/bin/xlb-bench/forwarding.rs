@@ -462,7 +462,9 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
          generator's run. CPU: busy time of the whole machine (both CPUs, generator \
          included) per million frames delivered. \"at LB\" is what the forwarder itself \
          counted: xlb's reason counters, the reflector's counter, nftables' forward-chain \
-         counter (frames the LB's input backlog dropped before that hook are not in it).\n\n\
+         counter (frames the LB's input backlog dropped before that hook are not in it). \
+         HAProxy is not in this table: it terminates TCP connections and does not \
+         forward these UDP frames; it is measured by connections in section 3b.\n\n\
          | forwarder | delivered frames/s (median) | spread | x reflector | CPU s per Mpkt | \
          sent | at LB | forwarded | delivered | lost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         mode.runs
