@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     BACKEND_LIVE, Backend, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason, VipInfo,
-    VipKey, flow_hash, maps::DEFAULT_TABLE_SIZE, table_slot, vip_filter_bit,
+    VipKey, flow_hash, maps::DEFAULT_TABLE_SIZE, table_slot,
 };
 use xlb::{
     dataplane::{Dataplane, LoadOptions, TableWrite},
@@ -617,11 +617,10 @@ fn fixtures() -> Vec<Fixture> {
 /// An IPv4 address and TCP port that are no VIP but share `vip`'s `xlb_vip_filter` bit:
 /// such a packet passes the filter and must be told apart by the exact lookup.
 fn filter_twin(vip: &VipKey) -> (String, u16) {
-    let bit = |k: &VipKey| vip_filter_bit(&k.addr, k.port_be, k.proto, k.family);
     (0..=255u8)
         .flat_map(|host| (1..=u16::MAX).map(move |port| (host, port)))
         .map(|(host, port)| (format!("198.18.9.{host}"), port))
-        .find(|(addr, port)| bit(&v4_key(addr, *port, PROTO_TCP)) == bit(vip))
+        .find(|(addr, port)| v4_key(addr, *port, PROTO_TCP).filter_bit() == vip.filter_bit())
         .expect("some address and port share the bit")
 }
 
@@ -831,7 +830,6 @@ fn vip_filter_has_exactly_the_bits_of_the_vips() {
         return;
     }
     let mut s = setup();
-    let bit = |k: &VipKey| vip_filter_bit(&k.addr, k.port_be, k.proto, k.family);
     let set_bits = |dp: &mut Dataplane| -> Vec<u32> {
         (0..lb_common::maps::VIP_FILTER_WORDS)
             .flat_map(|w| {
@@ -843,7 +841,7 @@ fn vip_filter_has_exactly_the_bits_of_the_vips() {
             .collect()
     };
     let want = |vips: &[TestVip]| -> Vec<u32> {
-        let mut bits: Vec<u32> = vips.iter().map(|v| bit(&v.key)).collect();
+        let mut bits: Vec<u32> = vips.iter().map(|v| v.key.filter_bit()).collect();
         bits.sort_unstable();
         bits.dedup();
         bits
@@ -857,7 +855,7 @@ fn vip_filter_has_exactly_the_bits_of_the_vips() {
     // Removing a VIP leaves its bit until the filter is trimmed; then only the others.
     let gone = s.vips.remove(0).key;
     s.dp.maps().remove_vip(&gone).unwrap();
-    assert!(set_bits(&mut s.dp).contains(&bit(&gone)));
+    assert!(set_bits(&mut s.dp).contains(&gone.filter_bit()));
     s.dp.maps().trim_vip_filter().unwrap();
     assert_eq!(
         set_bits(&mut s.dp),

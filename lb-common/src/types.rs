@@ -41,6 +41,14 @@ pub struct VipKey {
     pub family: u8,
 }
 
+impl VipKey {
+    /// This VIP's bit of `xlb_vip_filter` (see [`crate::vip_filter_bit`]).
+    #[inline(always)]
+    pub fn filter_bit(&self) -> u32 {
+        crate::vip_filter_bit(&self.addr, self.port_be, self.proto, self.family)
+    }
+}
+
 /// Value of `xlb_vips`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -107,8 +115,8 @@ impl Backend {
 /// in the BPF program).
 #[inline(always)]
 fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let w = |x: &[u8; 16], i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
-    w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
+    let w = crate::hash::word;
+    w(a, 0) == w(b, 0) && w(a, 1) == w(b, 1) && w(a, 2) == w(b, 2) && w(a, 3) == w(b, 3)
 }
 
 /// Key of `xlb_flows`: one direction of a connection, as the client sent it.

@@ -17,7 +17,6 @@ use lb_common::{
         VIP_FILTER_WORDS,
     },
     reason::{REASON_COUNT, Reason},
-    vip_filter_bit,
 };
 
 use super::{DataplaneError, pins, table_mem};
@@ -61,10 +60,6 @@ fn table_err(what: &str, io_error: std::io::Error) -> DataplaneError {
             io_error,
         }),
     }
-}
-
-fn filter_bit(key: &VipKey) -> u32 {
-    vip_filter_bit(&key.addr, key.port_be, key.proto, key.family)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -167,9 +162,11 @@ impl Maps {
     /// Makes `key` a VIP with `info` and records its address. Its `xlb_vip_filter` bit is
     /// set first, so the program never misses a VIP that is in `xlb_vips`.
     pub fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
-        let bit = filter_bit(key);
+        let bit = key.filter_bit();
         let word = self.filter_word(bit / 64)?;
-        self.set_filter_word(bit / 64, word | 1 << (bit % 64))?;
+        if word >> (bit % 64) & 1 == 0 {
+            self.set_filter_word(bit / 64, word | 1 << (bit % 64))?;
+        }
         let addr = VipAddrKey {
             addr: key.addr,
             family: key.family,
@@ -222,7 +219,7 @@ impl Maps {
     pub fn trim_vip_filter(&mut self) -> Result<(), DataplaneError> {
         let mut want = vec![0u64; VIP_FILTER_WORDS as usize];
         for (key, _) in self.vips() {
-            let bit = filter_bit(&key);
+            let bit = key.filter_bit();
             want[(bit / 64) as usize] |= 1 << (bit % 64);
         }
         for (i, &word) in (0..).zip(&want) {

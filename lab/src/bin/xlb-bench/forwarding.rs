@@ -64,7 +64,7 @@ impl Forwarder {
 }
 
 /// Sets entry 0 of the array map `name` of `ebpf` to `value`.
-fn set_first<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) {
+pub fn set_first<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) {
     let mut map: Array<_, V> = ebpf
         .map_mut(name)
         .and_then(|m| Array::try_from(m).ok())

@@ -499,12 +499,7 @@ fn lookup_program() -> aya::Ebpf {
     let mut ebpf = aya::Ebpf::load(xlb::object::BENCH_OBJECT)
         .unwrap_or_else(|e| fail(format!("load the bench programs: {e}")));
     let key = lb_common::FlowKey::default();
-    let mut keys: aya::maps::Array<_, lb_common::FlowKey> = ebpf
-        .map_mut("lookup_key")
-        .and_then(|m| aya::maps::Array::try_from(m).ok())
-        .unwrap_or_else(|| fail("no lookup_key map".into()));
-    keys.set(0, key, 0)
-        .unwrap_or_else(|e| fail(format!("write lookup_key: {e}")));
+    forwarding::set_first(&mut ebpf, "lookup_key", key);
     let mut flows: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::FlowValue> = ebpf
         .map_mut("lookup_flows")
         .and_then(|m| aya::maps::HashMap::try_from(m).ok())
