@@ -3,7 +3,9 @@
 //!   body is the backend's name;
 //! - a TCP line echo on port 7: the backend's name on connect, then `<name> <line>` per
 //!   line (for long-lived connections);
-//! - a UDP echo on port 7: `<name> <payload>`.
+//! - a UDP echo on port 7: `<name> <payload>`;
+//! - a TCP discard on port 9 (RFC 863): reads until end of stream and counts the bytes,
+//!   then closes (the benchmarks' segment stream ends there).
 //!
 //! TCP listens dual-stack on `[::]`, so one server answers both VIPs. UDP binds each VIP
 //! itself: a reply from a socket bound to `[::]` would leave from the backend's own
@@ -11,7 +13,7 @@
 //! what it accepted, so tests can compare the servers' own counts with the load balancer's.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
@@ -25,6 +27,7 @@ use crate::topology::{Topology, VIP4, VIP6, backend_name, enter};
 
 pub const HTTP_PORT: u16 = 80;
 pub const ECHO_PORT: u16 = 7;
+pub const DISCARD_PORT: u16 = 9;
 
 /// What one backend's servers accepted.
 #[derive(Debug, Default)]
@@ -33,6 +36,9 @@ pub struct Counts {
     pub http_requests: AtomicU64,
     pub echo_connections: AtomicU64,
     pub udp_datagrams: AtomicU64,
+    pub discard_connections: AtomicU64,
+    /// Bytes the discard server read, counted as they arrive.
+    pub discarded_bytes: AtomicU64,
 }
 
 /// The servers of every backend; stopped and joined on drop.
@@ -59,16 +65,17 @@ impl Servers {
                 enter(&ns);
                 let http = TcpListener::bind(("::", HTTP_PORT)).expect("bind [::]:80");
                 let echo = TcpListener::bind(("::", ECHO_PORT)).expect("bind [::]:7");
+                let discard = TcpListener::bind(("::", DISCARD_PORT)).expect("bind [::]:9");
                 let udp = [VIP4, VIP6].map(|vip| {
                     let s = UdpSocket::bind((vip, ECHO_PORT)).expect("bind udp VIP:7");
                     s.set_nonblocking(true).expect("nonblocking udp");
                     s
                 });
-                for l in [&http, &echo] {
+                for l in [&http, &echo, &discard] {
                     l.set_nonblocking(true).expect("nonblocking listener");
                 }
                 let _ = tx.send(());
-                serve(&name, &http, &echo, &udp, &c, &stop);
+                serve(&name, [&http, &echo, &discard], &udp, &c, &stop);
             }));
             rx.recv().expect("server thread started");
         }
@@ -96,8 +103,7 @@ impl Drop for Servers {
 
 fn serve(
     name: &str,
-    http: &TcpListener,
-    echo: &TcpListener,
+    [http, echo, discard]: [&TcpListener; 3],
     udp: &[UdpSocket; 2],
     counts: &Arc<Counts>,
     stop: &AtomicBool,
@@ -116,6 +122,12 @@ fn serve(
             counts.echo_connections.fetch_add(1, Ordering::Relaxed);
             let name = name.to_string();
             thread::spawn(move || echo_conn(&name, conn));
+        }
+        if let Ok((conn, _)) = discard.accept() {
+            idle = false;
+            counts.discard_connections.fetch_add(1, Ordering::Relaxed);
+            let counts = counts.clone();
+            thread::spawn(move || discard_conn(conn, &counts));
         }
         for sock in udp {
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
@@ -190,5 +202,16 @@ fn echo_conn(name: &str, conn: TcpStream) {
             return;
         }
         line.clear();
+    }
+}
+
+fn discard_conn(mut conn: TcpStream, counts: &Counts) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n @ 1..) = conn.read(&mut buf) {
+        counts
+            .discarded_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 }

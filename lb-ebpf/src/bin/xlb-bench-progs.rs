@@ -7,9 +7,10 @@
 //!   needs no checksum update. They are rewritten every time because live frames are
 //!   recycled without being reset: a forwarder that rewrites a frame in place (NAT, a
 //!   MAC rewrite without a copy) would otherwise change what the generator sends next.
-//! - `xlb_reflect`: the reference on the load balancer's interface: it counts the frame
-//!   (`SINK`), writes the MACs in `REFLECT_MACS` and sends the frame back out (XDP_TX),
-//!   the least any XDP forwarder does on this path.
+//! - `xlb_reflect`: the reference on the load balancer's interface: it counts an IPv4
+//!   frame (`SINK`), writes the MACs in `REFLECT_MACS` and sends the frame back out
+//!   (XDP_TX), the least any XDP forwarder does on this path; everything else (ARP, so
+//!   that TCP clients can resolve the load balancer) goes to the stack.
 //! - `xlb_sink`: on each backend, counts the IPv4 UDP frames that arrived (`SINK`) and
 //!   drops them; everything else (ARP above all) goes to the stack.
 //! - `xlb_lookup`: one lookup of the key in `LOOKUP_KEY` in `LOOKUP_FLOWS`, a map like
@@ -91,8 +92,12 @@ pub fn xlb_gen(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xlb_reflect(ctx: XdpContext) -> u32 {
     let start = ctx.data();
-    if start + 12 > ctx.data_end() {
+    if start + 14 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: the EtherType lies inside the packet.
+    if unsafe { *((start + 12) as *const [u8; 2]) } != [0x08, 0x00] {
+        return xdp_action::XDP_PASS;
     }
     let Some(macs) = REFLECT_MACS.get(0) else {
         return xdp_action::XDP_ABORTED;
