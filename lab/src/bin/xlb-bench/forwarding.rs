@@ -42,7 +42,7 @@ const FLOWS: u32 = 4096;
 /// UDP port of the benchmark VIP.
 const PORT: u16 = 7;
 /// Backends behind the VIP.
-const BACKENDS: usize = 3;
+pub const BACKENDS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forwarder {
@@ -53,7 +53,7 @@ pub enum Forwarder {
 }
 
 impl Forwarder {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Forwarder::Reflector => "XDP_TX reflector (the path's limit)",
             Forwarder::Xlb => "xlb",
@@ -92,7 +92,7 @@ fn mac_of(ns: &str, iface: &'static str) -> [u8; 6] {
 }
 
 /// Busy CPU time of the whole machine so far, in seconds (/proc/stat, USER_HZ = 100).
-fn busy_cpu_secs() -> f64 {
+pub fn busy_cpu_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
         .lines()
@@ -113,7 +113,7 @@ fn busy_cpu_secs() -> f64 {
 }
 
 /// What one forwarder does to the lab's load balancer; dropped after its run.
-enum Lb {
+pub enum Lb {
     Xdp(Ebpf),
     Daemon(Box<Daemon>),
     Nft,
@@ -161,7 +161,7 @@ fn nft_rules(proto: &str, port: u16) -> String {
     )
 }
 
-fn setup_nft(topo: &Topology, proto: &str, port: u16) {
+pub fn setup_nft(topo: &Topology, proto: &str, port: u16) {
     let lb = &topo.lb;
     lb.sh("sysctl -qw net.ipv4.ip_forward=1");
     // The LB forwards out of the interface it received on: no ICMP redirects.
@@ -218,15 +218,17 @@ fn nft_forwarded(topo: &Topology) -> u64 {
         .sum()
 }
 
-fn setup_haproxy(topo: &Topology) -> Lb {
+/// HAProxy in TCP mode on the LB, holding the VIP on `lo` and balancing `port` round
+/// robin over the backends' same port; returns once it accepts connections.
+pub fn setup_haproxy(topo: &Topology, port: u16) -> Lb {
     topo.lb.sh(&format!("ip addr add {VIP4}/32 dev lo"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
     let servers: String = (0..BACKENDS)
-        .map(|i| format!("  server b{} {}:80 weight 1\n", i + 1, backend4(i)))
+        .map(|i| format!("  server b{} {}:{port} weight 1\n", i + 1, backend4(i)))
         .collect();
     let cfg = format!(
         "global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 2s\n  \
-         timeout client 10s\n  timeout server 10s\nfrontend f\n  bind {VIP4}:80\n  \
+         timeout client 10s\n  timeout server 10s\nfrontend f\n  bind {VIP4}:{port}\n  \
          default_backend b\nbackend b\n  balance roundrobin\n{servers}"
     );
     let path = dir.path().join("haproxy.cfg");
@@ -245,18 +247,43 @@ fn setup_haproxy(topo: &Topology) -> Lb {
     let deadline = Instant::now() + Duration::from_secs(5);
     let vip: IpAddr = VIP4.parse().unwrap_or_else(|_| fail("VIP4".into()));
     let ns = topo.client().name.clone();
-    while in_ns(&ns, move || clients::http_once(vip).is_err()) {
+    let accepts = move || {
+        let to = std::net::SocketAddr::new(vip, port);
+        in_ns(&ns, move || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
+        })
+    };
+    while !accepts() {
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
-            fail(format!("haproxy did not answer within 5 s: {log}"));
+            fail(format!("haproxy did not accept within 5 s: {log}"));
         }
         thread::sleep(Duration::from_millis(50));
     }
     Lb::Haproxy { child, _dir: dir }
 }
 
+/// The XDP_TX reflector on the LB's eth0: every frame goes to the first backend with
+/// only its MACs rewritten.
+pub fn reflector(topo: &Topology) -> Lb {
+    let b1 = mac_of(&topo.backends[0].name, "eth0");
+    let lb_mac = mac_of(&topo.lb.name, "eth0");
+    Lb::Xdp(attach_xdp(
+        &topo.lb.name,
+        xlb::object::BENCH_OBJECT,
+        "xlb_reflect",
+        "eth0",
+        move |ebpf| {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&b1);
+            macs[6..].copy_from_slice(&lb_mac);
+            set_first(ebpf, "reflect_macs", macs);
+        },
+    ))
+}
+
 /// Starts the real daemon with one VIP on the LB's eth0.
-fn setup_xlb(topo: &Topology, spec: VipSpec) -> Lb {
+pub fn setup_xlb(topo: &Topology, spec: VipSpec) -> Lb {
     let mut d = Daemon::new(topo);
     d.write_config(&[spec]);
     d.start();
@@ -309,21 +336,7 @@ fn packet_run(fwd: Forwarder, count: u32) -> PacketRun {
     );
     let lb_mac = mac_of(&topo.lb.name, "eth0");
     let lb = match fwd {
-        Forwarder::Reflector => {
-            let b1 = mac_of(&topo.backends[0].name, "eth0");
-            Lb::Xdp(attach_xdp(
-                &topo.lb.name,
-                xlb::object::BENCH_OBJECT,
-                "xlb_reflect",
-                "eth0",
-                move |ebpf| {
-                    let mut macs = [0u8; 12];
-                    macs[..6].copy_from_slice(&b1);
-                    macs[6..].copy_from_slice(&lb_mac);
-                    set_first(ebpf, "reflect_macs", macs);
-                },
-            ))
-        }
+        Forwarder::Reflector => reflector(&topo),
         Forwarder::Xlb => setup_xlb(&topo, VipSpec::udp("gen", VIP4, PORT, &[1; BACKENDS])),
         Forwarder::Nft => {
             setup_nft(&topo, "udp", PORT);
@@ -464,7 +477,8 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
          counted: xlb's reason counters, the reflector's counter, nftables' forward-chain \
          counter (frames the LB's input backlog dropped before that hook are not in it). \
          HAProxy is not in this table: it terminates TCP connections and does not \
-         forward these UDP frames; it is measured by connections in section 3b.\n\n\
+         forward these UDP frames; it is measured by connections in section 3b and by TCP \
+         segments in section 3c.\n\n\
          | forwarder | delivered frames/s (median) | spread | x reflector | CPU s per Mpkt | \
          sent | at LB | forwarded | delivered | lost |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         mode.runs
@@ -542,7 +556,7 @@ fn connection_run(fwd: Forwarder, secs: u64) -> (u64, f64, f64) {
             setup_nft(&topo, "tcp", 80);
             Lb::Nft
         }
-        Forwarder::Haproxy => setup_haproxy(&topo),
+        Forwarder::Haproxy => setup_haproxy(&topo, 80),
         Forwarder::Reflector => fail("the reflector does not terminate connections".into()),
     };
     let vip: IpAddr = VIP4.parse().unwrap_or_else(|_| fail("VIP4".into()));

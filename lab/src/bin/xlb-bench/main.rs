@@ -3,9 +3,10 @@
 //! Sections: the cost per packet in the kernel against an XDP_DROP floor measured in the
 //! same run; the forwarding rate through the lab topology against an XDP_TX reflector and
 //! nftables, and the connection rate against nftables and HAProxy (`forwarding`); the
-//! control plane (build, apply, validate, stats, memory); table quality. Every figure is
-//! a median of several runs, printed with its spread and method. `--only SECTION`
-//! (per-packet, forwarding, connections, control-plane, quality) runs one section.
+//! TCP segment rate through all of them (`segments`); the control plane (build, apply,
+//! validate, stats, memory); table quality. Every figure is a median of several runs,
+//! printed with its spread and method. `--only SECTION` (per-packet, forwarding,
+//! connections, segments, control-plane, quality) runs one section.
 
 use std::{
     fmt::Write as _,
@@ -13,6 +14,7 @@ use std::{
 };
 
 mod forwarding;
+mod segments;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use xlb::{
@@ -205,6 +207,9 @@ fn main() {
     }
     if wanted("connections") {
         forwarding::connection_rate(&mode, &mut md);
+    }
+    if wanted("segments") {
+        segments::segment_rate(&mode, &mut md, &mut missed);
     }
     if wanted("control-plane") {
         control_plane(&mode, &mut md, &mut missed);
@@ -525,14 +530,34 @@ fn mitigation() -> String {
     format!("`spec_rstack_overflow: {srso}`")
 }
 
-/// `perf report` of this process while it runs the established-flow packet through
 /// `prog` for `PROFILE_SECS`: the symbols above 1 %.
 fn profile_established(prog: &Xdp, pkt: &[u8]) -> String {
+    let pid = std::process::id().to_string();
+    let ((), symbols) = profile(&["-p", &pid], || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(PROFILE_SECS) {
+            let (rc, _) = test_run(prog, pkt, 100_000);
+            if rc != XDP_TX {
+                fail(format!("profiled run returned {rc}"));
+            }
+        }
+    });
+    symbols
+        .iter()
+        .filter(|s| s.0 >= 1.0)
+        .map(|s| format!("{}\n", s.1))
+        .collect()
+}
+
+/// Runs `work` under `perf record -e cpu-clock` with `scope` (`-p PID`, or `-a` for the
+/// whole machine); returns its result and the lines of `perf report --sort sym`, each
+/// with its percentage, highest first.
+fn profile<T>(scope: &[&str], work: impl FnOnce() -> T) -> (T, Vec<(f64, String)>) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
     let data = dir.path().join("perf.data");
     let mut perf = std::process::Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock", "-p"])
-        .arg(std::process::id().to_string())
+        .args(["record", "-q", "-e", "cpu-clock"])
+        .args(scope)
         .arg("-o")
         .arg(&data)
         .stdout(std::process::Stdio::null())
@@ -540,13 +565,7 @@ fn profile_established(prog: &Xdp, pkt: &[u8]) -> String {
         .unwrap_or_else(|e| fail(format!("perf record (run `cargo xtask setup`): {e}")));
     // Give perf time to attach before the work starts.
     std::thread::sleep(Duration::from_millis(500));
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(PROFILE_SECS) {
-        let (rc, _) = test_run(prog, pkt, 100_000);
-        if rc != XDP_TX {
-            fail(format!("profiled run returned {rc}"));
-        }
-    }
+    let out = work();
     // SAFETY: plain kill(2) on the child we spawned; SIGINT makes perf write its data.
     unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
     let status = perf
@@ -557,31 +576,27 @@ fn profile_established(prog: &Xdp, pkt: &[u8]) -> String {
     if !status.success() && status.signal() != Some(libc::SIGINT) {
         fail(format!("perf record exited with {status}"));
     }
-    let out = std::process::Command::new("perf")
+    let report = std::process::Command::new("perf")
         .args(["report", "--stdio", "--no-children", "--sort", "sym", "-i"])
         .arg(&data)
         .output()
         .unwrap_or_else(|e| fail(format!("perf report: {e}")));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: String = text
+    let text = String::from_utf8_lossy(&report.stdout);
+    let lines: Vec<(f64, String)> = text
         .lines()
-        .filter(|l| !l.starts_with('#') && l.contains('%'))
-        .filter(|l| {
-            l.trim()
-                .split('%')
-                .next()
-                .and_then(|p| p.trim().parse::<f64>().ok())
-                .is_some_and(|p| p >= 1.0)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let percent = l.trim().split('%').next()?.trim().parse::<f64>().ok()?;
+            Some((percent, l.trim_end().to_string()))
         })
-        .map(|l| format!("{}\n", l.trim_end()))
         .collect();
     if lines.is_empty() {
         fail(format!(
             "perf report printed no symbols: {}",
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&report.stderr)
         ));
     }
-    lines
+    (out, lines)
 }
 
 /// Packets and new flows over the bench's backends (ids 1..16), summed over CPUs.
