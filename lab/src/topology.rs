@@ -90,8 +90,13 @@ impl Topology {
         crate::remove_stale();
         let switch = Netns::new("sw");
         switch.sh("ip link add br0 type bridge");
-        // No IPv6 on the bridge itself; it only switches.
-        switch.sh("sysctl -qw net.ipv6.conf.br0.disable_ipv6=1");
+        // No IPv6 on the bridge itself; it only switches. Nor netfilter: with
+        // bridge-nf-call-* at its default 1, every bridged frame also goes through the
+        // switch namespace's IP hooks (`br_nf_pre_routing` in a profile).
+        switch.sh(
+            "sysctl -qw net.ipv6.conf.br0.disable_ipv6=1 net.bridge.bridge-nf-call-iptables=0 \
+             net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0",
+        );
         switch.sh("ip link set br0 up");
         let lb = Netns::new("lb");
         plug(&switch, &lb, "plb", LB4, LB6);
