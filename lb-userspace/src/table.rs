@@ -20,6 +20,13 @@
 //! heavy backends. If a backend still ends more than that tolerance below its quota, the
 //! table is rebuilt with exact caps. Either way every share is within 0.3 percentage
 //! points of its weight share, and slots move beyond the minimum only where a cap binds.
+//!
+//! The fallback does happen with many backends of mixed weights: the property tests found
+//! a table of 70 backends where the soft race leaves one backend more than the tolerance
+//! short (why the race starves that backend is not yet pinned down). Between two
+//! exact-cap tables a weight change can move about twice the minimum
+//! (`exact_cap_tables_keep_shares_but_move_more`); `Table::exact_caps` says which race a
+//! table came from.
 //! A backend of weight 0 never plays. Both are measured by the property tests below and by
 //! `cargo xtask bench`.
 
@@ -62,13 +69,24 @@ pub const MIN_TABLE_SIZE: u32 = 251;
 pub struct Table {
     slots: Vec<u32>,
     backends: usize,
+    exact_caps: bool,
 }
 
 impl Table {
     /// A table from its slots (each an index into an input of `backends` backends); for
     /// builders other than `build`, such as the guardrail tests' deliberately flawed one.
     pub fn from_slots(slots: Vec<u32>, backends: usize) -> Table {
-        Table { slots, backends }
+        Table {
+            slots,
+            backends,
+            exact_caps: false,
+        }
+    }
+
+    /// Whether `build` fell back to the exact-cap race (see the module notes): a weight
+    /// change between such tables can move more slots than the minimum.
+    pub fn exact_caps(&self) -> bool {
+        self.exact_caps
     }
 
     /// Slot -> index into the input slice.
@@ -116,19 +134,17 @@ pub fn build(backends: &[Weighted<'_>], size: u32) -> Result<Table, TableError> 
     let tolerance = size * SOFT_CAP_PER_MILLE / 1000;
     let soft = race(backends, &order, &quotas, size, tolerance);
     let counts = soft.slot_counts();
-    let slots = if order
+    let short = !order
         .iter()
         .enumerate()
-        .all(|(rank, &i)| counts[i] + tolerance >= quotas[rank])
-    {
-        soft.slots
+        .all(|(rank, &i)| counts[i] + tolerance >= quotas[rank]);
+    if short {
+        let mut exact = race(backends, &order, &quotas, size, 0);
+        exact.exact_caps = true;
+        Ok(exact)
     } else {
-        race(backends, &order, &quotas, size, 0).slots
-    };
-    Ok(Table {
-        slots,
-        backends: backends.len(),
-    })
+        Ok(soft)
+    }
 }
 
 /// Slots above its quota a backend may take in the first build, per mille of the table.
@@ -200,6 +216,7 @@ fn race(
     Table {
         slots,
         backends: backends.len(),
+        exact_caps: false,
     }
 }
 
