@@ -36,7 +36,6 @@ pub struct Counts {
     pub http_requests: AtomicU64,
     pub echo_connections: AtomicU64,
     pub udp_datagrams: AtomicU64,
-    pub discard_connections: AtomicU64,
     /// Bytes the discard server read, counted as they arrive.
     pub discarded_bytes: AtomicU64,
 }
@@ -125,7 +124,6 @@ fn serve(
         }
         if let Ok((conn, _)) = discard.accept() {
             idle = false;
-            counts.discard_connections.fetch_add(1, Ordering::Relaxed);
             let counts = counts.clone();
             thread::spawn(move || discard_conn(conn, &counts));
         }

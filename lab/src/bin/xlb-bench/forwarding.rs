@@ -35,7 +35,7 @@ use xlb_lab::{
     topology::{Topology, VIP4, attach_xdp, backend4, client4, in_ns},
 };
 
-use crate::{Mode, fail, stats};
+use crate::{Mode, fail, median_run, stats};
 
 /// Distinct flows (UDP source ports) the generator cycles through.
 const FLOWS: u32 = 4096;
@@ -497,9 +497,7 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
                 .collect(),
         );
         // Counts of the median run.
-        let mut sorted = runs[i].clone();
-        sorted.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-        let r = &sorted[sorted.len() / 2];
+        let r = median_run(&runs[i], PacketRun::rate);
         cpus.push(cpu);
         let _ = writeln!(
             md,

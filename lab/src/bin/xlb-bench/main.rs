@@ -52,6 +52,14 @@ fn stats(mut xs: Vec<f64>) -> (f64, f64, f64) {
     (median, xs[0], xs[n - 1])
 }
 
+/// The run in the middle of `runs` ordered by `rate`: the one whose counts a table shows
+/// next to the median rate.
+fn median_run<R: Clone>(runs: &[R], rate: impl Fn(&R) -> f64) -> R {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    sorted.swap_remove(sorted.len() / 2)
+}
+
 /// Stops the bench with `msg`. A panic, not `exit`: unwinding drops the lab topologies
 /// (their namespaces) and the HAProxy child on the way out; the exit status is 101.
 fn fail(msg: String) -> ! {
@@ -530,6 +538,7 @@ fn mitigation() -> String {
     format!("`spec_rstack_overflow: {srso}`")
 }
 
+/// `perf report` of this process while it runs the established-flow packet through
 /// `prog` for `PROFILE_SECS`: the symbols above 1 %.
 fn profile_established(prog: &Xdp, pkt: &[u8]) -> String {
     let pid = std::process::id().to_string();

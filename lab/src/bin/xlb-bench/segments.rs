@@ -28,7 +28,7 @@ use crate::{
     forwarding::{
         BACKENDS, Forwarder, Lb, busy_cpu_secs, reflector, setup_haproxy, setup_nft, setup_xlb,
     },
-    profile, stats,
+    median_run, profile, stats,
 };
 
 /// Payload bytes per message (a 130-byte frame with the TCP timestamp option).
@@ -64,8 +64,29 @@ impl SegmentRun {
     }
 }
 
-/// `Tcp: OutSegs`, `RetransSegs` and `InSegs` of namespace `ns` (/proc/net/snmp).
-fn tcp_segments(ns: &Netns) -> [u64; 3] {
+/// TCP segment counters (/proc/net/snmp), of one namespace or summed over several.
+#[derive(Clone, Copy, Debug, Default)]
+struct TcpSegments {
+    out: u64,
+    retrans: u64,
+    received: u64,
+}
+
+impl TcpSegments {
+    /// The sum over `nss`.
+    fn of(nss: &[Netns]) -> TcpSegments {
+        nss.iter()
+            .map(tcp_segments)
+            .fold(TcpSegments::default(), |a, b| TcpSegments {
+                out: a.out + b.out,
+                retrans: a.retrans + b.retrans,
+                received: a.received + b.received,
+            })
+    }
+}
+
+/// `Tcp: OutSegs`, `RetransSegs` and `InSegs` of namespace `ns`.
+fn tcp_segments(ns: &Netns) -> TcpSegments {
     let snmp = ns.sh("cat /proc/net/snmp");
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
     let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
@@ -79,7 +100,11 @@ fn tcp_segments(ns: &Netns) -> [u64; 3] {
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or_else(|| fail(format!("no {name} in /proc/net/snmp of {}", ns.name)))
     };
-    [field("OutSegs"), field("RetransSegs"), field("InSegs")]
+    TcpSegments {
+        out: field("OutSegs"),
+        retrans: field("RetransSegs"),
+        received: field("InSegs"),
+    }
 }
 
 /// One connection to `to`: `MESSAGE`-byte messages, each its own segment, for `secs`
@@ -170,13 +195,8 @@ fn segment_run(
             .sum()
     };
     let bytes0 = delivered();
-    let counters = |nss: &[Netns]| -> [u64; 3] {
-        nss.iter().map(tcp_segments).fold([0; 3], |acc, c| {
-            [acc[0] + c[0], acc[1] + c[1], acc[2] + c[2]]
-        })
-    };
-    let clients0 = counters(&topo.clients);
-    let backends0 = counters(&topo.backends);
+    let clients0 = TcpSegments::of(&topo.clients);
+    let backends0 = TcpSegments::of(&topo.backends);
     let run = || {
         let cpu0 = busy_cpu_secs();
         let t = Instant::now();
@@ -202,8 +222,8 @@ fn segment_run(
     } else {
         (run(), None)
     };
-    let clients = counters(&topo.clients);
-    let backends = counters(&topo.backends);
+    let clients = TcpSegments::of(&topo.clients);
+    let backends = TcpSegments::of(&topo.backends);
     let delivered_bytes = delivered() - bytes0;
     drop(lb);
     if delivered_bytes != messages * MESSAGE as u64 {
@@ -215,9 +235,9 @@ fn segment_run(
     }
     let run = SegmentRun {
         messages,
-        out_segs: clients[0] - clients0[0],
-        retrans_segs: clients[1] - clients0[1],
-        backend_segs: backends[2] - backends0[2],
+        out_segs: clients.out - clients0.out,
+        retrans_segs: clients.retrans - clients0.retrans,
+        backend_segs: backends.received - backends0.received,
         secs: elapsed,
         cpu_secs,
     };
@@ -302,9 +322,7 @@ pub fn segment_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         let (m, lo, hi) = stats(runs[i].iter().map(SegmentRun::rate).collect());
         let (cpu, _, _) = stats(runs[i].iter().map(SegmentRun::cpu_per_million).collect());
         cpus.push(cpu);
-        let mut sorted = runs[i].clone();
-        sorted.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-        let r = sorted.swap_remove(sorted.len() / 2);
+        let r = median_run(&runs[i], SegmentRun::rate);
         let _ = writeln!(
             md,
             "| {} | {m:.0} | {lo:.0}..{hi:.0} | {:.2} | {cpu:.2} | {} | {} | {} | {} |",
