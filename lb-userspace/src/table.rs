@@ -20,6 +20,8 @@
 //! heavy backends. If a backend still ends more than that tolerance below its quota, the
 //! table is rebuilt with exact caps. Either way every share is within 0.3 percentage
 //! points of its weight share, and slots move beyond the minimum only where a cap binds.
+//! A backend of weight 0 never plays. Both are measured by the property tests below and by
+//! `cargo xtask bench`.
 //!
 //! The fallback does happen with many backends of mixed weights: the property tests found
 //! a table of 70 backends where the soft race leaves one backend more than the tolerance
@@ -27,8 +29,6 @@
 //! exact-cap tables a weight change can move about twice the minimum
 //! (`exact_cap_tables_keep_shares_but_move_more`); `Table::exact_caps` says which race a
 //! table came from.
-//! A backend of weight 0 never plays. Both are measured by the property tests below and by
-//! `cargo xtask bench`.
 
 use std::{
     cmp::{Ordering, Reverse},
@@ -83,7 +83,8 @@ impl Table {
         }
     }
 
-    /// Whether `build` fell back to the exact-cap race (see the module notes): a weight
+    /// Whether the table came from the exact-cap race (see the module notes): `build`'s
+    /// fallback, or a table below 334 slots, whose 0.3 % tolerance rounds to 0. A weight
     /// change between such tables can move more slots than the minimum.
     pub fn exact_caps(&self) -> bool {
         self.exact_caps
@@ -134,14 +135,12 @@ pub fn build(backends: &[Weighted<'_>], size: u32) -> Result<Table, TableError> 
     let tolerance = size * SOFT_CAP_PER_MILLE / 1000;
     let soft = race(backends, &order, &quotas, size, tolerance);
     let counts = soft.slot_counts();
-    let short = !order
+    let short = order
         .iter()
         .enumerate()
-        .all(|(rank, &i)| counts[i] + tolerance >= quotas[rank]);
+        .any(|(rank, &i)| counts[i] + tolerance < quotas[rank]);
     if short {
-        let mut exact = race(backends, &order, &quotas, size, 0);
-        exact.exact_caps = true;
-        Ok(exact)
+        Ok(race(backends, &order, &quotas, size, 0))
     } else {
         Ok(soft)
     }
@@ -216,7 +215,7 @@ fn race(
     Table {
         slots,
         backends: backends.len(),
-        exact_caps: false,
+        exact_caps: tolerance == 0,
     }
 }
 
