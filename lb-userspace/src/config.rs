@@ -22,7 +22,10 @@
 //! weight = 100
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -68,6 +71,32 @@ pub struct Config {
     pub guardrails: Policy,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
+    /// The file says `vip = []`: serving no VIP at all is intended, not a truncated file.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub allow_empty: bool,
+    /// Line of each top-level, `[daemon]` and `[guardrails]` key in the file
+    /// (`"daemon.table_size"`), for reports about global settings.
+    #[serde(skip)]
+    pub key_lines: BTreeMap<String, usize>,
+}
+
+impl Config {
+    /// This config without what only locates it in a file (lines), for comparisons of
+    /// state.
+    pub fn without_lines(&self) -> Config {
+        let mut c = self.clone();
+        c.key_lines.clear();
+        for v in &mut c.vips {
+            v.line = None;
+            v.backends.iter_mut().for_each(|b| b.line = None);
+        }
+        c
+    }
+
+    /// Line of global key `key` (`"guardrails.max_flow_shift"`), when the file has it.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.key_lines.get(key).copied()
+    }
 }
 
 /// Settings of `xlb run`.
@@ -110,6 +139,38 @@ impl Default for Daemon {
             table_size: lb_common::maps::DEFAULT_TABLE_SIZE,
             flow_capacity: lb_common::maps::DEFAULT_FLOW_CAPACITY,
         }
+    }
+}
+
+impl Daemon {
+    /// Every setting of `new` that differs from `self`, as `key: old -> new`. Daemon
+    /// settings take effect when `xlb run` starts, never through an apply.
+    pub fn differences(&self, new: &Daemon) -> Vec<String> {
+        let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        [
+            ("interface", show(&self.interface), show(&new.interface)),
+            ("xdp_mode", show(&self.xdp_mode), show(&new.xdp_mode)),
+            ("socket", show(&self.socket), show(&new.socket)),
+            (
+                "socket_group",
+                show(&self.socket_group),
+                show(&new.socket_group),
+            ),
+            ("state_dir", show(&self.state_dir), show(&new.state_dir)),
+            ("pin_dir", show(&self.pin_dir), show(&new.pin_dir)),
+            ("metrics", show(&self.metrics), show(&new.metrics)),
+            ("hash_seed", show(&self.hash_seed), show(&new.hash_seed)),
+            ("table_size", show(&self.table_size), show(&new.table_size)),
+            (
+                "flow_capacity",
+                show(&self.flow_capacity),
+                show(&new.flow_capacity),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(key, a, b)| format!("daemon.{key}: {a} -> {b}"))
+        .collect()
     }
 }
 
@@ -307,6 +368,20 @@ impl BackendSpec {
     }
 }
 
+/// `config` as a config file: what `xlb export` prints. `vip = []` stands for an
+/// intentionally empty VIP list.
+pub fn to_toml(config: &Config) -> Result<String, toml::ser::Error> {
+    let mut c = config.without_lines();
+    c.allow_empty = false;
+    let text = toml::to_string(&c)?;
+    // A top-level key must come before the first table header.
+    Ok(if config.vips.is_empty() {
+        format!("vip = []\n{text}")
+    } else {
+        text
+    })
+}
+
 /// Reads and parses `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -323,7 +398,33 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let key = e.path().to_string();
         toml_error(e.inner(), text, path, &key)
     })?;
-    Ok(spanned.into_inner().into_config(text))
+    let mut config = spanned.into_inner().into_config(text);
+    config.key_lines = key_lines(text);
+    Ok(config)
+}
+
+/// Line of every top-level key and of every key of the `[daemon]` and `[guardrails]`
+/// tables. The text already
+/// parsed, so a second parse cannot fail; if it did, reports just go without lines.
+fn key_lines(text: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let Ok(doc) = toml::de::DeTable::parse(text) else {
+        return out;
+    };
+    for (table, value) in doc.get_ref() {
+        let table = table.get_ref().as_ref();
+        out.insert(table.to_string(), line_of(text, value.span().start));
+        if !matches!(table, "daemon" | "guardrails") {
+            continue;
+        }
+        for (key, _) in value.get_ref().as_table().into_iter().flatten() {
+            out.insert(
+                format!("{table}.{}", key.get_ref()),
+                line_of(text, key.span().start),
+            );
+        }
+    }
+    out
 }
 
 fn toml_error(e: &toml::de::Error, text: &str, path: &Path, key: &str) -> ConfigError {
@@ -364,7 +465,7 @@ struct SpannedConfig {
     #[serde(default)]
     guardrails: Policy,
     #[serde(default)]
-    vip: Vec<Spanned<SpannedVip>>,
+    vip: Option<Vec<Spanned<SpannedVip>>>,
 }
 
 #[derive(Deserialize)]
@@ -389,9 +490,12 @@ impl SpannedConfig {
         Config {
             daemon: self.daemon,
             guardrails: self.guardrails,
+            allow_empty: self.vip.as_ref().is_some_and(Vec::is_empty),
+            key_lines: BTreeMap::new(),
             vips: self
                 .vip
                 .into_iter()
+                .flatten()
                 .map(|v| {
                     let line = line_of(text, v.span().start);
                     let v = v.into_inner();

@@ -11,6 +11,11 @@
 //! - `max-flow-shift`: at most this fraction of a VIP's slots change owner in one apply.
 //! - `healthy-quorum`: with health checks, at least this fraction of the weighted
 //!   backends is healthy.
+//! - `policy-loosening`: a change loosens a limit of the running policy (`policy`).
+//! - `vip-removal`: a change removes a running VIP, which moves all of its flows.
+//!
+//! An existing VIP is checked against the stricter of its running and its new policy, so
+//! a file cannot switch a rule off and break it in one step.
 //!
 //! `structure`, `nonzero-total` and `table-fidelity` can never be forced: breaking them
 //! means there is no sane table to install. The others are policy, which `--force
@@ -29,6 +34,8 @@ use crate::{
     table::{self, Table, TableError, Weighted},
 };
 
+mod changes;
+pub mod policy;
 #[cfg(test)]
 mod tests;
 
@@ -42,10 +49,12 @@ pub enum Rule {
     TableFidelity,
     MaxFlowShift,
     HealthyQuorum,
+    PolicyLoosening,
+    VipRemoval,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 7] = [
+    pub const ALL: [Rule; 9] = [
         Rule::Structure,
         Rule::NonzeroTotal,
         Rule::MinActiveBackends,
@@ -53,6 +62,8 @@ impl Rule {
         Rule::TableFidelity,
         Rule::MaxFlowShift,
         Rule::HealthyQuorum,
+        Rule::PolicyLoosening,
+        Rule::VipRemoval,
     ];
 
     pub fn id(self) -> &'static str {
@@ -64,6 +75,8 @@ impl Rule {
             Rule::TableFidelity => "table-fidelity",
             Rule::MaxFlowShift => "max-flow-shift",
             Rule::HealthyQuorum => "healthy-quorum",
+            Rule::PolicyLoosening => "policy-loosening",
+            Rule::VipRemoval => "vip-removal",
         }
     }
 
@@ -122,10 +135,17 @@ impl fmt::Display for Violation {
         if let Some(b) = &self.backend {
             write!(f, ", backend {b}")?;
         }
-        if let Some(line) = self.line {
-            write!(f, " (line {line})")?;
-        }
         write!(f, ": {}\n    fix: {}", self.message, self.hint)
+    }
+}
+
+impl Violation {
+    /// `file:line: [rule] ...` (or `file: ...` without a line), as compilers print.
+    pub fn located(&self, file: &std::path::Path) -> String {
+        match self.line {
+            Some(line) => format!("{}:{line}: {self}", file.display()),
+            None => format!("{}: {self}", file.display()),
+        }
     }
 }
 
@@ -303,6 +323,10 @@ pub struct VipPlan {
     pub vip: String,
     pub label: String,
     pub change: Change,
+    /// What changes besides weights and membership (keys, addresses, MACs, health,
+    /// policy), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
     pub rows: Vec<Row>,
     /// Fraction of the VIP's new flows that would go to another backend.
     pub moved: f64,
@@ -326,6 +350,13 @@ pub enum Change {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub vips: Vec<VipPlan>,
+    /// Global changes applied with the generation (policy, `vip = []`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub global: Vec<String>,
+    /// Daemon settings that differ from the running daemon's; they take effect only at
+    /// the next `xlb run` (filled in by the daemon, which knows its own settings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart: Vec<String>,
     pub violations: Vec<Violation>,
 }
 
@@ -343,6 +374,11 @@ impl Plan {
     pub fn vip(&self, name: &str) -> Option<&VipPlan> {
         self.vips.iter().find(|v| v.vip == name)
     }
+
+    /// Whether applying would change nothing that is applied as a generation.
+    pub fn is_noop(&self) -> bool {
+        self.global.is_empty() && self.vips.iter().all(|v| v.change == Change::Unchanged)
+    }
 }
 
 /// Most VIPs and backends the maps hold (id 0 is never used).
@@ -358,29 +394,47 @@ pub fn plan(
 ) -> Plan {
     let mut out = Plan {
         vips: Vec::new(),
+        global: current.map_or_else(Vec::new, |c| changes::global_details(desired, c)),
+        restart: Vec::new(),
         violations: Vec::new(),
     };
     let size = desired.daemon.table_size;
     global_structure(desired, &mut out.violations);
     // With a bad table size or policy, no table is built: every VIP would fail alike.
     let global_ok = out.violations.is_empty();
+    if let Some(running) = current {
+        out.violations.extend(policy::loosened(desired, running));
+    }
     let mut names = BTreeSet::new();
     let mut keys = BTreeSet::new();
     for vip in &desired.vips {
-        let policy = desired.guardrails.with(&vip.guardrails);
+        let old = current.and_then(|c| Some((c, c.vips.iter().find(|o| o.name == vip.name)?)));
+        // Checked against the stricter of the running and the new limits: a change cannot
+        // relax a rule and break it in one step. A new VIP's own overrides stand (it moves
+        // no running traffic), on top of the stricter global policy.
+        let policy = match (current, old) {
+            (_, Some((c, o))) => policy::stricter(
+                &c.guardrails.with(&o.guardrails),
+                &desired.guardrails.with(&vip.guardrails),
+            ),
+            (Some(c), None) => {
+                policy::stricter(&c.guardrails, &desired.guardrails).with(&vip.guardrails)
+            }
+            (None, None) => desired.guardrails.with(&vip.guardrails),
+        };
         let mut v = Vec::new();
         vip_structure(vip, &mut names, &mut keys, &mut v);
-        let before = current.and_then(|c| {
-            let old = c.vips.iter().find(|o| o.name == vip.name)?;
-            let table = build(old, c.daemon.table_size, builder).ok()?;
-            Some((old, table))
+        let before = old.and_then(|(c, o)| {
+            let table = build(o, c.daemon.table_size, builder).ok()?;
+            Some((o, table))
         });
         let table = if v.is_empty() && global_ok {
             checked_table(vip, &policy, size, builder, health, &mut v)
         } else {
             None
         };
-        let vip_plan = diff(vip, before.as_ref(), table, health);
+        let details = old.map_or_else(Vec::new, |(c, o)| changes::vip_details(vip, o, desired, c));
+        let vip_plan = diff(vip, before.as_ref(), table, health, details);
         if let (Some(_), Some(_)) = (&before, &vip_plan.table) {
             let limit = policy.max_flow_shift;
             if vip_plan.moved > limit + 1e-12 {
@@ -402,11 +456,10 @@ pub fn plan(
                 });
             }
         }
-        // A VIP the running config already has, unchanged, was accepted before (perhaps
-        // with --force): its policy findings do not block changes to other VIPs.
-        if let Some((old, _)) = &before
-            && !vip_changed(old, vip, current, desired)
-        {
+        // A VIP the running config already has, unchanged in every respect (policy too),
+        // was accepted before (perhaps with --force): its policy findings do not block
+        // changes to other VIPs.
+        if vip_plan.change == Change::Unchanged {
             v.retain(|x| !x.rule.forceable());
         }
         out.violations.extend(v);
@@ -415,24 +468,27 @@ pub fn plan(
     if let Some(current) = current {
         for old in &current.vips {
             if desired.vips.iter().all(|v| v.name != old.name) {
+                out.violations.push(Violation {
+                    rule: Rule::VipRemoval,
+                    vip: old.name.clone(),
+                    backend: None,
+                    line: None,
+                    measured: Some(1.0),
+                    limit: None,
+                    message: format!(
+                        "{} would stop being served: every one of its flows ends",
+                        old.label()
+                    ),
+                    hint: "keep the VIP in the config (a truncated or half-written file \
+                           looks like this), or remove it with --force --reason"
+                        .into(),
+                });
                 out.vips
                     .push(removed(old, current.daemon.table_size, builder));
             }
         }
     }
     out
-}
-
-/// Whether anything that shapes `vip`'s table differs from `old`.
-fn vip_changed(old: &Vip, vip: &Vip, current: Option<&Config>, desired: &Config) -> bool {
-    let strip = |v: &Vip| {
-        let mut v = v.clone();
-        v.line = None;
-        v.backends.iter_mut().for_each(|b| b.line = None);
-        v
-    };
-    strip(old) != strip(vip)
-        || current.is_some_and(|c| c.daemon.table_size != desired.daemon.table_size)
 }
 
 fn pct(x: f64) -> String {
@@ -456,12 +512,12 @@ fn build(vip: &Vip, size: u32, builder: &dyn TableBuilder) -> Result<NamedTable,
 }
 
 fn global_structure(c: &Config, out: &mut Vec<Violation>) {
-    let mut bad = |message: String, hint: &str| {
+    let mut bad = |key: &str, message: String, hint: &str| {
         out.push(Violation {
             rule: Rule::Structure,
             vip: "*".into(),
             backend: None,
-            line: None,
+            line: c.line_of(key),
             measured: None,
             limit: None,
             message,
@@ -470,12 +526,31 @@ fn global_structure(c: &Config, out: &mut Vec<Violation>) {
     };
     if let Err(e) = table::check_size(c.daemon.table_size) {
         bad(
+            "daemon.table_size",
             format!("daemon.table_size: {e}"),
             "use a prime such as 65537",
         );
     }
+    if c.daemon.flow_capacity == 0 {
+        bad(
+            "daemon.flow_capacity",
+            "daemon.flow_capacity = 0: the flow table needs room for at least one flow".into(),
+            "leave it out (default 65536) or size it for the concurrent flows expected",
+        );
+    }
+    if c.vips.is_empty() && !c.allow_empty {
+        bad(
+            "vip",
+            "no VIPs: applying this would stop every service (a truncated or empty file \
+             looks like this)"
+                .into(),
+            "add the [[vip]] tables; a host meant to serve nothing says so with `vip = []` \
+             at the top level",
+        );
+    }
     if c.vips.len() > MAX_VIPS {
         bad(
+            "vip",
             format!("{} VIPs; the maps hold {MAX_VIPS}", c.vips.len()),
             "split the VIPs over several hosts",
         );
@@ -483,6 +558,7 @@ fn global_structure(c: &Config, out: &mut Vec<Violation>) {
     let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
     if backends > MAX_BACKENDS {
         bad(
+            "vip",
             format!("{backends} backends in all; the maps hold {MAX_BACKENDS}"),
             "split the VIPs over several hosts",
         );
@@ -510,6 +586,13 @@ fn global_structure(c: &Config, out: &mut Vec<Violation>) {
             }
         }
     }
+}
+
+/// Not unspecified, loopback, broadcast or multicast: an address a packet can be sent to
+/// on the wire.
+fn routable_unicast(a: IpAddr) -> bool {
+    let broadcast = matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
+    !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || broadcast)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -569,10 +652,14 @@ fn vip_structure(
         );
     }
     let addr = match vip.address.parse::<IpAddr>() {
-        Ok(a) if a.is_unspecified() || a.is_multicast() => {
+        Ok(a) if !routable_unicast(a) => {
             bad(
                 None,
-                format!("VIP address {} is not a unicast address", vip.address),
+                format!(
+                    "VIP address {} is not a routable unicast address (unspecified, \
+                     loopback, broadcast or multicast)",
+                    vip.address
+                ),
                 "use the service's unicast address",
             );
             None
@@ -607,8 +694,20 @@ fn vip_structure(
             "remove one of the two VIPs",
         );
     }
-    if vip.health.as_ref().is_some_and(|h| h.port == 0) {
-        bad(None, "health check port 0".into(), "set health.port");
+    if let Some(h) = &vip.health {
+        if h.port == 0 {
+            bad(None, "health check port 0".into(), "set health.port");
+        }
+        if h.interval_ms == 0 || h.timeout_ms == 0 {
+            bad(
+                None,
+                format!(
+                    "health interval_ms = {}, timeout_ms = {}: both must be above 0",
+                    h.interval_ms, h.timeout_ms
+                ),
+                "leave them out (1000 and 500) or set them in milliseconds above 0",
+            );
+        }
     }
     if vip.backends.is_empty() {
         bad(
@@ -648,6 +747,20 @@ fn vip_structure(
                     if v.is_ipv4() { "IPv4" } else { "IPv6" }
                 ),
                 "use an address of the same family as the VIP",
+            ),
+            (Ok(a), _) if !routable_unicast(a) => bad(
+                Some(b),
+                format!(
+                    "address {} is not a routable unicast address (unspecified, loopback, \
+                     broadcast or multicast)",
+                    b.address
+                ),
+                "write the backend's own unicast address",
+            ),
+            (Ok(a), Some(v)) if a == v => bad(
+                Some(b),
+                format!("address {} is the VIP's own address", b.address),
+                "write the backend's own address; the VIP lives on the backends' loopback",
             ),
             (Ok(a), _) => {
                 if !seen_addrs.insert(a) {
@@ -722,8 +835,9 @@ fn checked_table(
                 policy.min_active_backends
             ),
             hint: format!(
-                "give at least {} backends a weight above 0; a VIP that really has fewer \
-                 says so with [vip.guardrails] min_active_backends = {active}",
+                "give at least {} backends a weight above 0 (undrain or add servers); only a \
+                 service that really runs on fewer servers declares it in its \
+                 [vip.guardrails], which loosens the rule (--force --reason on a running VIP)",
                 policy.min_active_backends
             ),
             ..at(Rule::MinActiveBackends, None)
@@ -818,6 +932,7 @@ fn diff(
     before: Option<&(&Vip, NamedTable)>,
     table: Option<NamedTable>,
     health: &Health,
+    details: Vec<String>,
 ) -> VipPlan {
     let total: u64 = vip.backends.iter().map(|b| u64::from(b.weight())).sum();
     let after_shares = table.as_ref().map(|t| t.shares()).unwrap_or_default();
@@ -881,15 +996,25 @@ fn diff(
         }
     }
     let moved = moved.map_or(0.0, |m| m.all);
+    let same_members = before.is_some_and(|(old, _)| {
+        old.backends.len() == vip.backends.len()
+            && vip
+                .backends
+                .iter()
+                .all(|b| old.backend(&b.name).is_some_and(|o| o.weight == b.weight))
+    });
     let change = match before {
         None => Change::Added,
-        Some((_, old)) if Some(old) == table.as_ref() => Change::Unchanged,
+        Some((_, old)) if Some(old) == table.as_ref() && details.is_empty() && same_members => {
+            Change::Unchanged
+        }
         Some(_) => Change::Changed,
     };
     VipPlan {
         vip: vip.name.clone(),
         label: vip.label(),
         change,
+        details,
         rows,
         moved,
         fingerprint: table.as_ref().map(NamedTable::fingerprint),
@@ -910,6 +1035,7 @@ fn removed(old: &Vip, size: u32, builder: &dyn TableBuilder) -> VipPlan {
         vip: old.name.clone(),
         label: old.label(),
         change: Change::Removed,
+        details: Vec::new(),
         rows: old
             .backends
             .iter()

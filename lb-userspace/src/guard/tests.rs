@@ -171,7 +171,13 @@ fn one_backend_vip_must_say_so() {
     v.guardrails.max_backend_share = Some(1.0);
     let p = check(&config(vec![v.clone()]), None);
     assert_eq!(rules(&p), vec![(Rule::MinActiveBackends, None)]);
-    assert!(p.violations[0].hint.contains("min_active_backends = 1"));
+    // The first fix offered is more servers, not a looser rule.
+    let hint = &p.violations[0].hint;
+    assert!(
+        hint.starts_with("give at least 2 backends a weight"),
+        "{hint}"
+    );
+    assert!(hint.contains("[vip.guardrails]"), "{hint}");
     v.guardrails.min_active_backends = Some(1);
     assert!(check(&config(vec![v]), None).violations.is_empty());
 }
@@ -260,6 +266,99 @@ fn duplicate_service_and_bad_policy_and_table_size_are_structure() {
         "guardrails.max_backend_share = 1.5 is not a fraction"
     );
     assert_eq!(msgs[2], "198.18.0.100:80/tcp is also another VIP's");
+}
+
+#[test]
+fn what_would_fail_at_run_time_fails_validation_first() {
+    let text = r#"
+[daemon]
+interface = "eth0"
+flow_capacity = 0
+
+[[vip]]
+name = "web"
+address = "127.0.0.1"
+port = 80
+protocol = "tcp"
+
+[vip.health]
+port = 80
+timeout_ms = 0
+
+[[vip]]
+name = "api"
+address = "198.18.0.101"
+port = 80
+protocol = "tcp"
+
+[[vip.backend]]
+name = "self"
+address = "198.18.0.101"
+weight = 1
+
+[[vip.backend]]
+name = "bcast"
+address = "255.255.255.255"
+weight = 1
+
+[[vip.backend]]
+name = "any"
+address = "0.0.0.0"
+weight = 1
+"#;
+    let c = config::parse(text, Path::new("t.toml")).unwrap();
+    let p = check(&c, None);
+    let got: Vec<(&str, Option<&str>, Option<usize>)> = p
+        .violations
+        .iter()
+        .map(|v| (v.vip.as_str(), v.backend.as_deref(), v.line))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            // A global key's violation names the key's own line.
+            ("*", None, Some(4)),
+            ("web", None, Some(6)),
+            ("web", None, Some(6)),
+            ("web", None, Some(6)),
+            ("api", Some("self"), Some(22)),
+            ("api", Some("bcast"), Some(27)),
+            ("api", Some("any"), Some(32)),
+        ],
+        "{:#?}",
+        p.violations
+    );
+    assert!(
+        p.violations[0]
+            .message
+            .starts_with("daemon.flow_capacity = 0")
+    );
+    assert!(
+        p.violations[1]
+            .message
+            .contains("127.0.0.1 is not a routable unicast")
+    );
+    assert!(p.violations[2].message.contains("timeout_ms = 0"));
+    assert_eq!(
+        p.violations[4].message,
+        "address 198.18.0.101 is the VIP's own address"
+    );
+}
+
+#[test]
+fn an_empty_config_is_refused_unless_it_says_so() {
+    let empty = config::parse("[daemon]\ninterface = \"eth0\"\n", Path::new("t.toml")).unwrap();
+    let p = check(&empty, None);
+    assert_eq!(rules(&p), vec![(Rule::Structure, None)]);
+    assert!(
+        p.violations[0].message.starts_with("no VIPs"),
+        "{:?}",
+        p.violations
+    );
+    assert_eq!(p.violations[0].line, None);
+    let meant = config::parse("vip = []\n", Path::new("t.toml")).unwrap();
+    assert!(meant.allow_empty);
+    assert!(check(&meant, None).violations.is_empty());
 }
 
 /// Counts the tables it really builds.
@@ -401,7 +500,9 @@ fn rule_ids_are_stable() {
             "max-backend-share",
             "table-fidelity",
             "max-flow-shift",
-            "healthy-quorum"
+            "healthy-quorum",
+            "policy-loosening",
+            "vip-removal"
         ]
     );
 }
