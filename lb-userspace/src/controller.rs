@@ -34,8 +34,8 @@ use thiserror::Error;
 use crate::{
     config::{Config, MAC_FROM_NEIGHBOUR, Protocol, Vip},
     dataplane::{DataplaneError, Maps, TableWrite},
-    guard::{self, Change, Health, Maglev, Plan},
-    history::{History, HistoryError, Ids, Record, Source},
+    guard::{self, Health, Maglev, Plan},
+    history::{Attempt, History, HistoryError, Ids, Record, Source},
 };
 
 #[derive(Debug, Error)]
@@ -254,7 +254,43 @@ impl Controller {
     }
 
     /// Plans `req` and, unless it is rejected or dry, applies it and commits a generation.
+    /// An attempt that is not dry and changes nothing is kept in the audit trail.
     pub fn apply(&mut self, req: Request) -> Result<Outcome, ApplyError> {
+        let attempt = (!req.dry_run).then(|| Attempt {
+            time: now(),
+            source: req.source.clone(),
+            user: req.user.clone(),
+            force: req.force,
+            reason: req.reason.clone(),
+            outcome: String::new(),
+            error: String::new(),
+            violations: Vec::new(),
+        });
+        let result = self.apply_unaudited(req);
+        if let (Some(mut attempt), Err(e)) = (attempt, &result) {
+            attempt.outcome = match e {
+                ApplyError::Rejected(..) | ApplyError::ForceWithoutReason => "rejected",
+                _ => "failed",
+            }
+            .into();
+            attempt.error = e.to_string();
+            if let ApplyError::Rejected(violations, _) = e {
+                attempt.violations = violations.clone();
+            }
+            self.audit(&attempt);
+        }
+        result
+    }
+
+    /// Records an attempt that changed nothing. The audit trail is best effort: failing to
+    /// write it must not turn a refusal into something else.
+    pub fn audit(&self, attempt: &Attempt) {
+        if let Err(e) = self.history.audit(attempt) {
+            eprintln!("xlb: audit trail: {e}");
+        }
+    }
+
+    fn apply_unaudited(&mut self, req: Request) -> Result<Outcome, ApplyError> {
         if req.force && req.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
             return Err(ApplyError::ForceWithoutReason);
         }
@@ -273,8 +309,7 @@ impl Controller {
         if !blocking.is_empty() {
             return Err(ApplyError::Rejected(blocking, Box::new(plan)));
         }
-        let unchanged = plan.vips.iter().all(|v| v.change == Change::Unchanged)
-            && running.is_some_and(|c| c.guardrails == req.config.guardrails);
+        let unchanged = running.is_some() && plan.is_noop();
         if req.dry_run || unchanged {
             return Ok(Outcome {
                 plan,
@@ -306,6 +341,15 @@ impl Controller {
                 .iter()
                 .filter_map(|v| Some((v.vip.clone(), v.fingerprint.clone()?)))
                 .collect(),
+            waived: if req.force {
+                plan.violations
+                    .iter()
+                    .filter(|v| v.rule.forceable())
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            },
             config: req.config,
             ids,
         };
@@ -334,7 +378,10 @@ impl Controller {
                 },
             }
         };
-        if let Err(e) = self.write(&record, &plan, &resolved, previous.as_ref(), false) {
+        // The first generation on maps no record describes (a lost history, or pins from
+        // another run) sweeps what it does not name, like a reconcile.
+        let sweep = previous.is_none();
+        if let Err(e) = self.write(&record, &plan, &resolved, previous.as_ref(), sweep) {
             return Err(restore(self, e.to_string()));
         }
         if let Err(e) = self.history.commit(&record) {
@@ -498,6 +545,15 @@ impl Controller {
         }
         if removed || only_if_different {
             self.maps.trim_vip_filter()?;
+        }
+        if only_if_different {
+            // Tables of VIP ids no key names: an apply that died between installing a
+            // new VIP's table and committing left them behind.
+            for id in 1..lb_common::maps::MAX_VIPS {
+                if !wanted_ids.contains(&id) && self.maps.table_size(id).is_ok_and(|n| n > 0) {
+                    unwanted_tables.insert(id);
+                }
+            }
         }
         for id in unwanted_tables.difference(&wanted_ids) {
             self.maps.remove_table(*id)?;

@@ -2,6 +2,10 @@
 //! `<state_dir>/history/`, written to a temporary file, fsynced, renamed into place and
 //! the directory fsynced, so a crash leaves either the whole record or none of it. The
 //! newest record is the committed state a restarted daemon reconciles to.
+//!
+//! Attempts that changed nothing (rejected by the guardrails, refused, or failed and
+//! rolled back) go to the audit trail, `<state_dir>/audit.jsonl`, one JSON line each,
+//! appended and fsynced: `xlb history --all` shows both.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +17,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::Config;
+use crate::{config::Config, guard::Violation};
 
 #[derive(Debug, Error)]
 pub enum HistoryError {
@@ -93,11 +97,33 @@ pub struct Record {
     pub ids: Ids,
     /// VIP name -> fingerprint of its installed table (`guard::NamedTable::fingerprint`).
     pub fingerprints: BTreeMap<String, String>,
+    /// What `--force` overrode: each violation with its measured value and limit (for
+    /// `policy-loosening`, the old and the new limit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waived: Vec<Violation>,
 }
 
-/// The history directory.
+/// One attempt that changed nothing, for the audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    pub source: Source,
+    pub user: String,
+    pub force: bool,
+    pub reason: Option<String>,
+    /// `rejected` (guardrails), `refused` (e.g. a reload that would undo CLI changes) or
+    /// `failed` (the data plane refused a write; the previous generation was restored).
+    pub outcome: String,
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+/// The history directory and the audit trail next to it.
 pub struct History {
     dir: PathBuf,
+    audit: PathBuf,
 }
 
 impl History {
@@ -111,7 +137,59 @@ impl History {
         fs::create_dir_all(&dir).map_err(io)?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
-        Ok(History { dir })
+        Ok(History {
+            dir,
+            audit: state_dir.join("audit.jsonl"),
+        })
+    }
+
+    /// Appends `attempt` to the audit trail (one line, fsynced).
+    pub fn audit(&self, attempt: &Attempt) -> Result<(), HistoryError> {
+        let io = |source| HistoryError::Io {
+            path: self.audit.clone(),
+            source,
+        };
+        let mut line = serde_json::to_vec(attempt).map_err(|source| HistoryError::Corrupt {
+            path: self.audit.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.audit)
+            .map_err(io)?;
+        f.write_all(&line).map_err(io)?;
+        f.sync_data().map_err(io)
+    }
+
+    /// Every audited attempt, oldest first. A line cut short by a crash is skipped.
+    pub fn attempts(&self) -> Result<Vec<Attempt>, HistoryError> {
+        match fs::read_to_string(&self.audit) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(HistoryError::Io {
+                path: self.audit.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The newest record that `matches`, searching from the newest generation back.
+    pub fn newest(
+        &self,
+        matches: impl Fn(&Record) -> bool,
+    ) -> Result<Option<Record>, HistoryError> {
+        for g in self.generations()?.into_iter().rev() {
+            let r = self.get(g)?;
+            if matches(&r) {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     fn path(&self, generation: u64) -> PathBuf {
@@ -209,6 +287,7 @@ mod tests {
             config: Config::default(),
             ids: Ids::default(),
             fingerprints: BTreeMap::from([("web".into(), "00ff".into())]),
+            waived: Vec::new(),
         }
     }
 

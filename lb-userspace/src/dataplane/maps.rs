@@ -322,16 +322,23 @@ impl Maps {
         Ok((size, generation, values))
     }
 
+    /// The number of slots of VIP `vip_id`'s live table (0: none, or retired).
+    pub fn table_size(&self, vip_id: u32) -> Result<u32, DataplaneError> {
+        self.table_header(vip_id, TABLE_HDR_SIZE)
+    }
+
     /// The generation of VIP `vip_id`'s live table (its header only).
     pub fn table_generation(&self, vip_id: u32) -> Result<u32, DataplaneError> {
+        self.table_header(vip_id, TABLE_HDR_GENERATION)
+    }
+
+    fn table_header(&self, vip_id: u32, field: u32) -> Result<u32, DataplaneError> {
         let what = || format!("reading VIP {vip_id}'s table");
         let inner: Array<MapData, u32> = self
             .rings
             .get(&vip_id, 0)
             .map_err(map_err(names::RINGS, what()))?;
-        inner
-            .get(&TABLE_HDR_GENERATION, 0)
-            .map_err(map_err(names::RINGS, what()))
+        inner.get(&field, 0).map_err(map_err(names::RINGS, what()))
     }
 
     /// The flow entry for `key`, if the flow is known.
