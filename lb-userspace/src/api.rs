@@ -10,10 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::Config,
-    guard::{Plan, Violation},
-};
+use crate::guard::{Plan, Violation};
 
 /// How a change goes through the guardrails; shared by every changing request.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -30,20 +27,33 @@ pub struct Guarded {
 pub enum Request {
     Status,
     Stats,
-    History,
+    /// Applied generations; with `all`, the audit trail of attempts that changed nothing.
+    History {
+        #[serde(default)]
+        all: bool,
+    },
+    /// The running generation as a config file.
+    Export,
+    /// `xlb apply FILE` and `xlb diff FILE` (dry run). The daemon parses `text` itself,
+    /// so what it applies and records is what it read; `file` only names it in reports.
     Apply {
-        config: Config,
+        text: String,
         file: PathBuf,
         #[serde(flatten)]
         guarded: Guarded,
     },
-    /// `xlb weight set` and `xlb drain` (weight 0).
+    /// `xlb weight set`.
     WeightSet {
-        /// The command as typed, for the history.
-        command: String,
         vip: String,
         backend: String,
         weight: i64,
+        #[serde(flatten)]
+        guarded: Guarded,
+    },
+    /// `xlb drain`: weight 0.
+    Drain {
+        vip: String,
+        backend: String,
         #[serde(flatten)]
         guarded: Guarded,
     },

@@ -27,7 +27,8 @@ use crate::{
     config,
     controller::{self, ApplyError, Controller, VipStatsView},
     dataplane::{Dataplane, LoadOptions, loader},
-    history::{History, Source},
+    history::{Attempt, History, Source},
+    reload::FileCheck,
 };
 
 struct Shared {
@@ -183,6 +184,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             config_path.display()
         );
     };
+    // Before any map, pin or attachment is touched: a second daemon changes nothing.
+    let _locks = crate::lock::acquire(&daemon.state_dir, &daemon.pin_dir)?;
+    let config_path = &std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
     let history = History::open(&daemon.state_dir)?;
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: daemon.pin_dir.clone(),
@@ -202,39 +206,27 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             r.generation
         ));
     }
-    let had_generation = controller.current().is_some();
-    match controller.apply(controller::Request {
-        config,
-        source: Source::Startup {
-            file: config_path.to_path_buf(),
-        },
-        user: user_name(unsafe_getuid()).unwrap_or_else(|| "root".into()),
-        force: false,
-        reason: None,
-        dry_run: false,
-    }) {
-        Ok(o) => match o.generation {
-            Some(g) => log(format!(
-                "applied {} as generation {g}",
-                config_path.display()
-            )),
-            None => log(format!("{} is already applied", config_path.display())),
-        },
-        Err(ApplyError::Rejected(violations, _)) if had_generation => {
+    if let Some(r) = controller.current() {
+        for d in r.config.daemon.differences(&daemon) {
             log(format!(
-                "{} rejected; staying on the last committed generation:",
-                config_path.display()
+                "started with a setting that differs from generation {}'s: {d}",
+                r.generation
             ));
-            violations.iter().for_each(|v| log(v.to_string()));
         }
-        Err(ApplyError::Rejected(violations, _)) => {
-            violations.iter().for_each(|v| log(v.to_string()));
+    }
+    let had_generation = controller.current().is_some();
+    let user = user_name(unsafe_getuid()).unwrap_or_else(|| "root".into());
+    match apply_file(&mut controller, config, config_path, true, user) {
+        Ok(()) => {}
+        Err(FileError::Rejected) if !had_generation => {
             bail!(
                 "{} rejected by the guardrails and nothing was applied before",
                 config_path.display()
             );
         }
-        Err(e) => return Err(e.into()),
+        Err(FileError::Failed(e)) => return Err(e.into()),
+        // Rejected or refused with a generation running: that generation stays.
+        Err(_) => {}
     }
     let listener = listen(&daemon.socket, daemon.socket_group.as_deref())?;
     log(format!(
@@ -301,25 +293,114 @@ fn reload(state: &State) {
             return;
         }
     };
+    for d in s.daemon.differences(&config.daemon) {
+        log(format!("reload: {d} takes effect only at the next start"));
+    }
     config.daemon = s.daemon.clone();
-    let req = controller::Request {
-        config,
-        source: Source::Reload { file: path },
-        user: "SIGHUP".into(),
-        force: false,
-        reason: None,
-        dry_run: false,
-    };
-    match s.controller.apply(req) {
-        Ok(o) => match o.generation {
-            Some(g) => log(format!("reload applied as generation {g}")),
-            None => log("reload: nothing to change"),
-        },
-        Err(ApplyError::Rejected(violations, _)) => {
-            log("reload rejected by the guardrails, nothing changed:");
-            violations.iter().for_each(|v| log(v.to_string()));
+    let _ = apply_file(&mut s.controller, config, &path, false, "SIGHUP".into());
+}
+
+/// Why the daemon's config file was not applied.
+enum FileError {
+    Rejected,
+    Refused,
+    Failed(ApplyError),
+}
+
+/// Applies the daemon's own config file at start or on SIGHUP, under the one source of
+/// truth rules (`reload`): only when it differs from what was last applied from it, never
+/// undoing changes made since by other means, always through the guardrails.
+fn apply_file(
+    controller: &mut Controller,
+    config: config::Config,
+    path: &Path,
+    startup: bool,
+    user: String,
+) -> Result<(), FileError> {
+    let what = if startup { "startup" } else { "reload" };
+    let last = controller
+        .history()
+        .newest(|r| crate::reload::from_file(r, path))
+        .map_err(|e| FileError::Failed(e.into()))?;
+    let source = if startup {
+        Source::Startup {
+            file: path.to_path_buf(),
         }
-        Err(e) => log(format!("reload failed: {e}")),
+    } else {
+        Source::Reload {
+            file: path.to_path_buf(),
+        }
+    };
+    match crate::reload::check(&config, controller.current(), last.as_ref()) {
+        FileCheck::Unchanged { since } => {
+            log(format!(
+                "{what}: {} is unchanged since generation {since} applied it; running \
+                 generation {}",
+                path.display(),
+                controller.current().map_or(0, |r| r.generation)
+            ));
+            Ok(())
+        }
+        FileCheck::WouldUndo(items) => {
+            let error = format!(
+                "{what} refused, nothing changed: {} differs from the running generation in \
+                 {} place(s) changed since the file was last applied, and applying it would \
+                 undo them; apply it anyway with `xlb apply {}`, or bring the file in line \
+                 with `xlb export`",
+                path.display(),
+                items.len(),
+                path.display()
+            );
+            log(&error);
+            items.iter().for_each(|i| log(format!("  would undo {i}")));
+            controller.audit(&Attempt {
+                time: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                source,
+                user,
+                force: false,
+                reason: None,
+                outcome: "refused".into(),
+                error: format!("{error}: {}", items.join("; ")),
+                violations: Vec::new(),
+            });
+            Err(FileError::Refused)
+        }
+        FileCheck::Apply => {
+            let req = controller::Request {
+                config,
+                source,
+                user,
+                force: false,
+                reason: None,
+                dry_run: false,
+            };
+            match controller.apply(req) {
+                Ok(o) => {
+                    match o.generation {
+                        Some(g) => log(format!(
+                            "{what}: applied {} as generation {g}",
+                            path.display()
+                        )),
+                        None => log(format!("{what}: {} is already applied", path.display())),
+                    }
+                    Ok(())
+                }
+                Err(ApplyError::Rejected(violations, _)) => {
+                    log(format!(
+                        "{what}: {} rejected by the guardrails, nothing changed:",
+                        path.display()
+                    ));
+                    violations.iter().for_each(|v| log(v.located(path)));
+                    Err(FileError::Rejected)
+                }
+                Err(e) => {
+                    log(format!("{what} failed: {e}"));
+                    Err(FileError::Failed(e))
+                }
+            }
+        }
     }
 }
 
@@ -393,6 +474,54 @@ fn apply_as(
     }))
 }
 
+/// `xlb weight set` and `xlb drain`. The history's command line is made here from the
+/// names the running config has, never taken from the client.
+fn weight_set(
+    s: &mut Shared,
+    vip: String,
+    backend: String,
+    weight: i64,
+    user: String,
+    guarded: Guarded,
+    verb: &str,
+) -> Response {
+    let Some(current) = s.controller.current() else {
+        return Response::error("no generation is applied yet; use `xlb apply FILE`");
+    };
+    let mut config = current.config.clone();
+    let Some(v) = config.vips.iter_mut().find(|v| v.name == vip) else {
+        return Response::error(format!("no VIP named {vip:?}; `xlb status` lists them"));
+    };
+    let Some(b) = v.backends.iter_mut().find(|b| b.name == backend) else {
+        return Response::error(format!(
+            "VIP {vip} has no backend named {backend:?}; `xlb status` lists them"
+        ));
+    };
+    b.weight = weight;
+    let command = if verb == "drain" {
+        format!("drain {vip} {backend}")
+    } else {
+        format!("weight set {vip} {backend} {weight}")
+    };
+    apply_as(s, config, Source::Cli { command }, user, guarded)
+}
+
+/// Applied generations, and with `all` the audited attempts too, oldest first.
+fn history(controller: &Controller, all: bool) -> Response {
+    let records = match controller.history().all() {
+        Ok(r) => r,
+        Err(e) => return Response::error(e.to_string()),
+    };
+    if !all {
+        return Response::data(records);
+    }
+    match controller.history().attempts() {
+        Ok(attempts) => Response::data(serde_json::json!({
+            "records": records, "attempts": attempts})),
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
 fn handle(state: &State, req: Request, user: String) -> Response {
     let mut s = lock(state);
     let daemon = s.daemon.clone();
@@ -408,41 +537,45 @@ fn handle(state: &State, req: Request, user: String) -> Response {
             })),
             Err(e) => Response::error(e.to_string()),
         },
-        Request::History => match s.controller.history().all() {
-            Ok(records) => Response::data(records),
-            Err(e) => Response::error(e.to_string()),
+        Request::History { all } => history(&s.controller, all),
+        Request::Export => match s.controller.current() {
+            Some(r) => match config::to_toml(&r.config) {
+                Ok(text) => Response::data(serde_json::json!({
+                    "generation": r.generation, "config": text})),
+                Err(e) => Response::error(format!("encoding the config: {e}")),
+            },
+            None => Response::error("no generation is applied yet"),
         },
         Request::Apply {
-            mut config,
+            text,
             file,
             guarded,
         } => {
+            let file = crate::reload::file_label(&file);
+            let mut config = match config::parse(&text, &file) {
+                Ok(c) => c,
+                Err(e) => return Response::error(e.to_string()),
+            };
             // Daemon settings take effect at `xlb run`; an apply changes VIPs and policy.
+            let restart = daemon.differences(&config.daemon);
             config.daemon = daemon;
-            apply_as(&mut s, config, Source::File { file }, user, guarded)
+            let mut r = apply_as(&mut s, config, Source::File { file }, user, guarded);
+            if let Some(plan) = &mut r.plan {
+                plan.restart = restart;
+            }
+            r
         }
+        Request::Drain {
+            vip,
+            backend,
+            guarded,
+        } => weight_set(&mut s, vip, backend, 0, user, guarded, "drain"),
         Request::WeightSet {
-            command,
             vip,
             backend,
             weight,
             guarded,
-        } => {
-            let Some(current) = s.controller.current() else {
-                return Response::error("no generation is applied yet; use `xlb apply FILE`");
-            };
-            let mut config = current.config.clone();
-            let Some(v) = config.vips.iter_mut().find(|v| v.name == vip) else {
-                return Response::error(format!("no VIP named {vip:?}; `xlb status` lists them"));
-            };
-            let Some(b) = v.backends.iter_mut().find(|b| b.name == backend) else {
-                return Response::error(format!(
-                    "VIP {vip} has no backend named {backend:?}; `xlb status` lists them"
-                ));
-            };
-            b.weight = weight;
-            apply_as(&mut s, config, Source::Cli { command }, user, guarded)
-        }
+        } => weight_set(&mut s, vip, backend, weight, user, guarded, "weight set"),
         Request::Rollback {
             generation,
             guarded,

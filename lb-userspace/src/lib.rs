@@ -8,6 +8,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod guard;
 pub mod history;
+pub mod lock;
 pub mod neighbour;
 pub mod object;
+pub mod reload;
 pub mod table;

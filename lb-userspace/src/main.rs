@@ -1,6 +1,22 @@
 //! `xlb`: the daemon (`xlb run`) and the CLI that talks to it. `validate` works offline.
 //! Exit codes: 0 success, 1 rejected by guardrails (or violations found), 2 anything
-//! else: unreadable or unparsable input, daemon unreachable, kernel errors.
+//! else: unreadable or unparsable input, daemon unreachable, kernel errors; `diff
+//! --exit-code` exits 3 when something differs.
+
+/// `println!` that ends the program quietly, with success, when the reader has gone
+/// (`xlb history | head -1`): a closed pipe is not an error of ours.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("xlb: writing the output: {e}");
+            std::process::exit(2);
+        }
+    }};
+}
 
 use std::{
     path::{Path, PathBuf},
@@ -15,7 +31,7 @@ use xlb::{
     controller::{Explain, VipStatsView},
     dataplane::{loader, pins::DEFAULT_PIN_DIR},
     guard::{self, Change, Maglev, Plan, Violation},
-    history::Record,
+    history::{Attempt, Record},
 };
 
 #[derive(Parser)]
@@ -67,12 +83,18 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also report guardrail limits looser than the built-in defaults (for config CI).
+        #[arg(long)]
+        strict: bool,
     },
     /// Show what applying FILE would change, and every violation.
     Diff {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Exit 0 when nothing differs and 3 when something does (drift checks in CI).
+        #[arg(long)]
+        exit_code: bool,
     },
     /// Apply FILE's VIPs and guardrail policy through the guardrails.
     Apply {
@@ -118,7 +140,13 @@ enum Command {
     History {
         #[arg(long)]
         json: bool,
+        /// Also list attempts that changed nothing (rejected, refused, failed).
+        #[arg(long)]
+        all: bool,
     },
+    /// Print the running generation as a config file (to bring a config repository in
+    /// line with changes made by the CLI).
+    Export,
     /// Re-apply an earlier generation (default: the one before the current).
     Rollback {
         generation: Option<u64>,
@@ -137,9 +165,10 @@ enum Command {
     },
     /// Detach XDP and unpin everything (stops a running daemon too).
     Teardown {
-        /// Used when no daemon answers.
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        /// Without a daemon answering on --socket, the pin directory to tear down (never
+        /// assumed: e.g. /sys/fs/bpf/xlb).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
     },
 }
 
@@ -159,6 +188,8 @@ enum WeightOp {
 
 const REJECTED: u8 = 1;
 const ERROR: u8 = 2;
+/// `diff --exit-code`: the file differs from the running state.
+const DIFFERS: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -172,7 +203,7 @@ fn main() -> ExitCode {
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
     );
@@ -190,27 +221,40 @@ fn run(cli: Cli) -> Result<u8, String> {
             xlb::daemon::run(&config).map_err(|e| format!("{e:#}"))?;
             Ok(0)
         }
-        Command::Validate { file, json } => validate(&file, json),
-        Command::Diff { file, json } => {
-            let config = config::load(&file).map_err(|e| e.to_string())?;
+        Command::Validate { file, json, strict } => validate(&file, json, strict),
+        Command::Diff {
+            file,
+            json,
+            exit_code,
+        } => {
+            let (text, file) = read_config(&file)?;
             let r = call(
                 &socket,
                 &Request::Apply {
-                    config,
-                    file: absolute(&file),
+                    text,
+                    file: file.clone(),
                     guarded: Guarded {
                         dry_run: true,
                         ..Guarded::default()
                     },
                 },
             )?;
-            apply_result(r, json, true)
+            let differs = r
+                .plan
+                .as_ref()
+                .is_some_and(|p| !p.is_noop() || !p.restart.is_empty() || !p.violations.is_empty());
+            let code = apply_result(r, json, true, &file)?;
+            Ok(if code == 0 && exit_code && differs {
+                DIFFERS
+            } else {
+                code
+            })
         }
         Command::Apply { file, guard, json } => {
-            let config = config::load(&file).map_err(|e| e.to_string())?;
-            let file = absolute(&file);
-            change(&socket, guard, json, |guarded| Request::Apply {
-                config,
+            let (text, file) = read_config(&file)?;
+            let label = file.clone();
+            change(&socket, guard, json, &label, |guarded| Request::Apply {
+                text,
                 file,
                 guarded,
             })
@@ -224,32 +268,35 @@ fn run(cli: Cli) -> Result<u8, String> {
                     guard,
                     json,
                 },
-        } => change(&socket, guard, json, |guarded| Request::WeightSet {
-            command: format!("weight set {vip} {backend} {weight}"),
-            vip,
-            backend,
-            weight,
-            guarded,
+        } => change(&socket, guard, json, Path::new(""), |guarded| {
+            Request::WeightSet {
+                vip,
+                backend,
+                weight,
+                guarded,
+            }
         }),
         Command::Drain {
             vip,
             backend,
             guard,
             json,
-        } => change(&socket, guard, json, |guarded| Request::WeightSet {
-            command: format!("drain {vip} {backend}"),
-            vip,
-            backend,
-            weight: 0,
-            guarded,
+        } => change(&socket, guard, json, Path::new(""), |guarded| {
+            Request::Drain {
+                vip,
+                backend,
+                guarded,
+            }
         }),
         Command::Rollback {
             generation,
             guard,
             json,
-        } => change(&socket, guard, json, |guarded| Request::Rollback {
-            generation,
-            guarded,
+        } => change(&socket, guard, json, Path::new(""), |guarded| {
+            Request::Rollback {
+                generation,
+                guarded,
+            }
         }),
         Command::Status { json } => {
             let r = ok(call(&socket, &Request::Status)?)?;
@@ -270,7 +317,7 @@ fn run(cli: Cli) -> Result<u8, String> {
             loop {
                 let r = ok(call(&socket, &Request::Stats)?)?;
                 if json {
-                    println!(
+                    say!(
                         "{}",
                         serde_json::to_string(&r.data).map_err(|e| e.to_string())?
                     );
@@ -284,28 +331,41 @@ fn run(cli: Cli) -> Result<u8, String> {
                 std::thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
             }
         }
-        Command::History { json } => {
-            let r = ok(call(&socket, &Request::History)?)?;
-            let records: Vec<Record> = serde_json::from_value(r.data).map_err(|e| e.to_string())?;
-            if json {
-                print_json(&records)?;
+        Command::History { json, all } => {
+            let r = ok(call(&socket, &Request::History { all })?)?;
+            let (records, attempts): (Vec<Record>, Vec<Attempt>) = if all {
+                (
+                    serde_json::from_value(r.data["records"].clone()).map_err(|e| e.to_string())?,
+                    serde_json::from_value(r.data["attempts"].clone())
+                        .map_err(|e| e.to_string())?,
+                )
             } else {
-                println!(
-                    "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  reason",
-                    "GEN", "TIME (UTC)", "USER", "FORCE", "SOURCE"
-                );
-                for r in records {
-                    println!(
-                        "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  {}",
-                        r.generation,
-                        utc(r.time),
-                        r.user,
-                        if r.force { "yes" } else { "" },
-                        r.source.to_string(),
-                        r.reason.unwrap_or_default()
-                    );
+                (
+                    serde_json::from_value(r.data).map_err(|e| e.to_string())?,
+                    Vec::new(),
+                )
+            };
+            if json {
+                if all {
+                    print_json(&serde_json::json!({"records": records, "attempts": attempts}))?;
+                } else {
+                    print_json(&records)?;
                 }
+            } else {
+                print_history(records, attempts);
             }
+            Ok(0)
+        }
+        Command::Export => {
+            let r = ok(call(&socket, &Request::Export)?)?;
+            say!(
+                "# xlb export: the running generation {} as a config file",
+                r.data["generation"]
+            );
+            say!(
+                "{}",
+                r.data["config"].as_str().unwrap_or_default().trim_end()
+            );
             Ok(0)
         }
         Command::Explain { vip, client, json } => {
@@ -314,12 +374,16 @@ fn run(cli: Cli) -> Result<u8, String> {
             if json {
                 print_json(&e)?;
             } else if e.why == "flow-entry" {
-                println!(
+                say!(
                     "{} -> vip {}: backend {} (id {}), from its flow entry (chosen by generation {})",
-                    e.client, e.vip, e.backend, e.backend_id, e.generation
+                    e.client,
+                    e.vip,
+                    e.backend,
+                    e.backend_id,
+                    e.generation
                 );
             } else {
-                println!(
+                say!(
                     "{} -> vip {}: backend {} (id {}), new flow: hash {:#010x} -> slot {} of generation {}'s table",
                     e.client,
                     e.vip,
@@ -332,20 +396,29 @@ fn run(cli: Cli) -> Result<u8, String> {
             }
             Ok(0)
         }
-        Command::Teardown { pin_dir } => {
-            let removed = match api::call(&socket, &Request::Teardown) {
-                Ok(r) => ok(r)?.data,
-                // No daemon: unpin directly.
-                Err(_) => {
-                    serde_json::to_value(loader::teardown(&pin_dir).map_err(|e| e.to_string())?)
-                        .map_err(|e| e.to_string())?
-                }
-            };
-            let n = removed.as_array().map_or(0, Vec::len);
-            println!("removed {n} pinned objects; XDP is detached");
-            Ok(0)
-        }
+        Command::Teardown { pin_dir } => teardown(&socket, pin_dir),
     }
+}
+
+/// Through the daemon when one answers on `socket`; otherwise only the pin directory the
+/// operator names, never a default.
+fn teardown(socket: &Path, pin_dir: Option<PathBuf>) -> Result<u8, String> {
+    let report = match (api::call(socket, &Request::Teardown), pin_dir) {
+        (Ok(r), _) => ok(r)?.data,
+        (Err(e), None) => {
+            return Err(format!(
+                "{e}\nnothing was torn down: without a daemon, name the pin directory to tear \
+                 down with --pin-dir (e.g. --pin-dir {DEFAULT_PIN_DIR})"
+            ));
+        }
+        (Err(_), Some(dir)) => {
+            serde_json::to_value(loader::teardown(&dir).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let report: loader::Teardown = serde_json::from_value(report).map_err(|e| e.to_string())?;
+    say!("{report}");
+    Ok(0)
 }
 
 /// Sends a changing request built with `guard`'s options and prints its outcome.
@@ -353,21 +426,28 @@ fn change(
     socket: &Path,
     guard: GuardArgs,
     json: bool,
+    file: &Path,
     request: impl FnOnce(Guarded) -> Request,
 ) -> Result<u8, String> {
     let dry_run = guard.dry_run;
-    apply_result(call(socket, &request(guard.into()))?, json, dry_run)
+    apply_result(call(socket, &request(guard.into()))?, json, dry_run, file)
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+/// The text of config file `path` (the daemon parses it) and its absolute path.
+fn read_config(path: &Path) -> Result<(String, PathBuf), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    Ok((
+        text,
+        std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    ))
 }
 
 fn ok(r: Response) -> Result<Response, String> {
     if r.ok { Ok(r) } else { Err(r.error) }
 }
 
-fn validate(file: &Path, json: bool) -> Result<u8, String> {
+fn validate(file: &Path, json: bool, strict: bool) -> Result<u8, String> {
     let config = match config::load(file) {
         Ok(c) => c,
         Err(e) => {
@@ -381,7 +461,11 @@ fn validate(file: &Path, json: bool) -> Result<u8, String> {
             return Ok(ERROR);
         }
     };
-    let plan = guard::plan(&config, None, &guard::Health::new(), &Maglev);
+    let mut plan = guard::plan(&config, None, &guard::Health::new(), &Maglev);
+    if strict {
+        plan.violations
+            .extend(guard::policy::looser_than_defaults(&config));
+    }
     let valid = plan.violations.is_empty();
     if json {
         print_json(&serde_json::json!({
@@ -390,7 +474,7 @@ fn validate(file: &Path, json: bool) -> Result<u8, String> {
     } else {
         print_violations(&plan.violations, file);
         if valid {
-            println!(
+            say!(
                 "{}: valid ({} VIPs, {} backends)",
                 file.display(),
                 config.vips.len(),
@@ -403,11 +487,11 @@ fn validate(file: &Path, json: bool) -> Result<u8, String> {
 
 fn print_violations(violations: &[Violation], file: &Path) {
     for v in violations {
-        println!("{}: {v}", file.display());
+        say!("{}", v.located(file));
     }
 }
 
-fn apply_result(r: Response, json: bool, dry: bool) -> Result<u8, String> {
+fn apply_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8, String> {
     if json {
         print_json(&r)?;
         return Ok(if r.ok {
@@ -422,9 +506,12 @@ fn apply_result(r: Response, json: bool, dry: bool) -> Result<u8, String> {
         print_plan(plan);
     }
     if !r.violations.is_empty() {
-        println!();
+        say!();
         for v in &r.violations {
-            println!("{v}");
+            match v.line {
+                Some(_) => say!("{}", v.located(file)),
+                None => say!("{v}"),
+            }
         }
     }
     if !r.ok {
@@ -436,11 +523,68 @@ fn apply_result(r: Response, json: bool, dry: bool) -> Result<u8, String> {
         });
     }
     match (dry, r.generation) {
-        (true, _) => println!("dry run: nothing was changed"),
-        (false, Some(g)) => println!("applied as generation {g}"),
-        (false, None) => println!("nothing to change"),
+        (true, _) => say!("dry run: nothing was changed"),
+        (false, Some(g)) => say!("applied as generation {g}"),
+        (false, None) => say!("nothing to change"),
     }
     Ok(0)
+}
+
+fn print_history(records: Vec<Record>, attempts: Vec<Attempt>) {
+    say!(
+        "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  reason",
+        "GEN",
+        "TIME (UTC)",
+        "USER",
+        "FORCE",
+        "SOURCE"
+    );
+    // Oldest first; an attempt shows where it happened between generations.
+    let mut lines: Vec<(u64, String)> = records
+        .into_iter()
+        .map(|r| {
+            let waived: Vec<&str> = r.waived.iter().map(|v| v.rule.id()).collect();
+            let reason = match (r.reason, waived.is_empty()) {
+                (Some(reason), false) => format!("{reason} (overrode {})", waived.join(", ")),
+                (reason, _) => reason.unwrap_or_default(),
+            };
+            (
+                r.time,
+                format!(
+                    "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  {reason}",
+                    r.generation,
+                    utc(r.time),
+                    r.user,
+                    if r.force { "yes" } else { "" },
+                    r.source.to_string(),
+                ),
+            )
+        })
+        .collect();
+    lines.extend(attempts.into_iter().map(|a| {
+        let rules: Vec<&str> = a.violations.iter().map(|v| v.rule.id()).collect();
+        (
+            a.time,
+            format!(
+                "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  {}: {}",
+                "-",
+                utc(a.time),
+                a.user,
+                if a.force { "yes" } else { "" },
+                a.source.to_string(),
+                a.outcome.to_uppercase(),
+                if rules.is_empty() {
+                    a.error
+                } else {
+                    rules.join(", ")
+                }
+            ),
+        )
+    }));
+    lines.sort_by_key(|(t, _)| *t);
+    for (_, line) in lines {
+        say!("{line}");
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -448,6 +592,12 @@ fn pct(x: f64) -> String {
 }
 
 fn print_plan(plan: &Plan) {
+    for g in &plan.global {
+        say!("global: {g}");
+    }
+    for r in &plan.restart {
+        say!("needs a restart (not applied by this change): {r}");
+    }
     for v in &plan.vips {
         let change = match v.change {
             Change::Added => "added",
@@ -455,18 +605,26 @@ fn print_plan(plan: &Plan) {
             Change::Unchanged => "unchanged",
             Change::Removed => "removed",
         };
-        println!(
+        say!(
             "vip {} [{change}], new flows moving: {}",
             v.label,
             pct(v.moved)
         );
-        println!(
+        for d in &v.details {
+            say!("  {d}");
+        }
+        say!(
             "  {:<20} {:>8} {:>8} {:>9} {:>9} {:>9}",
-            "BACKEND", "WEIGHT", "->", "SHARE", "->", "MOVING"
+            "BACKEND",
+            "WEIGHT",
+            "->",
+            "SHARE",
+            "->",
+            "MOVING"
         );
         let w = |x: Option<u32>| x.map_or("-".to_string(), |x| x.to_string());
         for row in &v.rows {
-            println!(
+            say!(
                 "  {:<20} {:>8} {:>8} {:>9} {:>9} {:>9}",
                 row.backend,
                 w(row.weight_before),
@@ -520,7 +678,7 @@ fn observed_shares(data: &serde_json::Value, v: &VipStatsView) -> Vec<String> {
 }
 
 fn print_status(data: &serde_json::Value) -> Result<(), String> {
-    println!(
+    say!(
         "generation {}  interface {}  xdp {}",
         data["generation"],
         data["interface"].as_str().unwrap_or("-"),
@@ -528,13 +686,20 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
     );
     for v in vips(data)? {
         let observed = observed_shares(data, &v);
-        println!(
+        say!(
             "\nvip {} (id {}, table generation {})",
-            v.label, v.id, v.generation
+            v.label,
+            v.id,
+            v.generation
         );
-        println!(
+        say!(
             "  {:<20} {:<16} {:>8} {:>8} {:>11} {:>14}",
-            "BACKEND", "ADDRESS", "WEIGHT", "HEALTH", "TABLE SHARE", "OBSERVED SHARE"
+            "BACKEND",
+            "ADDRESS",
+            "WEIGHT",
+            "HEALTH",
+            "TABLE SHARE",
+            "OBSERVED SHARE"
         );
         for (b, observed) in v.backends.iter().zip(&observed) {
             let health = match b.healthy {
@@ -542,7 +707,7 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
                 Some(false) => "DOWN",
                 None => "-",
             };
-            println!(
+            say!(
                 "  {:<20} {:<16} {:>8} {:>8} {:>11} {:>14}",
                 b.backend,
                 b.address,
@@ -559,16 +724,27 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
 fn print_stats(data: &serde_json::Value) -> Result<(), String> {
     for v in vips(data)? {
         let observed = observed_shares(data, &v);
-        println!(
+        say!(
             "vip {}  packets {}  bytes {}  new flows {}  drops {}",
-            v.label, v.packets, v.bytes, v.new_flows, v.drops
+            v.label,
+            v.packets,
+            v.bytes,
+            v.new_flows,
+            v.drops
         );
-        println!(
+        say!(
             "  {:<20} {:>12} {:>14} {:>10} {:>10} {:>10} {:>8} {:>8}",
-            "BACKEND", "PACKETS", "BYTES", "NEW FLOWS", "PKT/S", "FLOWS/S", "TABLE", "OBSERVED"
+            "BACKEND",
+            "PACKETS",
+            "BYTES",
+            "NEW FLOWS",
+            "PKT/S",
+            "FLOWS/S",
+            "TABLE",
+            "OBSERVED"
         );
         for (b, observed) in v.backends.iter().zip(&observed) {
-            println!(
+            say!(
                 "  {:<20} {:>12} {:>14} {:>10} {:>10.0} {:>10.1} {:>8} {:>8}",
                 b.backend,
                 b.packets,

@@ -18,6 +18,7 @@ use aya::{
     },
 };
 use lb_common::maps as names;
+use serde::{Deserialize, Serialize};
 
 use super::{DataplaneError, Maps, pins};
 use crate::object::{EBPF_OBJECT, PROGRAM_NAME};
@@ -260,15 +261,71 @@ pub fn interface_mac(iface: &str) -> Result<[u8; 6], DataplaneError> {
     result
 }
 
+/// What `teardown` found and did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Teardown {
+    pub pin_dir: PathBuf,
+    /// The pinned XDP link, if there was one.
+    pub link: Option<LinkReport>,
+    /// Every pin removed (and the directory, if it could be).
+    pub removed: Vec<PathBuf>,
+}
+
+/// The XDP link a teardown unpinned.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LinkReport {
+    pub id: u32,
+    pub program_id: u32,
+    /// Whether the link is gone from the kernel afterwards (the program detached). False
+    /// when another process still holds it open.
+    pub detached: bool,
+}
+
+impl std::fmt::Display for Teardown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.pin_dir.display();
+        match &self.link {
+            Some(l) if l.detached => writeln!(
+                f,
+                "XDP detached: link {} (program {}) was pinned in {dir} and is gone",
+                l.id, l.program_id
+            )?,
+            Some(l) => writeln!(
+                f,
+                "link {} (program {}) unpinned from {dir} but STILL ATTACHED: another process \
+                 holds it (`bpftool link show id {}`)",
+                l.id, l.program_id, l.id
+            )?,
+            None => writeln!(f, "no pinned XDP link in {dir}: nothing was detached")?,
+        }
+        if self.removed.is_empty() {
+            write!(f, "nothing was pinned in {dir}")
+        } else {
+            write!(
+                f,
+                "removed {} pinned objects from {dir}",
+                self.removed.len()
+            )
+        }
+    }
+}
+
 /// Unpins everything under `pin_dir`: the link (which detaches the program once no process
-/// holds it), the program and every map. Returns the paths removed.
-pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+/// holds it), the program and every map; reports what it found and whether XDP is gone.
+pub fn teardown(pin_dir: &Path) -> Result<Teardown, DataplaneError> {
     let mut removed = Vec::new();
     let io = |source| DataplaneError::PinDir {
         path: pin_dir.to_path_buf(),
         source,
     };
-    let mut paths = vec![pin_dir.join(pins::LINK), pin_dir.join(pins::PROGRAM)];
+    let link_path = pin_dir.join(pins::LINK);
+    // Hold the link open across the unpin so its ids can be read; closing this last fd
+    // releases the link synchronously, so the check below sees the result.
+    let link = PinnedLink::from_pin(&link_path)
+        .ok()
+        .map(FdLink::from)
+        .and_then(|l| l.info().ok().map(|i| (l, i.id(), i.program_id())));
+    let mut paths = vec![link_path, pin_dir.join(pins::PROGRAM)];
     paths.extend(names::ALL.iter().map(|n| pins::map(pin_dir, n)));
     for path in paths {
         match std::fs::remove_file(&path) {
@@ -282,5 +339,20 @@ pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    Ok(removed)
+    let link = link.map(|(fd, id, program_id)| {
+        drop(fd);
+        let alive = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .any(|l| l.id() == id);
+        LinkReport {
+            id,
+            program_id,
+            detached: !alive,
+        }
+    });
+    Ok(Teardown {
+        pin_dir: pin_dir.to_path_buf(),
+        link,
+        removed,
+    })
 }

@@ -1,0 +1,153 @@
+//! One source of truth across the config file, the CLI, reloads and restarts. The running
+//! generation is the truth. The daemon's config file is applied at start and on SIGHUP
+//! only when it differs from the generation last applied *from that file*, and then only
+//! if applying it would not undo a change made since by other means (`weight set`,
+//! `drain`, `rollback`, `xlb apply` of another file): such a reload is refused with the
+//! list of what it would undo. `xlb apply FILE` is the explicit way to apply it anyway.
+//! Pure: the daemon passes in the records.
+
+use std::path::Path;
+
+use crate::{
+    config::{BackendSpec, Config, Vip},
+    history::{Record, Source},
+};
+
+/// What the config file asks for, against the running state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FileCheck {
+    /// The file equals what was last applied from it (generation `since`): nothing to do;
+    /// changes made since by the CLI stay.
+    Unchanged { since: u64 },
+    /// The file may be applied (through the guardrails).
+    Apply,
+    /// Applying the file would undo these changes made since it was last applied.
+    WouldUndo(Vec<String>),
+}
+
+/// Whether `record` was applied from the daemon's config file `file`.
+pub fn from_file(record: &Record, file: &Path) -> bool {
+    match &record.source {
+        Source::Startup { file: f } | Source::Reload { file: f } | Source::File { file: f } => {
+            f == file
+        }
+        Source::Cli { .. } | Source::Rollback { .. } => false,
+    }
+}
+
+/// The VIP without its backends and file position: what is compared for a VIP itself.
+fn vip_shell(v: &Vip) -> Vip {
+    Vip {
+        backends: Vec::new(),
+        line: None,
+        ..v.clone()
+    }
+}
+
+fn backend(v: Option<&Vip>, name: &str) -> Option<BackendSpec> {
+    v?.backend(name).map(|b| BackendSpec {
+        line: None,
+        ..b.clone()
+    })
+}
+
+fn describe(b: &Option<BackendSpec>) -> String {
+    match b {
+        None => "absent".into(),
+        Some(b) => format!("weight {}, address {}, mac {}", b.weight, b.address, b.mac),
+    }
+}
+
+/// Checks the file's config `file` against the running record `running` and the last
+/// record applied from the file, `last_file`.
+pub fn check(file: &Config, running: Option<&Record>, last_file: Option<&Record>) -> FileCheck {
+    let Some(running) = running else {
+        return FileCheck::Apply;
+    };
+    let file = file.without_lines();
+    let base = last_file.map(|r| r.config.without_lines());
+    if let (Some(base), Some(r)) = (&base, last_file)
+        && base.vips == file.vips
+        && base.guardrails == file.guardrails
+        && base.allow_empty == file.allow_empty
+        && base.daemon.table_size == file.daemon.table_size
+    {
+        return FileCheck::Unchanged {
+            since: r.generation,
+        };
+    }
+    let run = running.config.without_lines();
+    let mut undo = Vec::new();
+    // An item the running state changed since the file's last apply (every item, when no
+    // generation came from the file) and that the file would now set otherwise.
+    let mut item = |what: String, changed_since: bool, differs: bool, run: String, file: String| {
+        if changed_since && differs {
+            undo.push(format!("{what}: running {run}, the file says {file}"));
+        }
+    };
+    item(
+        "[guardrails]".into(),
+        base.as_ref().is_none_or(|b| b.guardrails != run.guardrails),
+        file.guardrails != run.guardrails,
+        format!("{:?}", run.guardrails),
+        format!("{:?}", file.guardrails),
+    );
+    let mut names: Vec<&str> = run.vips.iter().map(|v| v.name.as_str()).collect();
+    names.extend(file.vips.iter().map(|v| v.name.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let find = |c: &Config| c.vips.iter().find(|v| v.name == name).cloned();
+        let (b, r, f) = (base.as_ref().and_then(find), find(&run), find(&file));
+        let shell = |v: &Option<Vip>| v.as_ref().map(vip_shell);
+        let show = |v: &Option<Vip>| v.as_ref().map_or("absent".to_string(), Vip::label);
+        item(
+            format!("vip {name}"),
+            base.is_none() || shell(&b) != shell(&r),
+            shell(&f) != shell(&r),
+            show(&r),
+            show(&f),
+        );
+        let mut backends: Vec<String> = [&r, &f]
+            .iter()
+            .filter_map(|v| v.as_ref())
+            .flat_map(|v| v.backends.iter().map(|b| b.name.clone()))
+            .collect();
+        backends.sort_unstable();
+        backends.dedup();
+        for be in backends {
+            let (bb, rb, fb) = (
+                backend(b.as_ref(), &be),
+                backend(r.as_ref(), &be),
+                backend(f.as_ref(), &be),
+            );
+            item(
+                format!("vip {name} backend {be}"),
+                base.is_none() || bb != rb,
+                fb != rb,
+                describe(&rb),
+                describe(&fb),
+            );
+        }
+    }
+    if undo.is_empty() {
+        FileCheck::Apply
+    } else {
+        FileCheck::WouldUndo(undo)
+    }
+}
+
+/// A client's name for its config file, fit for the history and logs: control
+/// characters (terminal escapes) shown as `?`, at most 256 characters.
+pub fn file_label(file: &Path) -> std::path::PathBuf {
+    let text: String = file
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(256)
+        .collect();
+    text.into()
+}
+
+#[cfg(test)]
+mod tests;
