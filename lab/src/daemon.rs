@@ -96,8 +96,8 @@ impl Daemon {
         self.dir.path().join("state")
     }
 
-    /// The config text for `vips`.
-    pub fn render(&self, vips: &[VipSpec]) -> String {
+    /// The `[daemon]` table of this daemon's configs.
+    pub fn daemon_section(&self) -> String {
         let mut text = format!(
             "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"native\"\nsocket = \"{}\"\n\
              state_dir = \"{}\"\npin_dir = \"{}\"\n",
@@ -108,6 +108,12 @@ impl Daemon {
         if let Some(m) = &self.metrics {
             text += &format!("metrics = \"{m}\"\n");
         }
+        text
+    }
+
+    /// The config text for `vips`.
+    pub fn render(&self, vips: &[VipSpec]) -> String {
+        let mut text = self.daemon_section();
         for v in vips {
             text += &format!(
                 "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
@@ -311,6 +317,76 @@ impl Daemon {
     pub fn pin_dir(&self) -> &Path {
         self.pins.path()
     }
+
+    /// The `xlb_vips` keys as bpftool prints them: (address, port, IP protocol number).
+    pub fn vip_keys(&self) -> Vec<(IpAddr, u16, u64)> {
+        let dump = self.dump(lb_common::maps::VIPS);
+        let mut keys: Vec<_> = dump
+            .as_array()
+            .expect("bpftool dump")
+            .iter()
+            .map(|e| {
+                let k = &e["formatted"]["key"];
+                let port_be = k["port_be"].as_u64().expect("port_be") as u16;
+                (
+                    dumped_addr(k),
+                    u16::from_be(port_be),
+                    k["proto"].as_u64().expect("proto"),
+                )
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The live entries of `xlb_backends` as bpftool prints them: (id, address, MAC).
+    pub fn live_backends(&self) -> Vec<(u64, IpAddr, [u8; 6])> {
+        let dump = self.dump(lb_common::maps::BACKENDS);
+        dump.as_array()
+            .expect("bpftool dump")
+            .iter()
+            .map(|e| &e["formatted"])
+            .filter(|e| e["value"]["flags"].as_u64().unwrap_or(0) & 1 == 1)
+            .map(|e| {
+                let v = &e["value"];
+                let mac = <[u8; 6]>::try_from(dumped_bytes(&v["mac"])).expect("6 bytes");
+                (e["key"].as_u64().expect("id"), dumped_addr(v), mac)
+            })
+            .collect()
+    }
+
+    /// Sends SIGHUP (the daemon re-reads its config file).
+    pub fn sighup(&self) {
+        let pid = self.pid().expect("daemon running");
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
+
+    /// Waits until the daemon's log holds `what` `times` times (10 s at most).
+    pub fn wait_log(&self, what: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(what).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} (x{times}) in the log: {}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One raw request line to the socket (as a client other than the CLI could send
+    /// it); returns the answer line.
+    pub fn raw_request(&self, line: &str) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).expect("socket");
+        s.write_all(format!("{line}\n").as_bytes()).expect("send");
+        let mut answer = String::new();
+        std::io::BufReader::new(s)
+            .read_line(&mut answer)
+            .expect("answer");
+        serde_json::from_str(&answer).expect("answer JSON")
+    }
 }
 
 impl Drop for Daemon {
@@ -319,6 +395,25 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A byte array as bpftool's BTF-formatted JSON prints it.
+fn dumped_bytes(v: &serde_json::Value) -> Vec<u8> {
+    v.as_array()
+        .expect("a byte array")
+        .iter()
+        .map(|b| b.as_u64().expect("a byte") as u8)
+        .collect()
+}
+
+/// The `addr` of a dumped struct that also has a `family` field.
+fn dumped_addr(v: &serde_json::Value) -> IpAddr {
+    let addr = dumped_bytes(&v["addr"]);
+    if v["family"].as_u64() == Some(u64::from(lb_common::FAMILY_V4)) {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(<[u8; 16]>::try_from(addr).expect("16 bytes"))
     }
 }
 

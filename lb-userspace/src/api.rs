@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::guard::{Plan, Violation};
 
-/// How a change goes through the guardrails; shared by every changing request.
+/// How a change goes through the guardrails; shared by every changing request. Absent
+/// fields mean a plain, unforced apply.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Guarded {
     /// Plan and check only.
     pub dry_run: bool,

@@ -28,7 +28,7 @@ use crate::{
     controller::{self, ApplyError, Controller, VipStatsView},
     dataplane::{Dataplane, LoadOptions, loader},
     history::{Attempt, History, Source},
-    reload::FileCheck,
+    reload::{FileCheck, Trigger},
 };
 
 struct Shared {
@@ -331,7 +331,12 @@ fn apply_file(
             file: path.to_path_buf(),
         }
     };
-    match crate::reload::check(&config, controller.current(), last.as_ref()) {
+    let trigger = if startup {
+        Trigger::Startup
+    } else {
+        Trigger::Reload
+    };
+    match crate::reload::check(trigger, &config, controller.current(), last.as_ref()) {
         FileCheck::Unchanged { since } => {
             log(format!(
                 "{what}: {} is unchanged since generation {since} applied it; running \
@@ -488,7 +493,8 @@ fn weight_set(
     let Some(current) = s.controller.current() else {
         return Response::error("no generation is applied yet; use `xlb apply FILE`");
     };
-    let mut config = current.config.clone();
+    // Lines of the file the running config came from do not locate this change.
+    let mut config = current.config.without_lines();
     let Some(v) = config.vips.iter_mut().find(|v| v.name == vip) else {
         return Response::error(format!("no VIP named {vip:?}; `xlb status` lists them"));
     };
@@ -601,7 +607,7 @@ fn handle(state: &State, req: Request, user: String) -> Response {
                 Ok(r) => r,
                 Err(e) => return Response::error(e.to_string()),
             };
-            let mut config = record.config;
+            let mut config = record.config.without_lines();
             config.daemon = daemon;
             apply_as(
                 &mut s,

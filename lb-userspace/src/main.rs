@@ -509,8 +509,8 @@ fn apply_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8, S
         say!();
         for v in &r.violations {
             match v.line {
-                Some(_) => say!("{}", v.located(file)),
-                None => say!("{v}"),
+                Some(_) if !file.as_os_str().is_empty() => say!("{}", v.located(file)),
+                _ => say!("{v}"),
             }
         }
     }

@@ -1,9 +1,14 @@
 //! One source of truth across the config file, the CLI, reloads and restarts. The running
-//! generation is the truth. The daemon's config file is applied at start and on SIGHUP
-//! only when it differs from the generation last applied *from that file*, and then only
-//! if applying it would not undo a change made since by other means (`weight set`,
-//! `drain`, `rollback`, `xlb apply` of another file): such a reload is refused with the
-//! list of what it would undo. `xlb apply FILE` is the explicit way to apply it anyway.
+//! generation is the truth.
+//! - A restart applies the daemon's config file only when it differs from the generation
+//!   last applied *from that file*; otherwise it keeps the running generation, with the
+//!   changes made since by other means (`weight set`, `drain`, `rollback`, `xlb apply` of
+//!   another file).
+//! - A SIGHUP asks for the file: it is refused, listing what it would undo, when applying
+//!   it would undo such a change (also when the file itself is unchanged).
+//! - Either way the file goes through the guardrails. `xlb apply FILE` is the explicit
+//!   way to apply it over CLI changes.
+//!
 //! Pure: the daemon passes in the records.
 
 use std::path::Path;
@@ -12,6 +17,13 @@ use crate::{
     config::{BackendSpec, Config, Vip},
     history::{Record, Source},
 };
+
+/// What made the daemon read its config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Reload,
+}
 
 /// What the config file asks for, against the running state.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,21 +72,34 @@ fn describe(b: &Option<BackendSpec>) -> String {
 
 /// Checks the file's config `file` against the running record `running` and the last
 /// record applied from the file, `last_file`.
-pub fn check(file: &Config, running: Option<&Record>, last_file: Option<&Record>) -> FileCheck {
+pub fn check(
+    trigger: Trigger,
+    file: &Config,
+    running: Option<&Record>,
+    last_file: Option<&Record>,
+) -> FileCheck {
     let Some(running) = running else {
         return FileCheck::Apply;
     };
     let file = file.without_lines();
     let base = last_file.map(|r| r.config.without_lines());
-    if let (Some(base), Some(r)) = (&base, last_file)
-        && base.vips == file.vips
-        && base.guardrails == file.guardrails
-        && base.allow_empty == file.allow_empty
-        && base.daemon.table_size == file.daemon.table_size
+    let unchanged = match (&base, last_file) {
+        (Some(base), Some(r))
+            if base.vips == file.vips
+                && base.guardrails == file.guardrails
+                && base.allow_empty == file.allow_empty
+                && base.daemon.table_size == file.daemon.table_size =>
+        {
+            Some(FileCheck::Unchanged {
+                since: r.generation,
+            })
+        }
+        _ => None,
+    };
+    if trigger == Trigger::Startup
+        && let Some(unchanged) = unchanged
     {
-        return FileCheck::Unchanged {
-            since: r.generation,
-        };
+        return unchanged;
     }
     let run = running.config.without_lines();
     let mut undo = Vec::new();
@@ -130,10 +155,10 @@ pub fn check(file: &Config, running: Option<&Record>, last_file: Option<&Record>
             );
         }
     }
-    if undo.is_empty() {
-        FileCheck::Apply
-    } else {
-        FileCheck::WouldUndo(undo)
+    match (undo.is_empty(), unchanged) {
+        (false, _) => FileCheck::WouldUndo(undo),
+        (true, Some(unchanged)) => unchanged,
+        (true, None) => FileCheck::Apply,
     }
 }
 

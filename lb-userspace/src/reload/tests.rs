@@ -50,7 +50,10 @@ fn cli() -> Source {
 
 #[test]
 fn nothing_running_applies_the_file() {
-    assert_eq!(check(&config(&[1, 1]), None, None), FileCheck::Apply);
+    assert_eq!(
+        check(Trigger::Startup, &config(&[1, 1]), None, None),
+        FileCheck::Apply
+    );
 }
 
 #[test]
@@ -58,7 +61,43 @@ fn a_file_unchanged_since_its_apply_keeps_later_cli_changes() {
     let from_file = record(1, startup(), config(&[2, 3]));
     let after_cli = record(2, cli(), config(&[5, 3]));
     assert_eq!(
-        check(&config(&[2, 3]), Some(&after_cli), Some(&from_file)),
+        check(
+            Trigger::Startup,
+            &config(&[2, 3]),
+            Some(&after_cli),
+            Some(&from_file)
+        ),
+        FileCheck::Unchanged { since: 1 }
+    );
+}
+
+#[test]
+fn a_reload_of_the_unchanged_file_after_a_cli_change_is_refused_with_the_undo() {
+    let from_file = record(1, startup(), config(&[2, 3]));
+    let after_cli = record(2, cli(), config(&[5, 3]));
+    let FileCheck::WouldUndo(undo) = check(
+        Trigger::Reload,
+        &config(&[2, 3]),
+        Some(&after_cli),
+        Some(&from_file),
+    ) else {
+        panic!("not refused");
+    };
+    assert_eq!(
+        undo,
+        vec![
+            "vip web backend b0: running weight 5, address 198.18.0.11, mac neighbour, the \
+             file says weight 2, address 198.18.0.11, mac neighbour"
+        ]
+    );
+    // With nothing changed since, a reload of the same file is a no-op.
+    assert_eq!(
+        check(
+            Trigger::Reload,
+            &config(&[2, 3]),
+            Some(&from_file),
+            Some(&from_file)
+        ),
         FileCheck::Unchanged { since: 1 }
     );
 }
@@ -68,8 +107,12 @@ fn a_changed_file_that_would_undo_a_cli_change_is_refused_with_the_list() {
     let from_file = record(1, startup(), config(&[2, 3, 4]));
     let after_cli = record(2, cli(), config(&[5, 3, 4]));
     // The file changes b1 only, but still says b0 = 2, which the CLI set to 5.
-    let FileCheck::WouldUndo(undo) = check(&config(&[2, 6, 4]), Some(&after_cli), Some(&from_file))
-    else {
+    let FileCheck::WouldUndo(undo) = check(
+        Trigger::Startup,
+        &config(&[2, 6, 4]),
+        Some(&after_cli),
+        Some(&from_file),
+    ) else {
         panic!("not refused");
     };
     assert_eq!(undo.len(), 1, "{undo:?}");
@@ -85,7 +128,12 @@ fn a_file_brought_in_line_with_the_cli_change_applies() {
     let from_file = record(1, startup(), config(&[2, 3, 4]));
     let after_cli = record(2, cli(), config(&[5, 3, 4]));
     assert_eq!(
-        check(&config(&[5, 6, 4]), Some(&after_cli), Some(&from_file)),
+        check(
+            Trigger::Startup,
+            &config(&[5, 6, 4]),
+            Some(&after_cli),
+            Some(&from_file)
+        ),
         FileCheck::Apply
     );
 }
@@ -93,12 +141,14 @@ fn a_file_brought_in_line_with_the_cli_change_applies() {
 #[test]
 fn without_a_generation_from_the_file_every_difference_is_an_undo() {
     let running = record(3, cli(), config(&[5, 3]));
-    let FileCheck::WouldUndo(undo) = check(&config(&[2, 3]), Some(&running), None) else {
+    let FileCheck::WouldUndo(undo) =
+        check(Trigger::Startup, &config(&[2, 3]), Some(&running), None)
+    else {
         panic!("not refused");
     };
     assert_eq!(undo.len(), 1, "{undo:?}");
     assert_eq!(
-        check(&config(&[5, 3]), Some(&running), None),
+        check(Trigger::Startup, &config(&[5, 3]), Some(&running), None),
         FileCheck::Apply
     );
 }
@@ -109,8 +159,12 @@ fn a_vip_key_changed_by_rollback_counts_and_lines_do_not() {
     let mut moved = config(&[2, 3]);
     moved.vips[0].port = 8080;
     let rolled = record(2, Source::Rollback { to: 0 }, moved.clone());
-    let FileCheck::WouldUndo(undo) = check(&config(&[2, 4]), Some(&rolled), Some(&from_file))
-    else {
+    let FileCheck::WouldUndo(undo) = check(
+        Trigger::Startup,
+        &config(&[2, 4]),
+        Some(&rolled),
+        Some(&from_file),
+    ) else {
         panic!("not refused");
     };
     assert!(
@@ -122,7 +176,12 @@ fn a_vip_key_changed_by_rollback_counts_and_lines_do_not() {
     shifted.vips[0].line = Some(40);
     shifted.vips[0].protocol = Protocol::Tcp;
     assert_eq!(
-        check(&shifted, Some(&from_file), Some(&from_file)),
+        check(
+            Trigger::Startup,
+            &shifted,
+            Some(&from_file),
+            Some(&from_file)
+        ),
         FileCheck::Unchanged { since: 1 }
     );
 }
