@@ -135,6 +135,22 @@ fn each_kind_of_change_is_applied_as_a_generation_and_reaches_maps_and_traffic()
     assert_eq!(count.get("b1"), None, "{count:?}");
     assert!(count["b2"] > 150, "{count:?}");
 
+    // Back to the neighbour table: b1's own MAC again, not the explicit one kept.
+    let text = text.replacen(&format!("mac = \"{b2_mac}\""), "mac = \"neighbour\"", 1);
+    step(
+        &daemon,
+        &text,
+        &format!("backend b1 mac: {b2_mac} -> neighbour"),
+    );
+    let live = daemon.live_backends();
+    assert!(
+        live.iter()
+            .any(|(_, a, m)| *a == B1_NEW.parse::<IpAddr>().unwrap() && *m == b1),
+        "{live:?}"
+    );
+    let count = in_ns(&client, move || http_many(vip_b, 300));
+    assert!(count.get("b1").copied().unwrap_or(0) > 50, "{count:?}");
+
     // Health settings: a generation, and the checks start.
     let text = text.replacen(
         "protocol = \"tcp\"\n",

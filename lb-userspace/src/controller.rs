@@ -31,8 +31,12 @@ use lb_common::{
 use serde::Serialize;
 use thiserror::Error;
 
+mod macs;
+
+pub use macs::MacRefresh;
+
 use crate::{
-    config::{Config, MAC_FROM_NEIGHBOUR, Protocol, Vip},
+    config::{Config, Protocol, Vip},
     dataplane::{DataplaneError, Maps, TableWrite},
     guard::{self, Health, Maglev, Plan},
     history::{Attempt, History, HistoryError, Ids, Record, Source},
@@ -44,12 +48,6 @@ pub enum ApplyError {
     ForceWithoutReason,
     #[error("rejected by {} guardrail violation(s); nothing was changed", .0.len())]
     Rejected(Vec<guard::Violation>, Box<Plan>),
-    #[error("vip {vip}, backend {backend}: {message}; nothing was changed")]
-    Resolve {
-        vip: String,
-        backend: String,
-        message: String,
-    },
     #[error("{0}")]
     NotFound(String),
     #[error("the maps hold no free backend id (all {max} in use or still referenced by flows)")]
@@ -90,6 +88,41 @@ pub type Resolver = Box<dyn Fn(IpAddr) -> Result<[u8; 6], String> + Send>;
 /// The tables of `config` as they are installed (no running config, no health).
 fn tables_of(config: &Config) -> Plan {
     guard::plan(config, None, &Health::new(), &Maglev)
+}
+
+/// The tables `record` installs: its config with every unresolved backend at weight 0
+/// (it has no MAC to forward to). `exact`, a plan of exactly `record.config` (the
+/// guardrails' plan), is the answer when nothing is unresolved; otherwise tables are
+/// built, reusing those of `exact` or `reuse` whose input did not change.
+fn installed(record: &Record, exact: Option<&Plan>, reuse: Option<&Plan>) -> Plan {
+    if record.unresolved.is_empty()
+        && let Some(plan) = exact
+    {
+        return plan.clone();
+    }
+    let mut effective = record.config.clone();
+    for v in &mut effective.vips {
+        for b in &mut v.backends {
+            if record
+                .unresolved
+                .contains(&Ids::backend_key(&v.name, &b.name))
+            {
+                b.weight = 0;
+            }
+        }
+    }
+    let reuse = guard::Reuse {
+        plan: exact.or(reuse),
+        builder: &Maglev,
+    };
+    guard::plan(&effective, None, &Health::new(), &reuse)
+}
+
+fn fingerprints(plan: &Plan) -> BTreeMap<String, String> {
+    plan.vips
+        .iter()
+        .filter_map(|v| Some((v.vip.clone(), v.fingerprint.clone()?)))
+        .collect()
 }
 
 /// Resolves through the neighbour table of `iface`.
@@ -211,15 +244,23 @@ impl Controller {
     /// A controller over loaded maps and a history directory. Call `reconcile` next.
     pub fn new(maps: Maps, history: History, resolve: Resolver) -> Result<Self, ApplyError> {
         let current = history.latest()?;
-        let current_plan = current.as_ref().map(|r| tables_of(&r.config));
-        Ok(Controller {
+        let mut controller = Controller {
             maps,
             history,
             current,
-            current_plan,
+            current_plan: None,
             health: Health::new(),
             resolve,
-        })
+        };
+        if let Some(mut record) = controller.current.take() {
+            // Records written before MACs were recorded: take them from the maps.
+            if record.macs.is_empty() && record.unresolved.is_empty() {
+                (record.macs, record.unresolved) = controller.resolve_macs(&record.config, None);
+            }
+            controller.current_plan = Some(installed(&record, None, None));
+            controller.current = Some(record);
+        }
+        Ok(controller)
     }
 
     pub fn maps(&self) -> &Maps {
@@ -249,8 +290,8 @@ impl Controller {
         let (Some(record), Some(plan)) = (self.current.clone(), self.current_plan.clone()) else {
             return Ok(());
         };
-        let resolved = self.resolve_macs(&record.config, Some(&record))?;
-        self.write(&record, &plan, &resolved, None, true)
+        // The recorded MACs: a reconcile never waits on the neighbour table.
+        self.write(&record, &plan, None, true)
     }
 
     /// Plans `req` and, unless it is rejected or dry, applies it and commits a generation.
@@ -317,7 +358,7 @@ impl Controller {
                 dry_run: req.dry_run,
             });
         }
-        let resolved = self.resolve_macs(&req.config, self.current.as_ref())?;
+        let (macs, unresolved) = self.resolve_macs(&req.config, self.current.as_ref());
         let old_ids = self
             .current
             .as_ref()
@@ -328,19 +369,14 @@ impl Controller {
         let ids = assign_ids(&old_ids, &req.config, |id| {
             !in_flows.contains(&id) && maps.backend(id).is_ok_and(|b| !b.is_live())
         })?;
-        let generation = self.history.generations()?.last().copied().unwrap_or(0) + 1;
-        let record = Record {
-            generation,
+        let mut record = Record {
+            generation: self.history.generations()?.last().copied().unwrap_or(0) + 1,
             time: now(),
             source: req.source,
             user: req.user,
             reason: req.reason,
             force: req.force,
-            fingerprints: plan
-                .vips
-                .iter()
-                .filter_map(|v| Some((v.vip.clone(), v.fingerprint.clone()?)))
-                .collect(),
+            fingerprints: BTreeMap::new(),
             waived: if req.force {
                 plan.violations
                     .iter()
@@ -352,7 +388,22 @@ impl Controller {
             },
             config: req.config,
             ids,
+            macs,
+            unresolved,
         };
+        let install = installed(&record, Some(&plan), None);
+        record.fingerprints = fingerprints(&install);
+        let generation = self.commit(record, install)?;
+        Ok(Outcome {
+            plan,
+            generation: Some(generation),
+            dry_run: false,
+        })
+    }
+
+    /// Writes `record` with the tables of `install` and commits it; on any failure the
+    /// previous generation is written back, so a failed commit changes nothing.
+    fn commit(&mut self, record: Record, install: Plan) -> Result<u64, ApplyError> {
         let previous = self.current.clone();
         let restore = |this: &mut Self, error: String| -> ApplyError {
             let (prev, prev_plan) = match (previous.clone(), this.current_plan.clone()) {
@@ -367,10 +418,7 @@ impl Controller {
                     (none, plan)
                 }
             };
-            let undo = this
-                .resolve_macs(&prev.config, Some(&prev))
-                .and_then(|macs| this.write(&prev, &prev_plan, &macs, Some(&record), true));
-            match undo {
+            match this.write(&prev, &prev_plan, Some(&record), true) {
                 Ok(()) => ApplyError::Restored(error),
                 Err(e) => ApplyError::RestoreFailed {
                     error,
@@ -381,59 +429,16 @@ impl Controller {
         // The first generation on maps no record describes (a lost history, or pins from
         // another run) sweeps what it does not name, like a reconcile.
         let sweep = previous.is_none();
-        if let Err(e) = self.write(&record, &plan, &resolved, previous.as_ref(), sweep) {
+        if let Err(e) = self.write(&record, &install, previous.as_ref(), sweep) {
             return Err(restore(self, e.to_string()));
         }
         if let Err(e) = self.history.commit(&record) {
             return Err(restore(self, e.to_string()));
         }
+        let generation = record.generation;
         self.current = Some(record);
-        self.current_plan = Some(plan.clone());
-        Ok(Outcome {
-            plan,
-            generation: Some(generation),
-            dry_run: false,
-        })
-    }
-
-    /// MAC of every backend of `config`: explicit, known from `known` (the running
-    /// generation, so a reconcile does not depend on the neighbour table), or resolved.
-    fn resolve_macs(
-        &self,
-        config: &Config,
-        known: Option<&Record>,
-    ) -> Result<BTreeMap<(String, String), [u8; 6]>, ApplyError> {
-        let mut out = BTreeMap::new();
-        for vip in &config.vips {
-            for b in &vip.backends {
-                let err = |message: String| ApplyError::Resolve {
-                    vip: vip.name.clone(),
-                    backend: b.name.clone(),
-                    message,
-                };
-                let mac = if b.mac == MAC_FROM_NEIGHBOUR {
-                    let addr: IpAddr = b
-                        .address
-                        .parse()
-                        .map_err(|_| err(format!("bad address {:?}", b.address)))?;
-                    let cached = known.and_then(|r| {
-                        let same = r.config.vips.iter().find(|v| v.name == vip.name)?;
-                        same.backend(&b.name).filter(|o| o.address == b.address)?;
-                        let id = r.ids.backend(&vip.name, &b.name)?;
-                        let be = self.maps.backend(id).ok()?;
-                        (be.addr == addr16(addr) && be.mac != [0; 6]).then_some(be.mac)
-                    });
-                    match cached {
-                        Some(mac) => mac,
-                        None => (self.resolve)(addr).map_err(err)?,
-                    }
-                } else {
-                    guard::parse_mac(&b.mac).ok_or_else(|| err(format!("bad mac {:?}", b.mac)))?
-                };
-                out.insert((vip.name.clone(), b.name.clone()), mac);
-            }
-        }
-        Ok(out)
+        self.current_plan = Some(install);
+        Ok(generation)
     }
 
     /// Writes `record`'s state into the maps, with the tables `plan` built for its config,
@@ -443,7 +448,6 @@ impl Controller {
         &mut self,
         record: &Record,
         plan: &Plan,
-        macs: &BTreeMap<(String, String), [u8; 6]>,
         old: Option<&Record>,
         only_if_different: bool,
     ) -> Result<(), ApplyError> {
@@ -462,9 +466,12 @@ impl Controller {
                     .address
                     .parse()
                     .map_err(|_| ApplyError::NotFound(format!("bad address {}", b.address)))?;
+                // A backend without a MAC has no slot (effective weight 0) and is not
+                // live, so flows that had it re-home instead of going nowhere.
+                let mac = record.mac(&vip.name, &b.name);
                 let want = Backend {
-                    mac: macs[&(vip.name.clone(), b.name.clone())],
-                    flags: BACKEND_LIVE,
+                    mac: mac.unwrap_or([0; 6]),
+                    flags: if mac.is_some() { BACKEND_LIVE } else { 0 },
                     vip_id,
                     family: family(addr),
                     _pad: [0; 3],
@@ -482,36 +489,27 @@ impl Controller {
             }
         }
         // 2. Tables, then VIP keys.
-        let generation = u32::try_from(record.generation).unwrap_or(u32::MAX);
         for vip in &config.vips {
             let vip_id = ids.vips[&vip.name];
-            let Some(table) = plan.vip(&vip.name).and_then(|p| p.table.as_ref()) else {
-                return Err(ApplyError::NotFound(format!(
-                    "vip {} has no table",
-                    vip.name
-                )));
-            };
-            let id_of: Vec<u32> = table
-                .names
-                .iter()
-                .map(|name| ids.backend(&vip.name, name).unwrap_or(0))
-                .collect();
-            let slots: Vec<u32> = table.slots.iter().map(|&i| id_of[i as usize]).collect();
-            let old_fp = old.and_then(|o| o.fingerprints.get(&vip.name));
-            let same_as_old = old_fp == record.fingerprints.get(&vip.name)
-                && old.is_some_and(|o| o.ids.vips.get(&vip.name) == Some(&vip_id));
-            // Reconciling reads the live table back; an apply trusts the fingerprints.
-            let in_place = if only_if_different {
-                self.maps.table(vip_id).is_ok_and(|(_, _, s)| s == slots)
-            } else {
-                same_as_old
-            };
-            if !in_place {
-                self.maps.install_table(TableWrite {
-                    vip_id,
-                    generation,
-                    slots: &slots,
-                })?;
+            match plan.vip(&vip.name).and_then(|p| p.table.as_ref()) {
+                Some(table) => {
+                    self.write_table(record, &vip.name, table, old, only_if_different)?;
+                }
+                // No backend of this VIP has a MAC: an empty table, whose packets are
+                // dropped and counted (per VIP, reason drop-no-backend), not misdirected.
+                None if record
+                    .unresolved
+                    .iter()
+                    .any(|k| k.starts_with(&format!("{}/", vip.name))) =>
+                {
+                    self.maps.remove_table(vip_id)?;
+                }
+                None => {
+                    return Err(ApplyError::NotFound(format!(
+                        "vip {} has no table",
+                        vip.name
+                    )));
+                }
             }
             let key = vip_key(vip)
                 .ok_or_else(|| ApplyError::NotFound(format!("bad address {}", vip.address)))?;
@@ -578,6 +576,41 @@ impl Controller {
                 b.flags &= !BACKEND_LIVE;
                 self.maps.put_backend(*id, &b)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Installs `table` for `vip_id` unless the live table already is it: a reconcile
+    /// (`only_if_different`) reads it back, an apply trusts the fingerprints.
+    fn write_table(
+        &mut self,
+        record: &Record,
+        vip: &str,
+        table: &guard::NamedTable,
+        old: Option<&Record>,
+        only_if_different: bool,
+    ) -> Result<(), ApplyError> {
+        let vip_id = record.ids.vips[vip];
+        let generation = u32::try_from(record.generation).unwrap_or(u32::MAX);
+        let id_of: Vec<u32> = table
+            .names
+            .iter()
+            .map(|name| record.ids.backend(vip, name).unwrap_or(0))
+            .collect();
+        let slots: Vec<u32> = table.slots.iter().map(|&i| id_of[i as usize]).collect();
+        let in_place = if only_if_different {
+            self.maps.table(vip_id).is_ok_and(|(_, _, s)| s == slots)
+        } else {
+            let old_fp = old.and_then(|o| o.fingerprints.get(vip));
+            old_fp == record.fingerprints.get(vip)
+                && old.is_some_and(|o| o.ids.vips.get(vip) == Some(&vip_id))
+        };
+        if !in_place {
+            self.maps.install_table(TableWrite {
+                vip_id,
+                generation,
+                slots: &slots,
+            })?;
         }
         Ok(())
     }
@@ -672,10 +705,20 @@ impl Controller {
                 let id = record.ids.backend(&vip.name, &b.name).unwrap_or(0);
                 let s: BackendStats = self.maps.backend_stats(id)?;
                 let row = rows.iter().find(|r| r.backend == b.name);
+                let mac = record.mac(&vip.name, &b.name);
                 backends.push(BackendStatsView {
                     backend: b.name.clone(),
                     id,
                     address: b.address.clone(),
+                    mac: mac.map(macs::show_mac),
+                    mac_source: if mac.is_none() {
+                        "unresolved"
+                    } else if b.mac == crate::config::MAC_FROM_NEIGHBOUR {
+                        "neighbour"
+                    } else {
+                        "config"
+                    }
+                    .into(),
                     weight: b.weight(),
                     table_share: row.map_or(0.0, |r| r.share_after),
                     healthy: vip
@@ -735,6 +778,10 @@ pub struct BackendStatsView {
     pub backend: String,
     pub id: u32,
     pub address: String,
+    /// The MAC frames are sent to; none while unresolved.
+    pub mac: Option<String>,
+    /// `config` (explicit), `neighbour` (resolved) or `unresolved`.
+    pub mac_source: String,
     pub weight: u32,
     pub table_share: f64,
     pub healthy: Option<bool>,

@@ -253,6 +253,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let state = state.clone();
         thread::spawn(move || health_checker(state));
     }
+    {
+        let state = state.clone();
+        let iface = iface.clone();
+        thread::spawn(move || mac_refresher(state, &iface));
+    }
     if let Some(addr) = &daemon.metrics {
         let listener =
             TcpListener::bind(addr).with_context(|| format!("daemon.metrics: binding {addr}"))?;
@@ -707,6 +712,58 @@ fn health_checker(state: State) {
         }
         lock(&state).controller.set_health(health);
         thread::sleep(Duration::from_millis(interval.unwrap_or(1000).max(100)));
+    }
+}
+
+/// How often the neighbour table is read for `mac = "neighbour"` backends.
+const MAC_REFRESH: Duration = Duration::from_secs(1);
+
+/// Reads the neighbour table, has the kernel re-validate settled entries of `neighbour`
+/// backends and solicit failed or missing ones (`neighbour`), and lets the controller
+/// commit any MAC that changed or resolved at last.
+fn mac_refresher(state: State, iface: &str) {
+    loop {
+        thread::sleep(MAC_REFRESH);
+        let addrs = lock(&state).controller.neighbour_backends();
+        if addrs.is_empty() {
+            continue;
+        }
+        let entries = match crate::neighbour::entries(iface, None) {
+            Ok(e) => e,
+            Err(e) => {
+                log(format!("neighbour table: {e}"));
+                continue;
+            }
+        };
+        use crate::neighbour::Nud;
+        let state_of = |a: &IpAddr| entries.iter().find(|(x, _)| x == a).map(|(_, e)| e.state);
+        let settled: Vec<IpAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| state_of(a) == Some(Nud::Settled))
+            .collect();
+        if let Err(e) = crate::neighbour::revalidate(iface, &settled) {
+            log(format!("neighbour table: {e}"));
+        }
+        for a in addrs
+            .iter()
+            .filter(|a| matches!(state_of(a), None | Some(Nud::Failed)))
+        {
+            crate::neighbour::solicit(*a);
+        }
+        let seen: BTreeMap<IpAddr, [u8; 6]> = entries
+            .iter()
+            .filter_map(|(a, e)| Some((*a, e.mac?)))
+            .collect();
+        match lock(&state).controller.refresh_macs(&seen) {
+            Ok(Some(r)) => log(format!(
+                "neighbour: {} applied as generation {}",
+                r.changes.join(", "),
+                r.generation
+            )),
+            Ok(None) => {}
+            Err(e) => log(format!("neighbour: applying a MAC change failed: {e}")),
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub enum Source {
     Cli { command: String },
     /// `xlb rollback`.
     Rollback { to: u64 },
+    /// The neighbour table changed a backend's MAC (or resolved one at last).
+    Neighbour { changes: Vec<String> },
 }
 
 impl std::fmt::Display for Source {
@@ -59,6 +61,7 @@ impl std::fmt::Display for Source {
             Source::Reload { file } => write!(f, "reload {}", file.display()),
             Source::Cli { command } => f.write_str(command),
             Source::Rollback { to } => write!(f, "rollback to {to}"),
+            Source::Neighbour { changes } => write!(f, "neighbour: {}", changes.join(", ")),
         }
     }
 }
@@ -101,6 +104,21 @@ pub struct Record {
     /// `policy-loosening`, the old and the new limit).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waived: Vec<Violation>,
+    /// "vip/backend" -> the MAC this generation installed for it.
+    #[serde(default)]
+    pub macs: BTreeMap<String, String>,
+    /// "vip/backend" of backends without a MAC: no slot in the table, not live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<String>,
+}
+
+impl Record {
+    /// The MAC this generation installed for `backend` of `vip`.
+    pub fn mac(&self, vip: &str, backend: &str) -> Option<[u8; 6]> {
+        self.macs
+            .get(&Ids::backend_key(vip, backend))
+            .and_then(|m| crate::guard::parse_mac(m))
+    }
 }
 
 /// One attempt that changed nothing, for the audit trail.
@@ -288,6 +306,8 @@ mod tests {
             ids: Ids::default(),
             fingerprints: BTreeMap::from([("web".into(), "00ff".into())]),
             waived: Vec::new(),
+            macs: BTreeMap::new(),
+            unresolved: Vec::new(),
         }
     }
 

@@ -693,9 +693,10 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
             v.generation
         );
         say!(
-            "  {:<20} {:<16} {:>8} {:>8} {:>11} {:>14}",
+            "  {:<20} {:<16} {:<30} {:>8} {:>8} {:>11} {:>14}",
             "BACKEND",
             "ADDRESS",
+            "MAC",
             "WEIGHT",
             "HEALTH",
             "TABLE SHARE",
@@ -707,10 +708,15 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
                 Some(false) => "DOWN",
                 None => "-",
             };
+            let mac = match &b.mac {
+                Some(mac) => format!("{mac} ({})", b.mac_source),
+                None => "UNRESOLVED: no slot".into(),
+            };
             say!(
-                "  {:<20} {:<16} {:>8} {:>8} {:>11} {:>14}",
+                "  {:<20} {:<16} {:<30} {:>8} {:>8} {:>11} {:>14}",
                 b.backend,
                 b.address,
+                mac,
                 b.weight,
                 health,
                 pct(b.table_share),

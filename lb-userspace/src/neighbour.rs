@@ -2,6 +2,16 @@
 //! `mac = "neighbour"`. A missing entry is solicited by sending one UDP datagram to the
 //! backend's discard port (the kernel resolves the address to send it), then the table is
 //! polled for a bounded time. Reads go through `ip -j neigh`, which iproute2 provides.
+//!
+//! The load balancer's own stack rarely talks to its backends (XDP forwards without it),
+//! so the kernel would not notice a backend's new MAC for a long time (a `REACHABLE`
+//! entry is trusted for 15-45 s, and nothing makes a `STALE` one re-validate). The
+//! daemon's refresher therefore asks the kernel to re-validate every settled entry each
+//! second (`nud probe`: a unicast ARP or neighbour solicitation to the MAC it knows) and
+//! solicits failed or missing ones (a broadcast request follows). A backend whose MAC
+//! changed stops answering at the old one, its entry fails after the kernel's unicast
+//! probes (3 x 1 s by default) and the next solicitation learns the new MAC: about five
+//! seconds in all.
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -16,14 +26,8 @@ pub fn resolve(iface: &str, addr: IpAddr, wait: Duration) -> Result<[u8; 6], Str
     if let Some(mac) = lookup(iface, addr)? {
         return Ok(mac);
     }
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?
-    } else {
-        "[::]:0".parse().map_err(|e| format!("{e}"))?
-    };
-    let sock = UdpSocket::bind(bind).map_err(|e| format!("soliciting {addr}: {e}"))?;
     // Port 9 is discard; the datagram only makes the kernel resolve the neighbour.
-    let _ = sock.send_to(b"xlb", (addr, 9));
+    solicit(addr);
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -39,24 +43,126 @@ pub fn resolve(iface: &str, addr: IpAddr, wait: Duration) -> Result<[u8; 6], Str
 }
 
 fn lookup(iface: &str, addr: IpAddr) -> Result<Option<[u8; 6]>, String> {
-    let out = Command::new("ip")
-        .args(["-j", "neigh", "show", "to", &addr.to_string(), "dev", iface])
+    Ok(entries(iface, Some(addr))?
+        .into_iter()
+        .find_map(|(a, e)| if a == addr { e.mac } else { None }))
+}
+
+/// One neighbour entry as `ip -j neigh` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The link-layer address, unless the entry failed or is still incomplete.
+    pub mac: Option<[u8; 6]>,
+    pub state: Nud,
+}
+
+/// Where an entry is in the kernel's neighbour state machine, as the refresher sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nud {
+    /// `REACHABLE` or `STALE`: has a MAC that may need re-validating.
+    Settled,
+    /// `PERMANENT` or `NOARP`: configured by hand, never probed.
+    Static,
+    /// `DELAY`, `PROBE` or `INCOMPLETE`: the kernel is resolving it now.
+    Probing,
+    /// `FAILED`: nobody answered.
+    Failed,
+}
+
+/// Every entry on `iface`, or only `to`'s.
+pub fn entries(iface: &str, to: Option<IpAddr>) -> Result<Vec<(IpAddr, Entry)>, String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["-j", "neigh", "show"]);
+    if let Some(addr) = to {
+        cmd.args(["to", &addr.to_string()]);
+    }
+    let out = cmd
+        .args(["dev", iface])
         .output()
         .map_err(|e| format!("running `ip neigh`: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "`ip neigh show to {addr} dev {iface}`: {}",
+            "`ip neigh show dev {iface}`: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let entries: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("reading `ip -j neigh` output: {e}"))?;
-    Ok(entries.as_array().and_then(|a| {
-        a.iter()
-            .filter(|e| {
-                let state = e["state"].as_array();
-                !state.is_some_and(|s| s.iter().any(|x| x == "FAILED" || x == "INCOMPLETE"))
-            })
-            .find_map(|e| e["lladdr"].as_str().and_then(parse_mac))
-    }))
+    let has = |e: &serde_json::Value, what: &[&str]| {
+        e["state"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| what.iter().any(|w| x == w)))
+    };
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let addr: IpAddr = e["dst"].as_str()?.parse().ok()?;
+            let state = if has(e, &["FAILED"]) {
+                Nud::Failed
+            } else if has(e, &["DELAY", "PROBE", "INCOMPLETE"]) {
+                Nud::Probing
+            } else if has(e, &["PERMANENT", "NOARP"]) {
+                Nud::Static
+            } else {
+                Nud::Settled
+            };
+            let mac = e["lladdr"]
+                .as_str()
+                .and_then(parse_mac)
+                .filter(|_| state != Nud::Failed);
+            Some((addr, Entry { mac, state }))
+        })
+        .collect())
+}
+
+/// Asks the kernel to re-validate the settled entries of `addrs` on `iface` now
+/// (`nud probe`: unicast probes to the MAC it knows; if nobody answers there, the entry
+/// fails and the next solicitation broadcasts). One `ip -batch` for all of them.
+pub fn revalidate(iface: &str, addrs: &[IpAddr]) -> Result<(), String> {
+    use std::io::Write as _;
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let mut child = Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running `ip -batch`: {e}"))?;
+    let mut script = String::new();
+    for a in addrs {
+        script += &format!("neigh change {a} dev {iface} nud probe\n");
+    }
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("writing to `ip -batch`: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("`ip -batch`: {e}"))?;
+    // An entry that went away between the snapshot and now is not an error worth more
+    // than the log line of the next snapshot.
+    if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("No such file") {
+        return Err(format!(
+            "`ip neigh change ... nud probe`: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Makes the kernel (re-)resolve `addr`: one datagram to its discard port.
+pub fn solicit(addr: IpAddr) {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    if let Ok(sock) = UdpSocket::bind(bind) {
+        let _ = sock.send_to(b"xlb", (addr, 9));
+    }
 }

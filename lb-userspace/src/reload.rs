@@ -43,7 +43,7 @@ pub fn from_file(record: &Record, file: &Path) -> bool {
         Source::Startup { file: f } | Source::Reload { file: f } | Source::File { file: f } => {
             f == file
         }
-        Source::Cli { .. } | Source::Rollback { .. } => false,
+        Source::Cli { .. } | Source::Rollback { .. } | Source::Neighbour { .. } => false,
     }
 }
 

@@ -33,6 +33,8 @@ fn record(generation: u64, source: Source, config: Config) -> Record {
         ids: Ids::default(),
         fingerprints: BTreeMap::new(),
         waived: Vec::new(),
+        macs: BTreeMap::new(),
+        unresolved: Vec::new(),
     }
 }
 

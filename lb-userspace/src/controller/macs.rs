@@ -1,0 +1,162 @@
+//! Backend MACs: explicit in the config, or resolved from the neighbour table
+//! (`mac = "neighbour"`). Each generation records the MACs it installed, so a restart or
+//! reconcile never waits on the neighbour table. A backend whose MAC cannot be resolved
+//! is recorded `unresolved`: it gets no slot in its VIP's table (effective weight 0) and
+//! is not live, so nothing is sent to a MAC nobody has; the other backends and VIPs are
+//! served. The daemon re-reads the neighbour table periodically (`refresh_macs`): a MAC
+//! that changed, or a backend that resolves at last, is committed as a generation of its
+//! own (source `neighbour`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use crate::{
+    config::{Config, MAC_FROM_NEIGHBOUR},
+    guard,
+    history::{Ids, Record, Source},
+};
+
+use super::{ApplyError, Controller, addr16, fingerprints, installed, now};
+
+/// A generation the neighbour table caused.
+#[derive(Clone, Debug)]
+pub struct MacRefresh {
+    pub generation: u64,
+    /// One line per backend: `web/b1 02:00:00:00:00:01 -> 02:00:00:00:00:02`.
+    pub changes: Vec<String>,
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn show_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+impl Controller {
+    /// The MAC of every backend of `config` ("vip/backend" -> MAC) and the backends
+    /// without one. A `neighbour` backend keeps the MAC `known` (the running generation)
+    /// or the maps hold for its address; only a backend new to both is resolved now.
+    pub(super) fn resolve_macs(
+        &self,
+        config: &Config,
+        known: Option<&Record>,
+    ) -> (BTreeMap<String, String>, Vec<String>) {
+        let mut macs = BTreeMap::new();
+        let mut unresolved = Vec::new();
+        for vip in &config.vips {
+            for b in &vip.backends {
+                let key = Ids::backend_key(&vip.name, &b.name);
+                let mac = if b.mac == MAC_FROM_NEIGHBOUR {
+                    let Ok(addr) = b.address.parse::<IpAddr>() else {
+                        unresolved.push(key);
+                        continue;
+                    };
+                    // What `known` holds for this backend counts only if it was resolved
+                    // for the same address (not an explicit MAC being given up).
+                    let resolved_before = |r: &Record| {
+                        r.config
+                            .vips
+                            .iter()
+                            .find(|v| v.name == vip.name)
+                            .and_then(|v| v.backend(&b.name))
+                            .is_some_and(|o| o.address == b.address && o.mac == b.mac)
+                    };
+                    let known = known.filter(|r| resolved_before(r));
+                    let recorded = known.and_then(|r| r.mac(&vip.name, &b.name));
+                    let in_maps = || {
+                        let r = known?;
+                        let id = r.ids.backend(&vip.name, &b.name)?;
+                        let be = self.maps.backend(id).ok()?;
+                        (be.addr == addr16(addr) && be.mac != [0; 6]).then_some(be.mac)
+                    };
+                    recorded
+                        .or_else(in_maps)
+                        .or_else(|| (self.resolve)(addr).ok())
+                } else {
+                    guard::parse_mac(&b.mac)
+                };
+                match mac {
+                    Some(mac) => {
+                        macs.insert(key, show_mac(mac));
+                    }
+                    None => unresolved.push(key),
+                }
+            }
+        }
+        (macs, unresolved)
+    }
+
+    /// Addresses of the running generation's `neighbour` backends.
+    pub fn neighbour_backends(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .current
+            .iter()
+            .flat_map(|r| &r.config.vips)
+            .flat_map(|v| &v.backends)
+            .filter(|b| b.mac == MAC_FROM_NEIGHBOUR)
+            .filter_map(|b| b.address.parse().ok())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Compares the running generation's `neighbour` MACs with `seen` (the neighbour
+    /// table now: address -> MAC of its valid entries) and commits a generation when one
+    /// changed or an unresolved backend resolves. An entry that is missing or failed
+    /// keeps the recorded MAC: a neighbour being re-probed is not a change.
+    pub fn refresh_macs(
+        &mut self,
+        seen: &BTreeMap<IpAddr, [u8; 6]>,
+    ) -> Result<Option<MacRefresh>, ApplyError> {
+        let Some(current) = self.current.clone() else {
+            return Ok(None);
+        };
+        let mut next = current.clone();
+        let mut changes = Vec::new();
+        let mut unresolved: BTreeSet<String> = current.unresolved.iter().cloned().collect();
+        for vip in &current.config.vips {
+            for b in vip.backends.iter().filter(|b| b.mac == MAC_FROM_NEIGHBOUR) {
+                let Some(&now) = b.address.parse().ok().and_then(|a| seen.get(&a)) else {
+                    continue;
+                };
+                let key = Ids::backend_key(&vip.name, &b.name);
+                let was = current.mac(&vip.name, &b.name);
+                if was == Some(now) {
+                    continue;
+                }
+                changes.push(format!(
+                    "{key} {} -> {}",
+                    was.map_or("unresolved".into(), show_mac),
+                    show_mac(now)
+                ));
+                next.macs.insert(key.clone(), show_mac(now));
+                unresolved.remove(&key);
+            }
+        }
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        next.unresolved = unresolved.into_iter().collect();
+        next.generation = self.history.generations()?.last().copied().unwrap_or(0) + 1;
+        next.time = now();
+        next.source = Source::Neighbour {
+            changes: changes.clone(),
+        };
+        next.user = "xlb".into();
+        next.reason = None;
+        next.force = false;
+        next.waived.clear();
+        // The operator's config is unchanged; only where its backends are reached is.
+        // Moving share back to a backend that resolves is never held back by the
+        // guardrails: its weight was accepted by them before.
+        let install = installed(&next, None, self.current_plan.as_ref());
+        next.fingerprints = fingerprints(&install);
+        let generation = self.commit(next, install)?;
+        Ok(Some(MacRefresh {
+            generation,
+            changes,
+        }))
+    }
+}
