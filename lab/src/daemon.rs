@@ -70,6 +70,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// `[daemon] metrics` inside the LB namespace.
     pub metrics: Option<String>,
+    /// Arguments of `xlb run` after `--config PATH`.
+    pub run_args: Vec<String>,
 }
 
 impl Daemon {
@@ -81,6 +83,7 @@ impl Daemon {
             lb_ns: topo.lb.name.clone(),
             child: None,
             metrics: None,
+            run_args: Vec::new(),
         }
     }
 
@@ -162,6 +165,7 @@ impl Daemon {
         let mut cmd = Command::new(xlb_bin());
         cmd.args(["run", "--config"])
             .arg(self.config_path())
+            .args(&self.run_args)
             .stdout(Stdio::null())
             .stderr(log);
         let ns = std::fs::File::open(format!("/run/netns/{}", self.lb_ns)).expect("LB netns");

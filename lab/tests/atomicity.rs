@@ -73,6 +73,7 @@ fn switching_disjoint_backend_sets_never_mixes_generations() {
         // Small, so the controller's walk of the flow table (before it reuses backend ids)
         // stays quick; a flow is read back right after its packet, before eviction.
         flow_capacity: 16384,
+        ..LoadOptions::default()
     };
     // Two loads share the pinned maps: one program for test runs, one set of map
     // handles for the controller.

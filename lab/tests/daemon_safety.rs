@@ -1,6 +1,6 @@
 //! The daemon's own safety: one daemon per state and pin directory, a teardown that never
-//! guesses which load balancer to remove, and a restart that cleans up what a crash or a
-//! lost history left in the maps.
+//! guesses which load balancer to remove, a restart that cleans up what a crash or a lost
+//! history left in the maps, and one that will not drop the flow table unasked.
 
 use std::{
     net::IpAddr,
@@ -175,4 +175,51 @@ fn a_restart_removes_leftover_tables_and_a_lost_history_leaves_no_live_orphans()
     );
     let count = in_ns(&topo.client().name, move || http_many(vip, 90));
     assert_eq!(count.values().sum::<u32>(), 90);
+}
+
+#[test]
+fn a_restart_that_would_recreate_the_flow_table_is_refused_unless_asked() {
+    if !require_root("a_restart_that_would_recreate_the_flow_table") {
+        return;
+    }
+    let topo = Topology::new(1, 2);
+    let mut daemon = Daemon::new(&topo);
+    daemon.write_config(&web(&[1, 1]));
+    daemon.start();
+    daemon.stop_with(libc::SIGTERM);
+    let flows = daemon.pin_dir().join(lb_common::maps::FLOWS);
+    let capacity = || -> serde_json::Value {
+        serde_json::from_str(&xlb_lab::netns::sh(&format!(
+            "bpftool -j map show pinned {}",
+            flows.display()
+        )))
+        .unwrap()
+    };
+    let before = capacity();
+    assert_eq!(before["max_entries"], 65536);
+
+    let smaller = std::fs::read_to_string(daemon.config_path())
+        .unwrap()
+        .replacen("[daemon]\n", "[daemon]\nflow_capacity = 4096\n", 1);
+    std::fs::write(daemon.config_path(), smaller).unwrap();
+    let config = daemon.config_path();
+    let out = xlb_in(&topo, &["run", "--config", config.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("the pinned flow table holds 65536 entries but daemon.flow_capacity is 4096"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        capacity()["id"],
+        before["id"],
+        "the flow table was replaced"
+    );
+    assert!(xdp_attached(&topo));
+
+    daemon.run_args = vec!["--recreate-flow-table".into()];
+    daemon.start();
+    assert_eq!(capacity()["max_entries"], 4096);
+    assert_ne!(capacity()["id"], before["id"]);
 }

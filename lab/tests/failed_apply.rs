@@ -112,6 +112,7 @@ fn a_map_write_failing_mid_apply_restores_the_previous_generation() {
     let opts = LoadOptions {
         pin_dir: pins.path().to_path_buf(),
         flow_capacity: 4096,
+        ..LoadOptions::default()
     };
     let mut ctl = Controller::new(
         Dataplane::load(&opts).unwrap().into_maps(),

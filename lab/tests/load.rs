@@ -14,6 +14,7 @@ fn program_loads_pins_every_map_and_reload_adopts_them() {
     let opts = LoadOptions {
         pin_dir: pins.path().into(),
         flow_capacity: 1024,
+        ..LoadOptions::default()
     };
     let mut first = Dataplane::load(&opts).expect("verifier accepts the program");
     for name in maps::ALL {

@@ -148,6 +148,7 @@ fn setup() -> Setup {
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: pins.path().into(),
         flow_capacity: 4096,
+        ..LoadOptions::default()
     })
     .unwrap();
     dp.maps().set_hash_seed(SEED).unwrap();

@@ -174,7 +174,7 @@ fn listen(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or `xlb teardown`.
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<()> {
     let sigset = block_signals();
     let config = config::load(config_path)?;
     let daemon = config.daemon.clone();
@@ -191,6 +191,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: daemon.pin_dir.clone(),
         flow_capacity: daemon.flow_capacity,
+        recreate_flow_table,
     })?;
     dp.attach(&iface, daemon.xdp_mode.into())?;
     dp.maps().set_hash_seed(daemon.hash_seed)?;

@@ -77,6 +77,10 @@ enum Command {
     Run {
         #[arg(long, default_value = "/etc/xlb/xlb.toml")]
         config: PathBuf,
+        /// Replace a pinned flow table whose capacity differs from daemon.flow_capacity
+        /// (established flows lose their entries).
+        #[arg(long)]
+        recreate_flow_table: bool,
     },
     /// Check a config offline. Exit 0 valid, 1 violations, 2 unreadable or unparsable.
     Validate {
@@ -217,8 +221,11 @@ fn call(socket: &Path, req: &Request) -> Result<Response, String> {
 fn run(cli: Cli) -> Result<u8, String> {
     let socket = cli.socket;
     match cli.command {
-        Command::Run { config } => {
-            xlb::daemon::run(&config).map_err(|e| format!("{e:#}"))?;
+        Command::Run {
+            config,
+            recreate_flow_table,
+        } => {
+            xlb::daemon::run(&config, recreate_flow_table).map_err(|e| format!("{e:#}"))?;
             Ok(0)
         }
         Command::Validate { file, json, strict } => validate(&file, json, strict),

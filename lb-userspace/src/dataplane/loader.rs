@@ -66,8 +66,11 @@ impl std::str::FromStr for AttachMode {
 pub struct LoadOptions {
     /// Directory on bpffs for every pinned object.
     pub pin_dir: PathBuf,
-    /// Capacity of the flow table (only used when the map is created, not adopted).
+    /// Capacity of the flow table. A pinned flow table of another capacity is refused,
+    /// unless `recreate_flow_table` says to replace it.
     pub flow_capacity: u32,
+    /// Replace a pinned flow table whose capacity differs (its flows lose their entries).
+    pub recreate_flow_table: bool,
 }
 
 impl Default for LoadOptions {
@@ -75,6 +78,7 @@ impl Default for LoadOptions {
         LoadOptions {
             pin_dir: PathBuf::from(pins::DEFAULT_PIN_DIR),
             flow_capacity: names::DEFAULT_FLOW_CAPACITY,
+            recreate_flow_table: false,
         }
     }
 }
@@ -90,6 +94,7 @@ impl Dataplane {
     /// Loads the program and creates or adopts every pinned map under `opts.pin_dir`.
     pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
         ensure_pin_dir(&opts.pin_dir)?;
+        check_flow_capacity(opts)?;
         let paths: Vec<(&'static str, PathBuf)> = names::ALL
             .iter()
             .map(|&name| (name, pins::map(&opts.pin_dir, name)))
@@ -193,6 +198,35 @@ impl Dataplane {
             })?;
         Ok(())
     }
+}
+
+/// A pinned flow table keeps its capacity: resizing means a new, empty table. Refused
+/// unless asked for, since every established flow then loses its entry.
+fn check_flow_capacity(opts: &LoadOptions) -> Result<(), DataplaneError> {
+    let path = pins::map(&opts.pin_dir, names::FLOWS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let have = aya::maps::MapInfo::from_pin(&path)
+        .map_err(|source| DataplaneError::Map {
+            map: names::FLOWS,
+            what: format!("reading {}", path.display()),
+            source,
+        })?
+        .max_entries();
+    if have == opts.flow_capacity {
+        return Ok(());
+    }
+    if !opts.recreate_flow_table {
+        return Err(DataplaneError::FlowCapacity {
+            have,
+            want: opts.flow_capacity,
+        });
+    }
+    std::fs::remove_file(&path).map_err(|source| DataplaneError::PinDir {
+        path: path.clone(),
+        source,
+    })
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {

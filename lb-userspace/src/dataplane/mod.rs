@@ -43,6 +43,13 @@ pub enum DataplaneError {
         dir: PathBuf,
         what: String,
     },
+    #[error(
+        "the pinned flow table holds {have} entries but daemon.flow_capacity is {want}: \
+         resizing recreates it, and every established flow loses its entry (a flow whose \
+         table slot changed owner since it started then moves). Keep flow_capacity = {have}, \
+         or restart with `xlb run --recreate-flow-table` to accept that"
+    )]
+    FlowCapacity { have: u32, want: u32 },
     #[error("XDP program: {what}: {source}")]
     Program {
         what: String,

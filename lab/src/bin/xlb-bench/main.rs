@@ -95,6 +95,7 @@ impl Bench {
         let opts = LoadOptions {
             pin_dir: pins.path().to_path_buf(),
             flow_capacity,
+            ..LoadOptions::default()
         };
         let state = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
         let ctl = Controller::new(
