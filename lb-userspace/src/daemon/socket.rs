@@ -36,11 +36,13 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An answer the client does not read within this is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes of request lines that all connections together may hold while reading: four
-/// requests at the cap. A reader waits for budget (within its time limit) rather than
-/// growing memory, so many clients holding long unfinished lines cannot exhaust it.
+/// Bytes of request lines that all connections together may hold while reading, past
+/// each connection's first `FIRST_READ`: four requests at the cap. A reader waits for
+/// budget (within its time limit) rather than growing memory, so many clients holding
+/// long unfinished lines cannot exhaust memory; and since the first `FIRST_READ` bytes
+/// need no budget, they cannot hold up the short requests (status, weight set) either.
 const BUFFER_BUDGET: usize = 4 * (MAX_REQUEST_LINE + 1);
-/// The first read buffer; it doubles as the line grows.
+/// The first read buffer; it doubles as the line grows. Every request but `apply` fits.
 const FIRST_READ: usize = 4096;
 
 /// Creates the socket: parent directory 0755, socket 0600, or 0660 with `group`.
@@ -204,10 +206,12 @@ async fn read_line(
     loop {
         // Nothing is allocated for a connection until it has something to say.
         stream.readable().await.map_err(ReadError::Io)?;
-        if buf.len() == buf.capacity() {
-            let want = (buf.capacity() * 2).clamp(FIRST_READ, MAX_REQUEST_LINE + 1);
+        if buf.capacity() == 0 {
+            buf.reserve_exact(FIRST_READ);
+        } else if buf.len() == buf.capacity() {
+            let want = (buf.capacity() * 2).min(MAX_REQUEST_LINE + 1);
             let more = want - buf.capacity();
-            // `want` never exceeds the budget, so this only waits for others to finish.
+            // `more` never exceeds the budget, so this only waits for others to finish.
             let permit = budget
                 .clone()
                 .acquire_many_owned(more as u32)
