@@ -9,7 +9,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header::CONTENT_TYPE};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::Semaphore,
+};
 
 use super::{
     accept::{self, Burst},
@@ -27,6 +30,29 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a scrape waits for the controller before it answers from the last sample.
 const FRESH_WAIT: Duration = Duration::from_millis(250);
+
+/// Listens on `addr` (`host:port`) with a backlog as long as the connection bound, so
+/// that a burst of connections waits there instead of being dropped (a dropped SYN costs
+/// the client a second or more before it retries).
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(a)
+            .and_then(|()| socket.listen(MAX_CONNECTIONS as u32))
+        {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
+}
 
 /// Serves `listener` until the daemon stops.
 pub async fn serve(listener: TcpListener, d: Arc<Shared>) {

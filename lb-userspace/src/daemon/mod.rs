@@ -131,7 +131,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let (controller, daemon) = tokio::task::spawn_blocking(move || start(&path)).await??;
     let listener = socket::listen(&daemon.socket, daemon.socket_group.as_deref())?;
     let metrics = match &daemon.metrics {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+        Some(addr) => match metrics::bind(addr).await {
             Ok(l) => Some(l),
             Err(e) => {
                 let _ = std::fs::remove_file(&daemon.socket);
