@@ -173,7 +173,9 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // Let an apply in progress finish and every answer go out; queued changes are refused
     // now that the daemon is stopping.
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        let _turn = d.turn().await;
+        // Once this turn comes, no apply runs; it is released at once, so that requests
+        // still queued behind it get their turn (and their refusal).
+        drop(d.turn().await);
         conns.acquire_many(socket::MAX_CONNECTIONS as u32).await
     })
     .await;
