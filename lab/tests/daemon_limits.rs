@@ -2,8 +2,9 @@
 //! trickling clients on the API socket and on `/metrics` do not delay `xlb status` or a
 //! scrape, and are cut off on time; an over-long request line is refused by name and
 //! long unfinished lines do not grow the daemon's memory; a change still applies to the
-//! maps meanwhile. A change whose client left while it was queued is not applied. Accept
-//! failures at the open-files limit back off instead of spinning.
+//! maps meanwhile. A change whose client left while it was queued is not applied, and
+//! SIGTERM lets the apply in progress answer and refuses what is queued. Accept failures
+//! at the open-files limit back off instead of spinning.
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -419,6 +420,31 @@ fn a_change_whose_client_left_while_queued_is_not_applied() {
     assert!(
         log.contains("weight set web b2 2: applied as generation"),
         "{log}"
+    );
+
+    // SIGTERM during the slow apply: it finishes and its client gets the real answer; the
+    // change queued behind it is refused, not applied.
+    let a = xlb(&["apply", slow_file.to_str().unwrap()]);
+    thread::sleep(Duration::from_millis(400));
+    let queued = xlb(&["weight", "set", "web", "b3", "2"]);
+    thread::sleep(Duration::from_millis(300));
+    daemon.stop_with(libc::SIGTERM);
+    let a = a.wait_with_output().unwrap();
+    assert!(text(&a).contains("no neighbour entry"), "{}", text(&a));
+    let queued = queued.wait_with_output().unwrap();
+    assert_eq!(queued.status.code(), Some(2), "{}", text(&queued));
+    assert!(
+        text(&queued).contains("the daemon is stopping; nothing was changed"),
+        "{}",
+        text(&queued)
+    );
+    assert_eq!(daemon.history_len() as u64, committed);
+    assert!(
+        daemon
+            .log()
+            .contains("SIGTERM: stopped; the data plane keeps forwarding"),
+        "{}",
+        daemon.log()
     );
 }
 
