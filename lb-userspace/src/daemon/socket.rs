@@ -194,8 +194,8 @@ enum ReadError {
     Io(io::Error),
 }
 
-/// Reads up to the first newline: the line without it, and the budget its buffer holds;
-/// `None` if the client closed first. Bytes after the newline are ignored (one request
+/// Reads up to the first newline (or the end of the stream): the line without it, and
+/// the budget its buffer holds; `None` if the client sent nothing. Bytes after the newline are ignored (one request
 /// per connection). Nothing past `MAX_REQUEST_LINE + 1` bytes is ever read.
 async fn read_line(
     stream: &mut UnixStream,
@@ -225,7 +225,10 @@ async fn read_line(
         }
         let start = buf.len();
         match stream.try_read_buf(&mut buf) {
-            Ok(0) => return Ok(None),
+            // A client that shut down its writing half after an unterminated line still
+            // gets its answer.
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Ok(Some((buf, held))),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(ReadError::Io(e)),
