@@ -266,34 +266,39 @@ fn idle_and_trickling_clients_delay_nobody_and_memory_stays_bounded() {
     );
     assert!(rss_mb(pid) < 200, "RSS {} MB", rss_mb(pid));
 
-    // Sixteen clients each hold an unfinished 15 MiB line (240 MiB in all): the daemon
-    // buffers what its budget allows and the rest waits in the kernel.
-    let held = Arc::new(AtomicUsize::new(0));
+    // Sixteen clients each push an unfinished 15 MiB line (240 MiB in all): the daemon
+    // buffers what its budget allows and the rest waits in the clients.
+    let sent = Arc::new(AtomicUsize::new(0));
     let holders: Vec<_> = (0..16)
         .map(|_| {
             let mut s = UnixStream::connect(&socket).unwrap();
-            let held = held.clone();
+            let sent = sent.clone();
             thread::spawn(move || {
-                if s.write_all(&vec![b' '; 15 << 20]).is_ok() {
-                    held.fetch_add(1, Ordering::Relaxed);
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..15 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
                 }
                 // Keep the connection until the daemon cuts it off.
                 let _ = s.read_to_end(&mut Vec::new());
             })
         })
         .collect();
-    // The daemon's memory while they push: the budget (four lines at the cap) and
-    // 4,000 idle connections, not 240 MiB.
+    // The daemon's memory while they push: its budget (four lines at the cap) and 4,000
+    // idle connections, not 240 MiB.
     let mut rss = 0;
     for _ in 0..20 {
         thread::sleep(Duration::from_millis(100));
         rss = rss.max(rss_mb(pid));
     }
-    let sent = held.load(Ordering::Relaxed);
-    eprintln!("daemon RSS at most {rss} MB with {sent} of 16 unfinished 15 MiB lines sent");
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!("daemon RSS at most {rss} MB with {sent} MiB of unfinished lines sent");
+    // Socket buffers take a few MiB; the rest is in the daemon.
     assert!(
-        sent >= 1,
-        "no unfinished line got through: the check measured nothing"
+        sent >= 48,
+        "only {sent} MiB sent: the daemon did not take its budget's worth"
     );
     assert!(rss < 200, "RSS {rss} MB with unfinished lines held");
 
