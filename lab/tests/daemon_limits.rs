@@ -238,6 +238,15 @@ fn idle_and_trickling_clients_delay_nobody_and_memory_stays_bounded() {
         "xlb status took {:?}",
         t.elapsed()
     );
+    // A client that ends its line by shutting down its writing half is still waiting
+    // for the answer, and gets it.
+    let mut half = UnixStream::connect(&socket).unwrap();
+    half.write_all(br#"{"op":"status"}"#).unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    half.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with(r#"{"ok":true"#), "{answer}");
+
     let t = Instant::now();
     let (status, body) = scrape(&lb);
     eprintln!("scrape: {:?}", t.elapsed());
