@@ -1,6 +1,6 @@
 //! The daemon under abuse, with the real daemon and CLI: thousands of idle connections and
 //! trickling clients on the API socket and on `/metrics` do not delay `xlb status` or a
-//! scrape, and are cut off on time; an over-long request line is refused by name and
+//! scrape, and are cut off on time; past the connection bound a client is told so; an over-long request line is refused by name and
 //! long unfinished lines do not grow the daemon's memory; a change still applies to the
 //! maps meanwhile. A change whose client left while it was queued is not applied, and
 //! SIGTERM lets the apply in progress answer and refuses what is queued. Accept failures
@@ -349,6 +349,25 @@ fn idle_and_trickling_clients_delay_nobody_and_memory_stays_bounded() {
     drop((idle_api, idle_http));
     let out = daemon.xlb(&["status"]);
     assert!(out.status.success(), "{}", text(&out));
+
+    // Past the bound on connections, a new one is told so at once.
+    let full: Vec<UnixStream> = (0..4096)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let mut over = UnixStream::connect(&socket).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answer = String::new();
+    over.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("4096 connections open"), "{answer}");
+    drop(full);
+    let t = Instant::now();
+    while !daemon.xlb(&["status"]).status.success() {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "no status after the flood"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
