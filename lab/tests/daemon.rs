@@ -146,6 +146,17 @@ fn daemon_and_cli_end_to_end() {
     // Health: only b1 answers on the health port, so 1 of 3 weighted backends is healthy
     // and `healthy-quorum` (0.5) refuses every change to web until b2 is back.
     wait_health(&daemon, [true, false, false]);
+    let metrics = scrape(&topo.lb.name);
+    for line in [
+        "xlb_backend_healthy{vip=\"web\",backend=\"b1\"} 1\n",
+        "xlb_backend_healthy{vip=\"web\",backend=\"b2\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in {metrics}");
+    }
+    assert!(
+        !metrics.contains("xlb_backend_healthy{vip=\"echo\""),
+        "a VIP without health checks has a health gauge: {metrics}"
+    );
     let out = daemon.xlb(&["weight", "set", "web", "b1", "2"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("[healthy-quorum]"), "{}", text(&out));

@@ -117,7 +117,7 @@ fn a_map_write_failing_mid_apply_restores_the_previous_generation() {
     let mut ctl = Controller::new(
         Dataplane::load(&opts).unwrap().into_maps(),
         History::open(state.path()).unwrap(),
-        Box::new(|addr| Err(format!("no neighbour lookups in this test ({addr})"))),
+        Box::new(|addr, _| Err(format!("no neighbour lookups in this test ({addr})"))),
     )
     .unwrap();
     let mut intruder = Dataplane::load(&opts).unwrap().into_maps();

@@ -12,6 +12,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::guard::{Plan, Violation};
 
+/// The longest request line the daemon reads, newline excluded. The largest config the
+/// maps can hold (1024 VIPs, 4095 backends, 64-byte names, full-length IPv6 addresses,
+/// every per-VIP override and a health check) encodes as an `apply` request of under
+/// 2 MiB (`tests::the_largest_config_fits_the_request_line_limit` measures it); 16 MiB
+/// leaves room for that to grow while bounding what one client can make the daemon
+/// hold.
+pub const MAX_REQUEST_LINE: usize = 16 << 20;
+
+/// A reading request waits this long for its answer; a changing one waits for as long as
+/// the changes queued before it take, because giving up would not cancel it once it
+/// started.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How a change goes through the guardrails; shared by every changing request. Absent
 /// fields mean a plain, unforced apply.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -71,6 +84,25 @@ pub enum Request {
     Teardown,
 }
 
+impl Request {
+    /// Whether the daemon may change the data plane or the history for this request (a
+    /// dry run does not).
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Request::Apply { guarded, .. }
+            | Request::WeightSet { guarded, .. }
+            | Request::Drain { guarded, .. }
+            | Request::Rollback { guarded, .. } => !guarded.dry_run,
+            Request::Teardown => true,
+            Request::Status
+            | Request::Stats
+            | Request::History { .. }
+            | Request::Export
+            | Request::Explain { .. } => false,
+        }
+    }
+}
+
 /// Every answer has this shape; `data` depends on the request.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Response {
@@ -112,8 +144,18 @@ impl Response {
     }
 }
 
-/// Sends `req` to the daemon at `socket` and waits for its answer.
+/// Sends `req` to the daemon at `socket` and waits for its answer: without a time limit
+/// for a changing request (its outcome is what the caller reports), `READ_TIMEOUT` for
+/// the others.
 pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
+    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    if line.len() > MAX_REQUEST_LINE {
+        return Err(format!(
+            "the request is {} bytes, over the daemon's limit of {MAX_REQUEST_LINE} bytes",
+            line.len()
+        ));
+    }
+    line.push(b'\n');
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot reach the xlb daemon at {}: {e}; is `xlb run` running (systemctl status xlb), \
@@ -121,18 +163,86 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
             socket.display()
         )
     })?;
-    // Applies resolve MACs and write whole tables; allow them time, but not forever.
+    let changes = req.changes_state();
     stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
+        .set_read_timeout((!changes).then_some(READ_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    stream
-        .write_all(&line)
-        .map_err(|e| format!("sending to the daemon: {e}"))?;
+    // A daemon that refuses the request (too many connections, the line too long) answers
+    // and closes without reading it all: its answer is still there to read.
+    let sent = stream.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(|e| format!("reading the daemon's answer: {e}"))?;
+    let read = BufReader::new(stream).read_line(&mut answer);
+    if answer.is_empty() {
+        let why = match (sent, read) {
+            (Err(e), _) => format!("sending to the daemon: {e}"),
+            (_, Err(e)) => format!("reading the daemon's answer: {e}"),
+            (_, Ok(_)) => "the daemon closed the connection without answering".to_string(),
+        };
+        return Err(if changes {
+            format!("{why}; whether the change was applied is unknown: see `xlb history`")
+        } else {
+            why
+        });
+    }
     serde_json::from_str(&answer).map_err(|e| format!("the daemon's answer is not valid: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendSpec, Config, HealthCheck, PolicyOverride, Protocol, Vip};
+
+    #[test]
+    fn the_largest_config_fits_the_request_line_limit() {
+        let name = |prefix: &str, i: usize| format!("{prefix}{i:0>63}");
+        let vips = lb_common::maps::MAX_VIPS as usize;
+        let backends = lb_common::maps::MAX_BACKENDS as usize - 1;
+        let config = Config {
+            vips: (0..vips)
+                .map(|v| Vip {
+                    name: name("v", v),
+                    address: format!("2001:db8:ffff:ffff:ffff:ffff:ffff:{v:04x}"),
+                    port: 65535,
+                    protocol: Protocol::Tcp,
+                    forwarding: crate::config::Forwarding::L2Dsr,
+                    guardrails: PolicyOverride {
+                        min_active_backends: Some(4_000_000_000),
+                        max_backend_share: Some(0.123_456_789_012_345_67),
+                        table_fidelity: Some(0.123_456_789_012_345_67),
+                        max_flow_shift: Some(0.123_456_789_012_345_67),
+                        healthy_quorum: Some(0.123_456_789_012_345_67),
+                    },
+                    health: Some(HealthCheck {
+                        port: 65535,
+                        interval_ms: 1_000_000,
+                        timeout_ms: 1_000_000,
+                    }),
+                    backends: (0..backends)
+                        .filter(|b| b % vips == v)
+                        .map(|b| BackendSpec {
+                            name: name("b", b),
+                            address: format!("2001:db8:ffff:ffff:ffff:ffff:ffff:{b:04x}"),
+                            mac: "02:00:00:00:00:01".into(),
+                            weight: 1_000_000,
+                            line: None,
+                        })
+                        .collect(),
+                    line: None,
+                })
+                .collect(),
+            ..Config::default()
+        };
+        let request = Request::Apply {
+            text: crate::config::to_toml(&config).unwrap(),
+            file: PathBuf::from(format!("/{}", "f".repeat(4095))),
+            guarded: Guarded {
+                dry_run: true,
+                force: true,
+                reason: Some("r".repeat(4096)),
+            },
+        };
+        let size = serde_json::to_vec(&request).unwrap().len();
+        eprintln!("largest apply request: {size} bytes");
+        assert!(size * 8 < MAX_REQUEST_LINE, "{size} bytes");
+    }
 }

@@ -82,8 +82,9 @@ pub struct Outcome {
     pub dry_run: bool,
 }
 
-/// Resolves a backend's MAC from its address (the neighbour table, in the daemon).
-pub type Resolver = Box<dyn Fn(IpAddr) -> Result<[u8; 6], String> + Send>;
+/// Resolves a backend's MAC from its address (the neighbour table, in the daemon),
+/// soliciting and waiting up to the given time if it is not known yet.
+pub type Resolver = Box<dyn Fn(IpAddr, Duration) -> Result<[u8; 6], String> + Send>;
 
 /// The tables of `config` as they are installed (no running config, no health).
 fn tables_of(config: &Config) -> Plan {
@@ -127,7 +128,7 @@ fn fingerprints(plan: &Plan) -> BTreeMap<String, String> {
 
 /// Resolves through the neighbour table of `iface`.
 pub fn neighbour_resolver(iface: String) -> Resolver {
-    Box::new(move |addr| crate::neighbour::resolve(&iface, addr, Duration::from_secs(2)))
+    Box::new(move |addr, wait| crate::neighbour::resolve(&iface, addr, wait))
 }
 
 pub struct Controller {

@@ -32,12 +32,14 @@ enum Task {
 
 /// bpf-linker must stay on 0.10.x: later releases need a system LLVM this machine lacks.
 const BPF_LINKER_VERSION: &str = "0.10.3";
-/// Debian packages the tests call: ip, bpftool, ethtool, nft.
-const PACKAGES: [(&str, &str); 6] = [
+/// Debian packages the tests call: ip, bpftool, ethtool, nft, promtool.
+const PACKAGES: [(&str, &str); 7] = [
     ("iproute2", "ip"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("nftables", "nft"),
+    // `promtool check metrics` on a real scrape (lab/tests/daemon_limits.rs).
+    ("prometheus", "promtool"),
     // The benchmarks' comparison (HAProxy in TCP mode); its service is not started.
     ("haproxy", "haproxy"),
     // The benchmarks' profile of the established-flow case (`perf record`).

@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    time::Duration,
 };
 
 use crate::{
@@ -19,6 +20,9 @@ use crate::{
 };
 
 use super::{ApplyError, Controller, addr16, fingerprints, installed, now};
+
+/// How long an apply waits for a new backend's neighbour entry.
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
 /// A generation the neighbour table caused.
 #[derive(Clone, Debug)]
@@ -64,6 +68,14 @@ impl Controller {
                     };
                     let known = known.filter(|r| resolved_before(r));
                     let recorded = known.and_then(|r| r.mac(&vip.name, &b.name));
+                    // One the running generation could not resolve is only looked up:
+                    // the refresher keeps soliciting it, and an apply must not wait
+                    // for it again.
+                    let wait = if known.is_some_and(|r| r.unresolved.contains(&key)) {
+                        Duration::ZERO
+                    } else {
+                        RESOLVE_WAIT
+                    };
                     let in_maps = || {
                         let r = known?;
                         let id = r.ids.backend(&vip.name, &b.name)?;
@@ -72,7 +84,7 @@ impl Controller {
                     };
                     recorded
                         .or_else(in_maps)
-                        .or_else(|| (self.resolve)(addr).ok())
+                        .or_else(|| (self.resolve)(addr, wait).ok())
                 } else {
                     guard::parse_mac(&b.mac)
                 };

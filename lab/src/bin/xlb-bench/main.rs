@@ -103,7 +103,7 @@ impl Bench {
                 .unwrap_or_else(|e| fail(format!("load: {e}")))
                 .into_maps(),
             History::open(state.path()).unwrap_or_else(|e| fail(format!("history: {e}"))),
-            Box::new(|addr| Err(format!("no neighbour lookups in the bench ({addr})"))),
+            Box::new(|addr, _| Err(format!("no neighbour lookups in the bench ({addr})"))),
         )
         .unwrap_or_else(|e| fail(format!("controller: {e}")));
         Bench {

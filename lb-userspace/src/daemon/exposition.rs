@@ -1,0 +1,215 @@
+//! A counter sample in the Prometheus text exposition format (0.0.4), written by
+//! `prometheus-client` so names, escaping and `_total` suffixes follow the format.
+
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use super::rates::Sample;
+use crate::controller::BackendStatsView;
+
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// The `/metrics` body for `sample`.
+pub fn render(sample: Arc<Sample>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Metrics(sample)));
+    let mut out = String::new();
+    // Writing to a String cannot fail, and every value here encodes.
+    let _ = prometheus_text::encode(&mut out, &registry);
+    out
+}
+
+#[derive(Debug)]
+struct Metrics(Arc<Sample>);
+
+/// A value of each backend, for one metric family.
+type PerBackend = fn(&BackendStatsView) -> Option<Value>;
+
+enum Value {
+    Counter(u64),
+    Int(i64),
+    Float(f64),
+}
+
+/// Counters are named without `_total`: the encoder appends it to counters.
+const BACKEND_METRICS: [(&str, &str, MetricType, PerBackend); 7] = [
+    (
+        "xlb_backend_packets",
+        "Packets sent to the backend.",
+        MetricType::Counter,
+        |b| Some(Value::Counter(b.packets)),
+    ),
+    (
+        "xlb_backend_bytes",
+        "Bytes sent to the backend.",
+        MetricType::Counter,
+        |b| Some(Value::Counter(b.bytes)),
+    ),
+    (
+        "xlb_backend_new_flows",
+        "New flows assigned to the backend.",
+        MetricType::Counter,
+        |b| Some(Value::Counter(b.new_flows)),
+    ),
+    (
+        "xlb_backend_weight",
+        "The backend's configured weight.",
+        MetricType::Gauge,
+        |b| Some(Value::Int(i64::from(b.weight))),
+    ),
+    (
+        "xlb_backend_table_share",
+        "The backend's share of its VIP's table: the share of new flows it gets.",
+        MetricType::Gauge,
+        |b| Some(Value::Float(b.table_share)),
+    ),
+    (
+        "xlb_backend_healthy",
+        "1 if the backend passes its VIP's TCP health check, else 0 (VIPs with checks only).",
+        MetricType::Gauge,
+        |b| b.healthy.map(|h| Value::Int(i64::from(h))),
+    ),
+    (
+        "xlb_backend_mac_resolved",
+        "1 if the backend has a MAC to forward to, else 0 (unresolved: no slot, no traffic).",
+        MetricType::Gauge,
+        |b| Some(Value::Int(i64::from(b.mac.is_some()))),
+    ),
+];
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = &self.0;
+        ConstGauge::new(s.generation as i64).encode(enc.encode_descriptor(
+            "xlb_generation",
+            "The generation the data plane runs (0 before the first).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        for (name, help, kind, value) in BACKEND_METRICS {
+            let rows: Vec<_> = s
+                .vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+                .filter_map(|(v, b)| value(b).map(|x| (v, b, x)))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut family = enc.encode_descriptor(name, help, None, kind)?;
+            for (v, b, x) in rows {
+                let labels = [("vip", v.vip.as_str()), ("backend", b.backend.as_str())];
+                let m = family.encode_family(&labels)?;
+                match x {
+                    Value::Counter(n) => ConstCounter::new(n).encode(m)?,
+                    Value::Int(i) => ConstGauge::new(i).encode(m)?,
+                    Value::Float(f) => ConstGauge::new(f).encode(m)?,
+                }
+            }
+        }
+        let mut drops = enc.encode_descriptor(
+            "xlb_vip_drops",
+            "Packets to the VIP dropped (no backend, or a malformed header).",
+            None,
+            MetricType::Counter,
+        )?;
+        for v in &s.vips {
+            ConstCounter::new(v.drops).encode(drops.encode_family(&[("vip", v.vip.as_str())])?)?;
+        }
+        if !s.reasons.is_empty() {
+            let mut packets = enc.encode_descriptor(
+                "xlb_packets",
+                "Packets the XDP program saw, by verdict reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in &s.reasons {
+                ConstCounter::new(*n).encode(packets.encode_family(&[("reason", *reason)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::VipStatsView;
+
+    fn backend(name: &str, healthy: Option<bool>) -> BackendStatsView {
+        BackendStatsView {
+            backend: name.into(),
+            id: 1,
+            address: "198.18.0.11".into(),
+            mac: Some("02:00:00:00:00:01".into()),
+            mac_source: "neighbour".into(),
+            weight: 3,
+            table_share: 0.25,
+            healthy,
+            packets: 10,
+            bytes: 1500,
+            new_flows: 2,
+        }
+    }
+
+    fn vip(name: &str, backends: Vec<BackendStatsView>) -> VipStatsView {
+        VipStatsView {
+            vip: name.into(),
+            label: name.into(),
+            id: 1,
+            generation: 4,
+            packets: 10,
+            bytes: 1500,
+            new_flows: 2,
+            drops: 7,
+            backends,
+        }
+    }
+
+    #[test]
+    fn names_labels_and_values_are_the_scraped_ones() {
+        let text = render(Arc::new(Sample {
+            generation: 4,
+            vips: vec![
+                vip(
+                    "web",
+                    vec![backend("b1", Some(true)), backend("b2", Some(false))],
+                ),
+                vip("dns", vec![backend("d1", None)]),
+            ],
+            reasons: vec![("forwarded", 12), ("pass-not-ip", 3)],
+        }));
+        for line in [
+            "# TYPE xlb_generation gauge\nxlb_generation 4\n",
+            "# TYPE xlb_backend_packets_total counter\n",
+            "xlb_backend_packets_total{vip=\"web\",backend=\"b1\"} 10\n",
+            "xlb_backend_bytes_total{vip=\"dns\",backend=\"d1\"} 1500\n",
+            "xlb_backend_new_flows_total{vip=\"web\",backend=\"b2\"} 2\n",
+            "# TYPE xlb_backend_weight gauge\n",
+            "xlb_backend_weight{vip=\"web\",backend=\"b1\"} 3\n",
+            "xlb_backend_table_share{vip=\"web\",backend=\"b1\"} 0.25\n",
+            "xlb_backend_healthy{vip=\"web\",backend=\"b1\"} 1\n",
+            "xlb_backend_healthy{vip=\"web\",backend=\"b2\"} 0\n",
+            "# TYPE xlb_vip_drops_total counter\nxlb_vip_drops_total{vip=\"web\"} 7\n",
+            "# TYPE xlb_packets_total counter\n",
+            "xlb_packets_total{reason=\"forwarded\"} 12\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        // Only VIPs with health checks have a health gauge.
+        assert!(!text.contains("xlb_backend_healthy{vip=\"dns\""), "{text}");
+    }
+
+    #[test]
+    fn a_sample_without_vips_still_has_the_generation() {
+        let text = render(Arc::new(Sample::default()));
+        assert!(text.contains("xlb_generation 0\n"), "{text}");
+        assert!(!text.contains("xlb_backend_"), "{text}");
+    }
+}

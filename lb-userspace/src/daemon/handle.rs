@@ -1,0 +1,365 @@
+//! One API request: wait for the controller's turn, drop a change whose client went away
+//! while it waited, run the request on the controller, and log every change or attempt
+//! with who asked, what, the outcome, and whether it was forced and why.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tracing::{debug, info, warn};
+
+use super::{
+    state::{Shared, Stop, lock},
+    sys,
+};
+use crate::{
+    api::{Guarded, Request, Response},
+    config,
+    controller::{self, ApplyError, Controller},
+    dataplane::loader,
+    history::Source,
+};
+
+/// What `req` asks, for the log: its kind and arguments.
+fn describe(req: &Request) -> String {
+    let dry = |g: &Guarded| if g.dry_run { " (dry run)" } else { "" };
+    match req {
+        Request::Status => "status".into(),
+        Request::Stats => "stats".into(),
+        Request::History { all } => if *all { "history --all" } else { "history" }.into(),
+        Request::Export => "export".into(),
+        Request::Apply { file, guarded, .. } => {
+            format!(
+                "apply {}{}",
+                crate::reload::file_label(file).display(),
+                dry(guarded)
+            )
+        }
+        Request::WeightSet {
+            vip,
+            backend,
+            weight,
+            guarded,
+        } => format!(
+            "weight set {} {} {weight}{}",
+            printable(vip),
+            printable(backend),
+            dry(guarded)
+        ),
+        Request::Drain {
+            vip,
+            backend,
+            guarded,
+        } => format!(
+            "drain {} {}{}",
+            printable(vip),
+            printable(backend),
+            dry(guarded)
+        ),
+        Request::Rollback {
+            generation,
+            guarded,
+        } => match generation {
+            Some(g) => format!("rollback to generation {g}{}", dry(guarded)),
+            None => format!("rollback to the previous generation{}", dry(guarded)),
+        },
+        Request::Explain { vip, client } => format!("explain {vip} {client}"),
+        Request::Teardown => "teardown".into(),
+    }
+}
+
+/// A client's string, fit for one log line: control characters shown as `?`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(128)
+        .collect()
+}
+
+fn guarded(req: &Request) -> Guarded {
+    match req {
+        Request::Apply { guarded, .. }
+        | Request::WeightSet { guarded, .. }
+        | Request::Drain { guarded, .. }
+        | Request::Rollback { guarded, .. } => guarded.clone(),
+        _ => Guarded::default(),
+    }
+}
+
+/// The outcome of a change, for the log.
+pub fn outcome(r: &Response) -> String {
+    if r.ok {
+        return match r.generation {
+            Some(g) => format!("applied as generation {g}"),
+            None => match serde_json::from_value::<loader::Teardown>(r.data.clone()) {
+                Ok(report) => report.to_string().replace('\n', "; "),
+                Err(_) => "nothing to change".into(),
+            },
+        };
+    }
+    if r.violations.is_empty() {
+        return format!("failed: {}", r.error);
+    }
+    format!("rejected by {}", rule_ids(&r.violations))
+}
+
+/// The distinct rule ids of `violations`, sorted: `max-backend-share, min-active-backends`.
+pub fn rule_ids(violations: &[crate::guard::Violation]) -> String {
+    let mut rules: Vec<&str> = violations.iter().map(|v| v.rule.id()).collect();
+    rules.sort_unstable();
+    rules.dedup();
+    rules.join(", ")
+}
+
+/// Answers `req` from `user`, whose connection is `peer` (a raw fd, checked for hangup).
+pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> Response {
+    let what = describe(&req);
+    let changes = req.changes_state();
+    let g = guarded(&req);
+    let reason = g.reason.as_deref().unwrap_or("-");
+    let turn = d.turn().await;
+    if changes && d.stopping() {
+        info!(
+            user,
+            force = g.force,
+            reason,
+            "{what}: cancelled: the daemon is stopping"
+        );
+        return Response::error("the daemon is stopping; nothing was changed");
+    }
+    if sys::hung_up(peer) {
+        if changes {
+            info!(
+                user,
+                force = g.force,
+                reason,
+                "{what}: cancelled: the client went away while it was queued"
+            );
+        }
+        return Response::error("cancelled: the client went away");
+    }
+    let rates = lock(&d.rates).clone();
+    let shared = d.clone();
+    let who = user.clone();
+    let response = turn
+        .run(move |c| execute(&shared, c, req, who, rates))
+        .await
+        .unwrap_or_else(Response::error);
+    let result = outcome(&response);
+    match (changes, response.ok) {
+        (true, true) => info!(user, force = g.force, reason, "{what}: {result}"),
+        (true, false) if response.violations.is_empty() => {
+            warn!(user, force = g.force, reason, "{what}: {result}")
+        }
+        (true, false) => info!(user, force = g.force, reason, "{what}: {result}"),
+        (false, _) => debug!(
+            user,
+            "{what}: {}",
+            if response.ok { "ok" } else { &response.error }
+        ),
+    }
+    response
+}
+
+fn apply_response(result: Result<controller::Outcome, ApplyError>) -> Response {
+    match result {
+        Ok(o) => Response {
+            ok: true,
+            generation: o.generation,
+            plan: Some(o.plan),
+            ..Response::default()
+        },
+        Err(ApplyError::Rejected(violations, plan)) => Response {
+            ok: false,
+            error: format!(
+                "rejected by {} guardrail violation(s); nothing was changed. Fix the config, \
+                 or, for policy rules, use --force --reason",
+                violations.len()
+            ),
+            violations,
+            plan: Some(*plan),
+            ..Response::default()
+        },
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+/// Applies `config` through the controller on behalf of `user`.
+fn apply_as(
+    c: &mut Controller,
+    config: config::Config,
+    source: Source,
+    user: String,
+    g: Guarded,
+) -> Response {
+    apply_response(c.apply(controller::Request {
+        config,
+        source,
+        user,
+        force: g.force,
+        reason: g.reason,
+        dry_run: g.dry_run,
+    }))
+}
+
+/// `xlb weight set` and `xlb drain`. The history's command line is made here from the
+/// names the running config has, never taken from the client.
+fn weight_set(
+    c: &mut Controller,
+    vip: &str,
+    backend: &str,
+    weight: i64,
+    user: String,
+    guarded: Guarded,
+    verb: &str,
+) -> Response {
+    let Some(current) = c.current() else {
+        return Response::error("no generation is applied yet; use `xlb apply FILE`");
+    };
+    // Lines of the file the running config came from do not locate this change.
+    let mut config = current.config.without_lines();
+    let Some(v) = config.vips.iter_mut().find(|v| v.name == vip) else {
+        return Response::error(format!("no VIP named {vip:?}; `xlb status` lists them"));
+    };
+    let Some(b) = v.backends.iter_mut().find(|b| b.name == backend) else {
+        return Response::error(format!(
+            "VIP {vip} has no backend named {backend:?}; `xlb status` lists them"
+        ));
+    };
+    b.weight = weight;
+    let command = if verb == "drain" {
+        format!("drain {vip} {backend}")
+    } else {
+        format!("weight set {vip} {backend} {weight}")
+    };
+    apply_as(c, config, Source::Cli { command }, user, guarded)
+}
+
+/// Applied generations, and with `all` the audited attempts too, oldest first.
+fn history(c: &Controller, all: bool) -> Response {
+    let records = match c.history().all() {
+        Ok(r) => r,
+        Err(e) => return Response::error(e.to_string()),
+    };
+    if !all {
+        return Response::data(records);
+    }
+    match c.history().attempts() {
+        Ok(attempts) => Response::data(serde_json::json!({
+            "records": records, "attempts": attempts})),
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+/// `req` on the controller; runs on the blocking pool during the controller's turn.
+fn execute(
+    d: &Shared,
+    c: &mut Controller,
+    req: Request,
+    user: String,
+    rates: std::collections::BTreeMap<(String, String), super::Rates>,
+) -> Response {
+    let daemon = d.settings.clone();
+    match req {
+        Request::Status | Request::Stats => match c.stats() {
+            Ok(stats) => Response::data(serde_json::json!({
+                "generation": c.current().map(|r| r.generation),
+                "interface": daemon.interface,
+                "xdp_mode": daemon.xdp_mode,
+                "vips": stats,
+                "rates": rates.iter().map(|((v, b), r)| serde_json::json!({
+                    "vip": v, "backend": b, "rates": r})).collect::<Vec<_>>(),
+            })),
+            Err(e) => Response::error(e.to_string()),
+        },
+        Request::History { all } => history(c, all),
+        Request::Export => match c.current() {
+            Some(r) => match config::to_toml(&r.config) {
+                Ok(text) => Response::data(serde_json::json!({
+                    "generation": r.generation, "config": text})),
+                Err(e) => Response::error(format!("encoding the config: {e}")),
+            },
+            None => Response::error("no generation is applied yet"),
+        },
+        Request::Apply {
+            text,
+            file,
+            guarded,
+        } => {
+            // The daemon reads the text itself: what it applies and records is what it
+            // parsed; the client's file name only labels it.
+            let file = crate::reload::file_label(&file);
+            let mut config = match config::parse(&text, &file) {
+                Ok(c) => c,
+                Err(e) => return Response::error(e.to_string()),
+            };
+            // Daemon settings take effect at `xlb run`; an apply changes VIPs and policy.
+            let restart = daemon.differences(&config.daemon);
+            config.daemon = daemon;
+            let mut r = apply_as(c, config, Source::File { file }, user, guarded);
+            if let Some(plan) = &mut r.plan {
+                plan.restart = restart;
+            }
+            r
+        }
+        Request::WeightSet {
+            vip,
+            backend,
+            weight,
+            guarded,
+        } => weight_set(c, &vip, &backend, weight, user, guarded, "weight set"),
+        Request::Drain {
+            vip,
+            backend,
+            guarded,
+        } => weight_set(c, &vip, &backend, 0, user, guarded, "drain"),
+        Request::Rollback {
+            generation,
+            guarded,
+        } => {
+            let target = match generation {
+                Some(g) => g,
+                None => {
+                    let gens = match c.history().generations() {
+                        Ok(g) => g,
+                        Err(e) => return Response::error(e.to_string()),
+                    };
+                    match gens.len() {
+                        0 | 1 => {
+                            return Response::error(
+                                "there is no previous generation to roll back to",
+                            );
+                        }
+                        n => gens[n - 2],
+                    }
+                }
+            };
+            let record = match c.history().get(target) {
+                Ok(r) => r,
+                Err(e) => return Response::error(e.to_string()),
+            };
+            let mut config = record.config.without_lines();
+            config.daemon = daemon;
+            apply_as(c, config, Source::Rollback { to: target }, user, guarded)
+        }
+        Request::Explain { vip, client } => {
+            let Ok(client) = client.parse::<SocketAddr>() else {
+                return Response::error(format!(
+                    "{client:?} is not CLIENT_IP:PORT (for IPv6: [2001:db8::1]:443)"
+                ));
+            };
+            match c.explain(&vip, client) {
+                Ok(e) => Response::data(e),
+                Err(e) => Response::error(e.to_string()),
+            }
+        }
+        Request::Teardown => match loader::teardown(&daemon.pin_dir) {
+            Ok(removed) => {
+                // Still during this turn: changes queued behind it are refused, not
+                // applied to maps that are no longer pinned.
+                d.stop(Stop::Teardown);
+                let _ = std::fs::remove_file(&daemon.socket);
+                Response::data(removed)
+            }
+            Err(e) => Response::error(e.to_string()),
+        },
+    }
+}

@@ -1,0 +1,88 @@
+//! The 1 s sampler: reads every counter once a second, turns the difference into
+//! per-backend rates for `status` and `stats`, and keeps the reading for `/metrics`.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::state::{Shared, lock};
+use crate::controller::{Controller, VipStatsView};
+
+/// Per-backend rates over the last sampling interval.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rates {
+    pub packets_per_s: f64,
+    pub bytes_per_s: f64,
+    pub new_flows_per_s: f64,
+}
+
+/// One reading of the counters and of what names them.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub generation: u64,
+    pub vips: Vec<VipStatsView>,
+    /// Packets per verdict reason (`lb_common::Reason::name`); empty if unreadable.
+    pub reasons: Vec<(&'static str, u64)>,
+}
+
+impl Sample {
+    /// Reads the maps; `None` if the per-VIP counters cannot be read.
+    pub fn read(c: &Controller) -> Option<Sample> {
+        let vips = c.stats().ok()?;
+        let reasons = c
+            .maps()
+            .reason_stats()
+            .map(|r| r.iter().map(|(r, s)| (r.name(), s.packets)).collect())
+            .unwrap_or_default();
+        Some(Sample {
+            generation: c.current().map_or(0, |r| r.generation),
+            vips,
+            reasons,
+        })
+    }
+}
+
+/// Rates between two readings `dt` seconds apart; a backend new in `now` rates 0.
+fn rates(prev: &Sample, now: &Sample, dt: f64) -> BTreeMap<(String, String), Rates> {
+    let dt = dt.max(1e-3);
+    let mut out = BTreeMap::new();
+    for v in &now.vips {
+        for b in &v.backends {
+            let old = prev
+                .vips
+                .iter()
+                .find(|p| p.vip == v.vip)
+                .and_then(|p| p.backends.iter().find(|x| x.id == b.id));
+            let d = |new: u64, old: u64| new.saturating_sub(old) as f64 / dt;
+            let r = old.map_or(Rates::default(), |o| Rates {
+                packets_per_s: d(b.packets, o.packets),
+                bytes_per_s: d(b.bytes, o.bytes),
+                new_flows_per_s: d(b.new_flows, o.new_flows),
+            });
+            out.insert((v.vip.clone(), b.backend.clone()), r);
+        }
+    }
+    out
+}
+
+/// Samples every second until the daemon stops.
+pub async fn sampler(d: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prev: Option<(Instant, Arc<Sample>)> = None;
+    loop {
+        tick.tick().await;
+        let Ok(Some(now)) = d.turn().await.run(|c| Sample::read(c)).await else {
+            continue;
+        };
+        let now = Arc::new(now);
+        let t = Instant::now();
+        if let Some((then, prev)) = &prev {
+            *lock(&d.rates) = rates(prev, &now, t.duration_since(*then).as_secs_f64());
+        }
+        *lock(&d.sample) = Some(now.clone());
+        prev = Some((t, now));
+    }
+}

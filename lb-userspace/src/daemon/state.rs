@@ -1,0 +1,115 @@
+//! What the daemon's tasks share: the controller behind one first-come-first-served lock,
+//! the latest rates and counter sample, and whether the daemon is stopping.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::sync::{OwnedMutexGuard, watch};
+
+use super::rates::{Rates, Sample};
+use crate::{config, controller::Controller};
+
+/// Why the daemon stops, once it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Running,
+    Signal(&'static str),
+    Teardown,
+}
+
+pub struct Shared {
+    /// tokio's mutex queues waiters in arrival order, so changes apply one at a time in
+    /// the order they came; the controller runs on the blocking pool while it is held.
+    controller: Arc<tokio::sync::Mutex<Controller>>,
+    pub config_path: PathBuf,
+    /// The `[daemon]` settings `xlb run` started with; they hold until it stops.
+    pub settings: config::Daemon,
+    /// Per (VIP, backend), over the sampler's last interval.
+    pub rates: Mutex<BTreeMap<(String, String), Rates>>,
+    /// The sampler's last reading, which `/metrics` serves while an apply holds the
+    /// controller.
+    pub sample: Mutex<Option<Arc<Sample>>>,
+    stop: watch::Sender<Stop>,
+}
+
+/// A std mutex, recovered if a task panicked while holding it: the data is plain values
+/// that a panic cannot leave half-written in a way that matters.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn new(controller: Controller, config_path: PathBuf, settings: config::Daemon) -> Self {
+        Shared {
+            controller: Arc::new(tokio::sync::Mutex::new(controller)),
+            config_path,
+            settings,
+            rates: Mutex::new(BTreeMap::new()),
+            sample: Mutex::new(None),
+            stop: watch::Sender::new(Stop::Running),
+        }
+    }
+
+    /// Waits for the controller: everyone who asked earlier has their turn first.
+    pub async fn turn(&self) -> Turn {
+        Turn(self.controller.clone().lock_owned().await)
+    }
+
+    /// The controller's turn if it comes within `wait`.
+    pub async fn turn_within(&self, wait: Duration) -> Option<Turn> {
+        tokio::time::timeout(wait, self.turn()).await.ok()
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow() != Stop::Running
+    }
+
+    /// Starts stopping for `why`, unless already stopping.
+    pub fn stop(&self, why: Stop) {
+        self.stop.send_if_modified(|s| {
+            let first = *s == Stop::Running;
+            if first {
+                *s = why;
+            }
+            first
+        });
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Stop> {
+        self.stop.subscribe()
+    }
+}
+
+/// Resolves once the daemon is stopping; returns why.
+pub async fn stopped(rx: &mut watch::Receiver<Stop>) -> Stop {
+    match rx.wait_for(|s| *s != Stop::Running).await {
+        Ok(s) => *s,
+        // The sender lives in `Shared`, which outlives every task that waits here.
+        Err(_) => Stop::Signal("shutdown"),
+    }
+}
+
+/// The controller, held: nobody else uses it until this is dropped.
+pub struct Turn(OwnedMutexGuard<Controller>);
+
+impl Turn {
+    /// Runs `f` on the blocking pool (the controller's map I/O blocks), then ends the turn.
+    pub async fn run<R: Send + 'static>(
+        self,
+        f: impl FnOnce(&mut Controller) -> R + Send + 'static,
+    ) -> Result<R, String> {
+        let mut guard = self.0;
+        tokio::task::spawn_blocking(move || f(&mut guard))
+            .await
+            .map_err(|e| format!("internal error in the daemon: {e}"))
+    }
+
+    /// For work without I/O (reading the running config, storing health results).
+    pub fn controller(&mut self) -> &mut Controller {
+        &mut self.0
+    }
+}
