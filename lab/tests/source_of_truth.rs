@@ -81,6 +81,18 @@ fn relaxed_guardrails_with_the_postmortem_weights_need_force_and_are_recorded_so
     ] {
         assert!(text(&out).contains(want), "no {want:?} in {}", text(&out));
     }
+    // Offline the file is valid (its own policy allows it); config CI sees the loosening.
+    let relaxed_ok = daemon.dir.path().join("relaxed-ok.toml");
+    std::fs::write(&relaxed_ok, text_of([3, 3, 3])).unwrap();
+    daemon.xlb_ok(&["validate", relaxed_ok.to_str().unwrap()]);
+    let strict = daemon.xlb(&["validate", "--strict", relaxed_ok.to_str().unwrap()]);
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict));
+    assert_eq!(
+        text(&strict).matches("[policy-loosening] vip *").count(),
+        3,
+        "{}",
+        text(&strict)
+    );
     let diff = daemon.xlb(&["diff", relaxed.to_str().unwrap()]);
     assert!(
         text(&diff).contains("global: guardrails.max_flow_shift: 50.0% -> 100.0% (looser)"),

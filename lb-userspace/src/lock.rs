@@ -153,5 +153,17 @@ mod tests {
             matches!(err, LockError::Unsafe { mode: 0o777, .. }),
             "{err}"
         );
+        // Owned by another user (here: nobody), even with a tight mode. Changing the
+        // owner needs root, which the suite has under CI.
+        fs::set_permissions(&pins, fs::Permissions::from_mode(0o700)).unwrap();
+        if std::os::unix::fs::chown(&pins, Some(65534), None).is_ok() {
+            let err = acquire(&dir.path().join("state"), &pins).unwrap_err();
+            assert!(matches!(err, LockError::Unsafe { uid: 65534, .. }), "{err}");
+        } else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root: chown must work"
+            );
+        }
     }
 }

@@ -113,6 +113,31 @@ impl Collector for Metrics {
                 }
             }
         }
+        // The MAC each backend is reached at, as an info metric: a MAC that changes shows
+        // as a new series, an unresolved backend as none.
+        let macs: Vec<_> = s
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+            .filter_map(|(v, b)| Some((v, b, b.mac.as_deref()?)))
+            .collect();
+        if !macs.is_empty() {
+            let mut family = enc.encode_descriptor(
+                "xlb_backend_mac_info",
+                "The MAC frames to the backend are sent to, and where it came from (config or neighbour).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (v, b, mac) in macs {
+                let labels = [
+                    ("vip", v.vip.as_str()),
+                    ("backend", b.backend.as_str()),
+                    ("mac", mac),
+                    ("source", b.mac_source.as_str()),
+                ];
+                ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
         let mut drops = enc.encode_descriptor(
             "xlb_vip_drops",
             "Packets to the VIP dropped (no backend, or a malformed header).",
@@ -199,6 +224,8 @@ mod tests {
             "# TYPE xlb_vip_drops_total counter\nxlb_vip_drops_total{vip=\"web\"} 7\n",
             "# TYPE xlb_packets_total counter\n",
             "xlb_packets_total{reason=\"forwarded\"} 12\n",
+            "xlb_backend_mac_resolved{vip=\"web\",backend=\"b1\"} 1\n",
+            "xlb_backend_mac_info{vip=\"web\",backend=\"b1\",mac=\"02:00:00:00:00:01\",source=\"neighbour\"} 1\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
