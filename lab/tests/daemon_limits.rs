@@ -390,13 +390,16 @@ fn a_change_whose_client_left_while_queued_is_not_applied() {
             .unwrap()
     };
 
-    // An apply that holds the controller for seconds: a new VIP whose backends have no
-    // neighbour entry, so resolving their MACs waits (2 s each); it is then applied with
-    // those backends unresolved (no slot). `backends` new ones, each a 2 s wait.
+    // An apply that holds the controller for seconds: a new VIP with one backend that
+    // answers (b1) and `backends` that have no neighbour entry, so resolving their MACs
+    // waits (2 s each); it is then applied with those unresolved (no slot). The VIP says
+    // it may run on one backend: that is what its real table has.
     let slow_config = |backends: usize| {
         let mut slow = daemon.render(&web());
         slow += "\n[[vip]]\nname = \"slow\"\naddress = \"198.18.0.100\"\nport = 8443\n\
-                 protocol = \"tcp\"\n";
+                 protocol = \"tcp\"\n\n[vip.guardrails]\nmin_active_backends = 1\n\
+                 max_backend_share = 1.0\n\n[[vip.backend]]\nname = \"r\"\n\
+                 address = \"198.18.0.11\"\nweight = 1\n";
         for i in 0..backends {
             slow += &format!(
                 "\n[[vip.backend]]\nname = \"s{i}\"\naddress = \"198.18.0.{}\"\n\

@@ -102,10 +102,31 @@ fn teardown_never_guesses_the_pin_directory_and_reports_what_it_did() {
     assert!(xdp_attached(&topo), "XDP was detached");
     assert!(daemon.pin_dir().join("link").exists());
     assert!(daemon.generation() >= 1, "the daemon answers");
+    // Naming the pin directory of a daemon that is running: refused too, since that
+    // daemon would go on answering for a data plane that is gone.
+    let pins = daemon.pin_dir().to_str().unwrap().to_string();
+    let out = xlb_in(
+        &topo,
+        &[
+            "--socket",
+            wrong.to_str().unwrap(),
+            "teardown",
+            "--pin-dir",
+            &pins,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("is locked by another xlb daemon")
+            && text(&out).contains("nothing was torn down"),
+        "{}",
+        text(&out)
+    );
+    assert!(xdp_attached(&topo), "XDP was detached");
+    assert!(daemon.pin_dir().join("link").exists());
 
     // Without a daemon, naming the directory: it says what it detached and removed...
     daemon.stop_with(libc::SIGTERM);
-    let pins = daemon.pin_dir().to_str().unwrap().to_string();
     let args = [
         "--socket",
         wrong.to_str().unwrap(),

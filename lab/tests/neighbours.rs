@@ -1,6 +1,8 @@
 //! Backend MACs stay true: a backend that changes its MAC under load is followed with no
-//! operator action, and a backend whose neighbour cannot be resolved at start neither
-//! stops the daemon nor the other backends, and joins once it answers.
+//! operator action, a backend whose neighbour cannot be resolved at start neither stops
+//! the daemon nor the other backends and joins once it answers, and a change that
+//! points backends at addresses nobody answers is held to the rules on the table that
+//! would really be installed.
 
 use std::{
     net::IpAddr,
@@ -142,4 +144,38 @@ fn an_unresolvable_backend_at_start_gets_no_slot_and_joins_when_it_answers() {
     assert!(daemon.table_shares("web")[2] > 0.3);
     let count = in_ns(&topo.client().name, move || http_many(vip, 300));
     assert!(count.get("b3").copied().unwrap_or(0) > 50, "{count:?}");
+}
+
+#[test]
+fn a_change_to_addresses_nobody_answers_is_measured_on_the_real_table() {
+    if !require_root("a_change_to_addresses_nobody_answers_is_measured_on_the_real_table") {
+        return;
+    }
+    let topo = Topology::new(1, 3);
+    let _servers = Servers::start(&topo);
+    let mut daemon = Daemon::new(&topo);
+    daemon.write_config(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1])]);
+    daemon.start();
+    let before = (daemon.routing_snapshot(), daemon.generation());
+    // A typo in two addresses: on paper nothing moves, in the table b1 would get all.
+    let typo = daemon
+        .render(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1])])
+        .replacen("198.18.0.12\"", "198.18.0.98\"", 1)
+        .replacen("198.18.0.13\"", "198.18.0.97\"", 1);
+    let path = daemon.dir.path().join("typo.toml");
+    std::fs::write(&path, typo).unwrap();
+    let out = daemon.xlb(&["apply", path.to_str().unwrap()]);
+    let said = xlb_lab::daemon::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    for want in [
+        "backend b2: UNRESOLVED (no neighbour entry for 198.18.0.98)",
+        "[max-backend-share] vip web, backend b1: with unresolved backend(s) b2, b3 at weight 0",
+        "[min-active-backends] vip web",
+    ] {
+        assert!(said.contains(want), "no {want:?} in {said}");
+    }
+    assert_eq!((daemon.routing_snapshot(), daemon.generation()), before);
+    let vip: IpAddr = VIP4.parse().unwrap();
+    let count = in_ns(&topo.client().name, move || http_many(vip, 150));
+    assert_eq!(count.len(), 3, "{count:?}");
 }

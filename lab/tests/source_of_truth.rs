@@ -136,6 +136,15 @@ fn relaxed_guardrails_with_the_postmortem_weights_need_force_and_are_recorded_so
         (Some(0.5), Some(1.0))
     );
     assert_eq!(last["config"]["guardrails"]["max_flow_shift"], 1.0);
+    // The refusals stand between the generation they were refused on and the forced one.
+    let all = daemon.xlb_ok(&["history", "--all"]);
+    let at = |what: &str| all.lines().position(|l| l.contains(what)).unwrap();
+    let forced = all
+        .lines()
+        .position(|l| l.trim_start().starts_with("2 "))
+        .unwrap();
+    assert!(at("REJECTED") < forced, "{all}");
+    assert!(at("drill: one server") == forced, "{all}");
     let vip: IpAddr = VIP4.parse().unwrap();
     let count = in_ns(&topo.client().name, move || http_many(vip, 60));
     assert_eq!(count.get("b3"), Some(&60), "{count:?}");

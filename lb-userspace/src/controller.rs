@@ -80,6 +80,8 @@ pub struct Outcome {
     /// The new generation; `None` for a dry run or when nothing changed.
     pub generation: Option<u64>,
     pub dry_run: bool,
+    /// "vip/backend" of the backends installed without a MAC (no slot).
+    pub unresolved: Vec<String>,
 }
 
 /// Resolves a backend's MAC from its address (the neighbour table, in the daemon),
@@ -101,22 +103,29 @@ fn installed(record: &Record, exact: Option<&Plan>, reuse: Option<&Plan>) -> Pla
     {
         return plan.clone();
     }
-    let mut effective = record.config.clone();
-    for v in &mut effective.vips {
-        for b in &mut v.backends {
-            if record
-                .unresolved
-                .contains(&Ids::backend_key(&v.name, &b.name))
-            {
-                b.weight = 0;
-            }
-        }
-    }
     let reuse = guard::Reuse {
         plan: exact.or(reuse),
         builder: &Maglev,
     };
-    guard::plan(&effective, None, &Health::new(), &reuse)
+    guard::plan(
+        &effective(&record.config, &record.unresolved),
+        None,
+        &Health::new(),
+        &reuse,
+    )
+}
+
+/// `config` with the weight of every backend in `unresolved` ("vip/backend") at 0.
+fn effective(config: &Config, unresolved: &[String]) -> Config {
+    let mut effective = config.clone();
+    for v in &mut effective.vips {
+        for b in &mut v.backends {
+            if unresolved.contains(&Ids::backend_key(&v.name, &b.name)) {
+                b.weight = 0;
+            }
+        }
+    }
+    effective
 }
 
 fn fingerprints(plan: &Plan) -> BTreeMap<String, String> {
@@ -307,6 +316,7 @@ impl Controller {
             outcome: String::new(),
             error: String::new(),
             violations: Vec::new(),
+            running: self.current.as_ref().map_or(0, |r| r.generation),
         });
         let result = self.apply_unaudited(req);
         if let (Some(mut attempt), Err(e)) = (attempt, &result) {
@@ -343,6 +353,10 @@ impl Controller {
             builder: &Maglev,
         };
         let plan = guard::plan(&req.config, running, &self.health, &builder);
+        // Rules measure what will serve traffic: with backends that have no MAC, the plan
+        // is that of the table really installed.
+        let (macs, unresolved) = self.resolve_macs(&req.config, self.current.as_ref());
+        let plan = self.effective_plan(&req.config, &unresolved, plan);
         let blocking: Vec<guard::Violation> = plan
             .blocking(req.force, !rollback)
             .into_iter()
@@ -357,9 +371,9 @@ impl Controller {
                 plan,
                 generation: None,
                 dry_run: req.dry_run,
+                unresolved,
             });
         }
-        let (macs, unresolved) = self.resolve_macs(&req.config, self.current.as_ref());
         let old_ids = self
             .current
             .as_ref()
@@ -390,15 +404,16 @@ impl Controller {
             config: req.config,
             ids,
             macs,
-            unresolved,
+            unresolved: unresolved.clone(),
         };
-        let install = installed(&record, Some(&plan), None);
-        record.fingerprints = fingerprints(&install);
-        let generation = self.commit(record, install)?;
+        // The plan's tables are the ones to install (unresolved backends at weight 0).
+        record.fingerprints = fingerprints(&plan);
+        let generation = self.commit(record, plan.clone())?;
         Ok(Outcome {
             plan,
             generation: Some(generation),
             dry_run: false,
+            unresolved,
         })
     }
 

@@ -140,6 +140,11 @@ impl fmt::Display for Violation {
 }
 
 impl Violation {
+    /// The violation on one line, for logs.
+    pub fn one_line(&self) -> String {
+        self.to_string().replace("\n    fix:", " (fix:") + ")"
+    }
+
     /// `file:line: [rule] ...` (or `file: ...` without a line), as compilers print.
     pub fn located(&self, file: &std::path::Path) -> String {
         match self.line {
@@ -358,6 +363,10 @@ pub struct Plan {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart: Vec<String>,
     pub violations: Vec<Violation>,
+    /// Findings that do not block: what a first generation breaks because backends have
+    /// no MAC yet (a cold start serves what it can).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Violation>,
 }
 
 impl Plan {
@@ -397,6 +406,7 @@ pub fn plan(
         global: current.map_or_else(Vec::new, |c| changes::global_details(desired, c)),
         restart: Vec::new(),
         violations: Vec::new(),
+        warnings: Vec::new(),
     };
     let size = desired.daemon.table_size;
     global_structure(desired, &mut out.violations);

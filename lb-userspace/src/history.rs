@@ -4,8 +4,8 @@
 //! newest record is the committed state a restarted daemon reconciles to.
 //!
 //! Attempts that changed nothing (rejected by the guardrails, refused, or failed and
-//! rolled back) go to the audit trail, `<state_dir>/audit.jsonl`, one JSON line each,
-//! appended and fsynced: `xlb history --all` shows both.
+//! rolled back) and teardowns go to the audit trail, `<state_dir>/audit.jsonl`, one JSON
+//! line each, appended and fsynced: `xlb history --all` shows both.
 
 use std::{
     collections::BTreeMap,
@@ -130,9 +130,14 @@ pub struct Attempt {
     pub user: String,
     pub force: bool,
     pub reason: Option<String>,
-    /// `rejected` (guardrails), `refused` (e.g. a reload that would undo CLI changes) or
-    /// `failed` (the data plane refused a write; the previous generation was restored).
+    /// `rejected` (guardrails), `refused` (e.g. a reload that would undo CLI changes),
+    /// `failed` (the data plane refused a write; the previous generation was restored) or
+    /// `teardown` (everything unpinned; the one entry that did change something).
     pub outcome: String,
+    /// The generation running when it was attempted (0: none), which orders it among the
+    /// generations.
+    #[serde(default)]
+    pub running: u64,
     pub error: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub violations: Vec<Violation>,

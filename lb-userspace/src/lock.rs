@@ -121,6 +121,21 @@ pub fn acquire(state_dir: &Path, pin_dir: &Path) -> Result<Locks, LockError> {
     })
 }
 
+/// The pin directory's lock for a teardown without a daemon: refused while a daemon
+/// holds it (that daemon would keep answering as if its data plane were there). `None`
+/// when the directory does not exist.
+pub fn for_teardown(pin_dir: &Path) -> Result<Option<Locks>, LockError> {
+    let pins = match File::open(pin_dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(pin_dir)(e)),
+    };
+    flock(&pins, pin_dir, || {
+        "unknown: a daemon holds the pin directory".into()
+    })?;
+    Ok(Some(Locks { _files: vec![pins] }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +153,14 @@ mod tests {
         // Another state directory on the same pin directory is refused too.
         let err = acquire(&dir.path().join("other"), &pins).unwrap_err();
         assert!(matches!(err, LockError::Held { .. }), "{err}");
+        // Nor can a teardown take the pin directory from under it.
+        assert!(matches!(
+            for_teardown(&pins).unwrap_err(),
+            LockError::Held { .. }
+        ));
         drop(first);
+        assert!(for_teardown(&pins).unwrap().is_some());
+        assert!(for_teardown(&dir.path().join("none")).unwrap().is_none());
         acquire(&state, &pins).unwrap();
     }
 

@@ -29,7 +29,7 @@ use xlb::{
     api::{self, Guarded, Request, Response},
     config::{self, DEFAULT_SOCKET},
     controller::{Explain, VipStatsView},
-    dataplane::{loader, pins::DEFAULT_PIN_DIR},
+    dataplane::loader,
     guard::{self, Change, Maglev, Plan, Violation},
     history::{Attempt, Record},
 };
@@ -415,10 +415,18 @@ fn teardown(socket: &Path, pin_dir: Option<PathBuf>) -> Result<u8, String> {
         (Err(e), None) => {
             return Err(format!(
                 "{e}\nnothing was torn down: without a daemon, name the pin directory to tear \
-                 down with --pin-dir (e.g. --pin-dir {DEFAULT_PIN_DIR})"
+                 down with --pin-dir (the daemon.pin_dir of the load balancer to remove)"
             ));
         }
-        (Err(_), Some(dir)) => {
+        (Err(e), Some(dir)) => {
+            // A daemon that holds the directory is running: only its socket may tear it
+            // down, or it would go on answering for a data plane that is gone.
+            let _lock = xlb::lock::for_teardown(&dir).map_err(|l| {
+                format!(
+                    "{l}\nnothing was torn down: {e}\nthat daemon is running: tear down \
+                     through its socket (xlb --socket SOCKET teardown), or stop it first"
+                )
+            })?;
             serde_json::to_value(loader::teardown(&dir).map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?
         }
@@ -546,8 +554,8 @@ fn print_history(records: Vec<Record>, attempts: Vec<Attempt>) {
         "FORCE",
         "SOURCE"
     );
-    // Oldest first; an attempt shows where it happened between generations.
-    let mut lines: Vec<(u64, String)> = records
+    // Oldest first; an attempt stands right after the generation that was running then.
+    let mut lines: Vec<((u64, u8, u64), String)> = records
         .into_iter()
         .map(|r| {
             let waived: Vec<&str> = r.waived.iter().map(|v| v.rule.id()).collect();
@@ -556,7 +564,7 @@ fn print_history(records: Vec<Record>, attempts: Vec<Attempt>) {
                 (reason, _) => reason.unwrap_or_default(),
             };
             (
-                r.time,
+                (r.generation, 0, r.time),
                 format!(
                     "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  {reason}",
                     r.generation,
@@ -571,7 +579,7 @@ fn print_history(records: Vec<Record>, attempts: Vec<Attempt>) {
     lines.extend(attempts.into_iter().map(|a| {
         let rules: Vec<&str> = a.violations.iter().map(|v| v.rule.id()).collect();
         (
-            a.time,
+            (a.running, 1, a.time),
             format!(
                 "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  {}: {}",
                 "-",
@@ -588,7 +596,7 @@ fn print_history(records: Vec<Record>, attempts: Vec<Attempt>) {
             ),
         )
     }));
-    lines.sort_by_key(|(t, _)| *t);
+    lines.sort_by_key(|(k, _)| *k);
     for (_, line) in lines {
         say!("{line}");
     }
@@ -601,6 +609,9 @@ fn pct(x: f64) -> String {
 fn print_plan(plan: &Plan) {
     for g in &plan.global {
         say!("global: {g}");
+    }
+    for w in &plan.warnings {
+        say!("warning: {w}");
     }
     for r in &plan.restart {
         say!("needs a restart (not applied by this change): {r}");

@@ -19,7 +19,7 @@ use crate::{
     history::{Ids, Record, Source},
 };
 
-use super::{ApplyError, Controller, addr16, fingerprints, installed, now};
+use super::{ApplyError, Controller, addr16, effective, fingerprints, installed, now};
 
 /// How long an apply waits for a new backend's neighbour entry.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
@@ -97,6 +97,98 @@ impl Controller {
             }
         }
         (macs, unresolved)
+    }
+
+    /// `plan` (of `desired`) as it would really be installed when the backends in
+    /// `unresolved` have no MAC: tables built with their weight at 0, measured against
+    /// what the running generation really installed. Every rule this breaks that `plan`
+    /// did not is added, saying why; before the first generation (a cold start, which
+    /// must serve what it can) they are warnings instead.
+    pub(super) fn effective_plan(
+        &self,
+        desired: &Config,
+        unresolved: &[String],
+        plan: guard::Plan,
+    ) -> guard::Plan {
+        if unresolved.is_empty() {
+            return plan;
+        }
+        let running = self
+            .current
+            .as_ref()
+            .map(|r| effective(&r.config, &r.unresolved));
+        let reuse = guard::Reuse {
+            plan: self.current_plan.as_ref(),
+            builder: &guard::Maglev,
+        };
+        let mut real = guard::plan(
+            &effective(desired, unresolved),
+            running.as_ref(),
+            &self.health,
+            &reuse,
+        );
+        let names = |vip: &str| -> Vec<&str> {
+            unresolved
+                .iter()
+                .filter_map(|k| k.strip_prefix(&format!("{vip}/")))
+                .collect()
+        };
+        for v in &mut real.vips {
+            let mut details = plan
+                .vip(&v.vip)
+                .map(|p| p.details.clone())
+                .unwrap_or_default();
+            for b in names(&v.vip) {
+                let address = desired
+                    .vips
+                    .iter()
+                    .find(|x| x.name == v.vip)
+                    .and_then(|x| x.backend(b))
+                    .map_or("?", |x| x.address.as_str());
+                details.push(format!(
+                    "backend {b}: UNRESOLVED (no neighbour entry for {address}): no slot, \
+                     its weight counts as 0 until it answers"
+                ));
+            }
+            v.details = details;
+            // Only what the operator changed makes a VIP changed; an unresolved backend
+            // the running generation already had does not.
+            if let Some(p) = plan.vip(&v.vip)
+                && p.change == guard::Change::Unchanged
+            {
+                v.change = guard::Change::Unchanged;
+            }
+        }
+        let known = |x: &guard::Violation| {
+            plan.violations
+                .iter()
+                .any(|p| p.rule == x.rule && p.vip == x.vip && p.backend == x.backend)
+        };
+        let extra: Vec<guard::Violation> = real
+            .violations
+            .iter()
+            .filter(|x| !known(x))
+            .map(|x| guard::Violation {
+                message: format!(
+                    "with unresolved backend(s) {} at weight 0: {}",
+                    names(&x.vip).join(", "),
+                    x.message
+                ),
+                hint: format!(
+                    "check the unresolved backends' addresses (nothing answers there), or {}",
+                    x.hint
+                ),
+                ..x.clone()
+            })
+            .collect();
+        real.global = plan.global;
+        real.violations = plan.violations;
+        if self.current.is_some() {
+            real.violations.extend(extra);
+        } else {
+            real.warnings = extra;
+        }
+        real
     }
 
     /// Addresses of the running generation's `neighbour` backends.

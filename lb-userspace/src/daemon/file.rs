@@ -80,6 +80,7 @@ pub fn apply(
                 outcome: "refused".into(),
                 error: format!("{error}: {}", items.join("; ")),
                 violations: Vec::new(),
+                running: controller.current().map_or(0, |r| r.generation),
             });
             Err(FileError::Refused)
         }
@@ -94,6 +95,7 @@ pub fn apply(
             };
             match controller.apply(req) {
                 Ok(o) => {
+                    super::handle::warn_unresolved(&o);
                     match o.generation {
                         Some(g) => info!(
                             user,
@@ -111,7 +113,9 @@ pub fn apply(
                         "{what}: {file} rejected by the guardrails, nothing changed: rejected by {}",
                         rule_ids(&violations)
                     );
-                    violations.iter().for_each(|v| warn!("{}", v.located(path)));
+                    violations.iter().for_each(|v| {
+                        warn!("{}", v.located(path).replace("\n    fix:", " (fix:") + ")")
+                    });
                     Err(FileError::Rejected)
                 }
                 Err(e) => {

@@ -159,7 +159,24 @@ pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> R
     response
 }
 
+/// Logs the backends an apply installed without a MAC, and what that breaks when it
+/// could not be refused (a first generation).
+pub fn warn_unresolved(o: &controller::Outcome) {
+    if o.dry_run {
+        return;
+    }
+    for u in &o.unresolved {
+        warn!("backend {u} has no MAC (no neighbour entry): no slot until it answers");
+    }
+    for v in &o.plan.warnings {
+        warn!("{}", v.one_line());
+    }
+}
+
 fn apply_response(result: Result<controller::Outcome, ApplyError>) -> Response {
+    if let Ok(o) = &result {
+        warn_unresolved(o);
+    }
     match result {
         Ok(o) => Response {
             ok: true,
@@ -292,7 +309,16 @@ fn execute(
                 Err(e) => return Response::error(e.to_string()),
             };
             // Daemon settings take effect at `xlb run`; an apply changes VIPs and policy.
-            let restart = daemon.differences(&config.daemon);
+            // Only settings the file states: a file without a [daemon] table asks for
+            // no restart.
+            let restart: Vec<String> = daemon
+                .differences(&config.daemon)
+                .into_iter()
+                .filter(|d| {
+                    d.split_once(':')
+                        .is_some_and(|(key, _)| config.line_of(key).is_some())
+                })
+                .collect();
             config.daemon = daemon;
             let mut r = apply_as(c, config, Source::File { file }, user, guarded);
             if let Some(plan) = &mut r.plan {
@@ -353,6 +379,21 @@ fn execute(
         }
         Request::Teardown => match loader::teardown(&daemon.pin_dir) {
             Ok(removed) => {
+                c.audit(&crate::history::Attempt {
+                    time: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    source: Source::Cli {
+                        command: "teardown".into(),
+                    },
+                    user,
+                    force: false,
+                    reason: None,
+                    outcome: "teardown".into(),
+                    error: removed.to_string().replace('\n', "; "),
+                    violations: Vec::new(),
+                    running: c.current().map_or(0, |r| r.generation),
+                });
                 // Still during this turn: changes queued behind it are refused, not
                 // applied to maps that are no longer pinned.
                 d.stop(Stop::Teardown);
