@@ -32,6 +32,16 @@ fn until(what: &str, daemon: &Daemon, f: impl Fn() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// A running daemon with VIP web on three backends of weight 1, all `neighbour`.
+fn web_on_three() -> (Topology, Servers, Daemon) {
+    let topo = Topology::new(1, 3);
+    let servers = Servers::start(&topo);
+    let mut daemon = Daemon::new(&topo);
+    daemon.write_config(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1])]);
+    daemon.start();
+    (topo, servers, daemon)
+}
+
 fn mac_of(daemon: &Daemon, backend: &str) -> Option<String> {
     daemon
         .backends("web")
@@ -45,11 +55,7 @@ fn a_backend_that_changes_its_mac_under_load_is_followed() {
     if !require_root("a_backend_that_changes_its_mac_under_load_is_followed") {
         return;
     }
-    let topo = Topology::new(1, 3);
-    let _servers = Servers::start(&topo);
-    let mut daemon = Daemon::new(&topo);
-    daemon.write_config(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1])]);
-    daemon.start();
+    let (topo, _servers, daemon) = web_on_three();
     let vip: IpAddr = VIP4.parse().unwrap();
     let load = Load::start(&topo.client().name, vip, 200_000, Duration::from_secs(40));
     thread::sleep(Duration::from_millis(500));
@@ -151,11 +157,7 @@ fn a_change_to_addresses_nobody_answers_is_measured_on_the_real_table() {
     if !require_root("a_change_to_addresses_nobody_answers_is_measured_on_the_real_table") {
         return;
     }
-    let topo = Topology::new(1, 3);
-    let _servers = Servers::start(&topo);
-    let mut daemon = Daemon::new(&topo);
-    daemon.write_config(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1])]);
-    daemon.start();
+    let (topo, _servers, daemon) = web_on_three();
     let before = (daemon.routing_snapshot(), daemon.generation());
     // A typo in two addresses: on paper nothing moves, in the table b1 would get all.
     let typo = daemon
