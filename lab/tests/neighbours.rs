@@ -177,7 +177,35 @@ fn a_change_to_addresses_nobody_answers_is_measured_on_the_real_table() {
         assert!(said.contains(want), "no {want:?} in {said}");
     }
     assert_eq!((daemon.routing_snapshot(), daemon.generation()), before);
+    assert!(
+        daemon
+            .log()
+            .contains("vip web: backend b2: UNRESOLVED (no neighbour entry for 198.18.0.98)"),
+        "{}",
+        daemon.log()
+    );
     let vip: IpAddr = VIP4.parse().unwrap();
     let count = in_ns(&topo.client().name, move || http_many(vip, 150));
     assert_eq!(count.len(), 3, "{count:?}");
+
+    // Forced, b1 really serves everything. Undoing the typo while draining b1 moves all
+    // new flows: measured on that real table, not on the config's, it is refused.
+    let p = path.to_str().unwrap();
+    daemon.xlb_ok(&["apply", p, "--force", "--reason", "drill"]);
+    assert_eq!(daemon.table_shares("web"), [1.0, 0.0, 0.0]);
+    let back = daemon.write_file(
+        "back.toml",
+        &[VipSpec::tcp("web", VIP4, HTTP_PORT, &[0, 1, 1])],
+    );
+    let out = daemon.xlb(&["apply", back.to_str().unwrap()]);
+    let said = xlb_lab::daemon::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("new flows moving: 100.0%"), "{said}");
+    assert!(
+        said.contains(
+            "[max-flow-shift] vip web: measured on the table really running, where web/b2, \
+             web/b3 had no slot: 100.0% of new flows"
+        ),
+        "{said}"
+    );
 }

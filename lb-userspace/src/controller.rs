@@ -80,13 +80,12 @@ pub struct Outcome {
     /// The new generation; `None` for a dry run or when nothing changed.
     pub generation: Option<u64>,
     pub dry_run: bool,
-    /// "vip/backend" of the backends installed without a MAC (no slot).
-    pub unresolved: Vec<String>,
 }
 
-/// Resolves a backend's MAC from its address (the neighbour table, in the daemon),
-/// soliciting and waiting up to the given time if it is not known yet.
-pub type Resolver = Box<dyn Fn(IpAddr, Duration) -> Result<[u8; 6], String> + Send>;
+/// Resolves backends' MACs from their addresses (the neighbour table, in the daemon),
+/// soliciting those not known yet and waiting up to the given time for all of them;
+/// returns those it found.
+pub type Resolver = Box<dyn Fn(&[IpAddr], Duration) -> BTreeMap<IpAddr, [u8; 6]> + Send>;
 
 /// The tables of `config` as they are installed (no running config, no health).
 fn tables_of(config: &Config) -> Plan {
@@ -137,7 +136,7 @@ fn fingerprints(plan: &Plan) -> BTreeMap<String, String> {
 
 /// Resolves through the neighbour table of `iface`.
 pub fn neighbour_resolver(iface: String) -> Resolver {
-    Box::new(move |addr, wait| crate::neighbour::resolve(&iface, addr, wait))
+    Box::new(move |addrs, wait| crate::neighbour::resolve(&iface, addrs, wait))
 }
 
 pub struct Controller {
@@ -371,7 +370,6 @@ impl Controller {
                 plan,
                 generation: None,
                 dry_run: req.dry_run,
-                unresolved,
             });
         }
         let old_ids = self
@@ -404,7 +402,7 @@ impl Controller {
             config: req.config,
             ids,
             macs,
-            unresolved: unresolved.clone(),
+            unresolved,
         };
         // The plan's tables are the ones to install (unresolved backends at weight 0).
         record.fingerprints = fingerprints(&plan);
@@ -413,7 +411,6 @@ impl Controller {
             plan,
             generation: Some(generation),
             dry_run: false,
-            unresolved,
         })
     }
 

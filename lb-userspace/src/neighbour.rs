@@ -14,6 +14,7 @@
 //! seconds in all.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr, UdpSocket},
     process::Command,
     time::{Duration, Instant},
@@ -21,31 +22,35 @@ use std::{
 
 use crate::guard::parse_mac;
 
-/// Looks `addr` up on `iface`; solicits and waits up to `wait` if it is not known.
-pub fn resolve(iface: &str, addr: IpAddr, wait: Duration) -> Result<[u8; 6], String> {
-    if let Some(mac) = lookup(iface, addr)? {
-        return Ok(mac);
+/// The MACs of `addrs` on `iface`: those the table knows, then, after one solicitation
+/// each, those that appear within `wait`. A failing `ip` counts as nothing found (the
+/// backends stay unresolved and the refresher tries again).
+pub fn resolve(iface: &str, addrs: &[IpAddr], wait: Duration) -> BTreeMap<IpAddr, [u8; 6]> {
+    let mut found = BTreeMap::new();
+    if addrs.is_empty() {
+        return found;
     }
-    // Port 9 is discard; the datagram only makes the kernel resolve the neighbour.
-    solicit(addr);
     let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        if let Some(mac) = lookup(iface, addr)? {
-            return Ok(mac);
+    let mut solicited = false;
+    loop {
+        for (a, e) in entries(iface, None).unwrap_or_default() {
+            if let (true, Some(mac)) = (addrs.contains(&a), e.mac) {
+                found.insert(a, mac);
+            }
         }
+        if found.len() == addrs.len() || Instant::now() >= deadline {
+            return found;
+        }
+        if !solicited {
+            // Port 9 is discard; the datagram only makes the kernel resolve the neighbour.
+            addrs
+                .iter()
+                .filter(|a| !found.contains_key(a))
+                .for_each(|a| solicit(*a));
+            solicited = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!(
-        "no neighbour entry for {addr} on {iface} after {} ms; check that the backend is up \
-         on the same L2 segment, or configure its mac explicitly",
-        wait.as_millis()
-    ))
-}
-
-fn lookup(iface: &str, addr: IpAddr) -> Result<Option<[u8; 6]>, String> {
-    Ok(entries(iface, Some(addr))?
-        .into_iter()
-        .find_map(|(a, e)| if a == addr { e.mac } else { None }))
 }
 
 /// One neighbour entry as `ip -j neigh` shows it.

@@ -40,60 +40,97 @@ pub fn show_mac(mac: [u8; 6]) -> String {
 impl Controller {
     /// The MAC of every backend of `config` ("vip/backend" -> MAC) and the backends
     /// without one. A `neighbour` backend keeps the MAC `known` (the running generation)
-    /// or the maps hold for its address; only a backend new to both is resolved now.
+    /// or the maps hold for its address; only backends new to both are resolved now, all
+    /// at once (one wait of at most `RESOLVE_WAIT`, however many there are).
     pub(super) fn resolve_macs(
         &self,
         config: &Config,
         known: Option<&Record>,
     ) -> (BTreeMap<String, String>, Vec<String>) {
-        let mut macs = BTreeMap::new();
-        let mut unresolved = Vec::new();
+        enum Need {
+            Mac([u8; 6]),
+            Lookup(IpAddr),
+            Resolve(IpAddr),
+            Nothing,
+        }
+        let mut needs = Vec::new();
         for vip in &config.vips {
             for b in &vip.backends {
                 let key = Ids::backend_key(&vip.name, &b.name);
-                let mac = if b.mac == MAC_FROM_NEIGHBOUR {
-                    let Ok(addr) = b.address.parse::<IpAddr>() else {
-                        unresolved.push(key);
-                        continue;
-                    };
-                    // What `known` holds for this backend counts only if it was resolved
-                    // for the same address (not an explicit MAC being given up).
-                    let resolved_before = |r: &Record| {
-                        r.config
-                            .vips
-                            .iter()
-                            .find(|v| v.name == vip.name)
-                            .and_then(|v| v.backend(&b.name))
-                            .is_some_and(|o| o.address == b.address && o.mac == b.mac)
-                    };
-                    let known = known.filter(|r| resolved_before(r));
-                    let recorded = known.and_then(|r| r.mac(&vip.name, &b.name));
-                    // One the running generation could not resolve is only looked up:
-                    // the refresher keeps soliciting it, and an apply must not wait
-                    // for it again.
-                    let wait = if known.is_some_and(|r| r.unresolved.contains(&key)) {
-                        Duration::ZERO
-                    } else {
-                        RESOLVE_WAIT
-                    };
-                    let in_maps = || {
-                        let r = known?;
-                        let id = r.ids.backend(&vip.name, &b.name)?;
-                        let be = self.maps.backend(id).ok()?;
-                        (be.addr == addr16(addr) && be.mac != [0; 6]).then_some(be.mac)
-                    };
-                    recorded
-                        .or_else(in_maps)
-                        .or_else(|| (self.resolve)(addr, wait).ok())
-                } else {
-                    guard::parse_mac(&b.mac)
-                };
-                match mac {
-                    Some(mac) => {
-                        macs.insert(key, show_mac(mac));
-                    }
-                    None => unresolved.push(key),
+                if b.mac != MAC_FROM_NEIGHBOUR {
+                    needs.push((
+                        key,
+                        guard::parse_mac(&b.mac).map_or(Need::Nothing, Need::Mac),
+                    ));
+                    continue;
                 }
+                let Ok(addr) = b.address.parse::<IpAddr>() else {
+                    needs.push((key, Need::Nothing));
+                    continue;
+                };
+                // What `known` holds for this backend counts only if it was resolved for
+                // the same address (not an explicit MAC being given up).
+                let resolved_before = |r: &Record| {
+                    r.config
+                        .vips
+                        .iter()
+                        .find(|v| v.name == vip.name)
+                        .and_then(|v| v.backend(&b.name))
+                        .is_some_and(|o| o.address == b.address && o.mac == b.mac)
+                };
+                let known = known.filter(|r| resolved_before(r));
+                let in_maps = || {
+                    let r = known?;
+                    let id = r.ids.backend(&vip.name, &b.name)?;
+                    let be = self.maps.backend(id).ok()?;
+                    (be.addr == addr16(addr) && be.mac != [0; 6]).then_some(be.mac)
+                };
+                let need = match known
+                    .and_then(|r| r.mac(&vip.name, &b.name))
+                    .or_else(in_maps)
+                {
+                    Some(mac) => Need::Mac(mac),
+                    // One the running generation could not resolve is only looked up: the
+                    // refresher keeps soliciting it, and an apply must not wait for it.
+                    None if known.is_some_and(|r| r.unresolved.contains(&key)) => {
+                        Need::Lookup(addr)
+                    }
+                    None => Need::Resolve(addr),
+                };
+                needs.push((key, need));
+            }
+        }
+        let of = |want: fn(&Need) -> Option<IpAddr>| -> Vec<IpAddr> {
+            needs.iter().filter_map(|(_, n)| want(n)).collect()
+        };
+        let looked_up = (self.resolve)(
+            &of(|n| match n {
+                Need::Lookup(a) => Some(*a),
+                _ => None,
+            }),
+            Duration::ZERO,
+        );
+        let resolved = (self.resolve)(
+            &of(|n| match n {
+                Need::Resolve(a) => Some(*a),
+                _ => None,
+            }),
+            RESOLVE_WAIT,
+        );
+        let mut macs = BTreeMap::new();
+        let mut unresolved = Vec::new();
+        for (key, need) in needs {
+            let mac = match need {
+                Need::Mac(mac) => Some(mac),
+                Need::Lookup(a) => looked_up.get(&a).copied(),
+                Need::Resolve(a) => resolved.get(&a).copied(),
+                Need::Nothing => None,
+            };
+            match mac {
+                Some(mac) => {
+                    macs.insert(key, show_mac(mac));
+                }
+                None => unresolved.push(key),
             }
         }
         (macs, unresolved)
@@ -110,7 +147,8 @@ impl Controller {
         unresolved: &[String],
         plan: guard::Plan,
     ) -> guard::Plan {
-        if unresolved.is_empty() {
+        let running_unresolved = self.current.as_ref().map_or(&[][..], |r| &r.unresolved[..]);
+        if unresolved.is_empty() && running_unresolved.is_empty() {
             return plan;
         }
         let running = self
@@ -150,14 +188,26 @@ impl Controller {
                      its weight counts as 0 until it answers"
                 ));
             }
-            v.details = details;
-            // Only what the operator changed makes a VIP changed; an unresolved backend
-            // the running generation already had does not.
-            if let Some(p) = plan.vip(&v.vip)
-                && p.change == guard::Change::Unchanged
-            {
-                v.change = guard::Change::Unchanged;
+            // The rows keep the weights the tables were built from (`guard::Reuse` relies
+            // on it); a configured weight of an unresolved backend that changes gets a
+            // line of its own.
+            if let Some(p) = plan.vip(&v.vip) {
+                for r in p.rows.iter().filter(|r| r.weight_before != r.weight_after) {
+                    if names(&v.vip).contains(&r.backend.as_str()) {
+                        let w = |x: Option<u32>| x.map_or("-".into(), |x| x.to_string());
+                        details.push(format!(
+                            "backend {}: weight {} -> {} (counts as 0 while unresolved)",
+                            r.backend,
+                            w(r.weight_before),
+                            w(r.weight_after)
+                        ));
+                    }
+                }
+                // What the operator changed decides whether the VIP changed; a backend
+                // that resolves in the meantime is the refresher's.
+                v.change = p.change;
             }
+            v.details = details;
         }
         let known = |x: &guard::Violation| {
             plan.violations
@@ -169,11 +219,18 @@ impl Controller {
             .iter()
             .filter(|x| !known(x))
             .map(|x| guard::Violation {
-                message: format!(
-                    "with unresolved backend(s) {} at weight 0: {}",
-                    names(&x.vip).join(", "),
-                    x.message
-                ),
+                message: match names(&x.vip) {
+                    n if n.is_empty() => format!(
+                        "measured on the table really running, where {} had no slot: {}",
+                        running_unresolved.join(", "),
+                        x.message
+                    ),
+                    n => format!(
+                        "with unresolved backend(s) {} at weight 0: {}",
+                        n.join(", "),
+                        x.message
+                    ),
+                },
                 hint: format!(
                     "check the unresolved backends' addresses (nothing answers there), or {}",
                     x.hint

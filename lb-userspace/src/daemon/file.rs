@@ -95,7 +95,7 @@ pub fn apply(
             };
             match controller.apply(req) {
                 Ok(o) => {
-                    super::handle::warn_unresolved(&o);
+                    super::handle::warn_unresolved(&o.plan);
                     match o.generation {
                         Some(g) => info!(
                             user,
@@ -106,7 +106,8 @@ pub fn apply(
                     }
                     Ok(())
                 }
-                Err(ApplyError::Rejected(violations, _)) => {
+                Err(ApplyError::Rejected(violations, plan)) => {
+                    super::handle::warn_unresolved(&plan);
                     warn!(
                         user,
                         force = false,

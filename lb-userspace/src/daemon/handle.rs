@@ -159,23 +159,24 @@ pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> R
     response
 }
 
-/// Logs the backends an apply installed without a MAC, and what that breaks when it
-/// could not be refused (a first generation).
-pub fn warn_unresolved(o: &controller::Outcome) {
-    if o.dry_run {
-        return;
+/// Logs each backend of `plan` that has no MAC (accepted or not), and what that breaks
+/// when it could not be refused (a first generation).
+pub fn warn_unresolved(plan: &crate::guard::Plan) {
+    for v in &plan.vips {
+        for d in v.details.iter().filter(|d| d.contains("UNRESOLVED")) {
+            warn!("vip {}: {d}", v.vip);
+        }
     }
-    for u in &o.unresolved {
-        warn!("backend {u} has no MAC (no neighbour entry): no slot until it answers");
-    }
-    for v in &o.plan.warnings {
+    for v in &plan.warnings {
         warn!("{}", v.one_line());
     }
 }
 
-fn apply_response(result: Result<controller::Outcome, ApplyError>) -> Response {
-    if let Ok(o) = &result {
-        warn_unresolved(o);
+fn apply_response(result: Result<controller::Outcome, ApplyError>, dry_run: bool) -> Response {
+    match (&result, dry_run) {
+        (Ok(o), false) => warn_unresolved(&o.plan),
+        (Err(ApplyError::Rejected(_, plan)), false) => warn_unresolved(plan),
+        _ => {}
     }
     match result {
         Ok(o) => Response {
@@ -207,14 +208,18 @@ fn apply_as(
     user: String,
     g: Guarded,
 ) -> Response {
-    apply_response(c.apply(controller::Request {
-        config,
-        source,
-        user,
-        force: g.force,
-        reason: g.reason,
-        dry_run: g.dry_run,
-    }))
+    let dry_run = g.dry_run;
+    apply_response(
+        c.apply(controller::Request {
+            config,
+            source,
+            user,
+            force: g.force,
+            reason: g.reason,
+            dry_run,
+        }),
+        dry_run,
+    )
 }
 
 /// `xlb weight set` and `xlb drain`. The history's command line is made here from the
