@@ -20,6 +20,15 @@ fn web(weights: &[i64]) -> [VipSpec; 1] {
     [VipSpec::tcp("web", VIP4, HTTP_PORT, weights)]
 }
 
+/// A running daemon with VIP web on one backend per weight.
+fn web_daemon(weights: &[i64]) -> (Topology, Daemon) {
+    let topo = Topology::new(1, weights.len());
+    let mut daemon = Daemon::new(&topo);
+    daemon.write_config(&web(weights));
+    daemon.start();
+    (topo, daemon)
+}
+
 /// `xlb ARGS` in the LB's network namespace, keeping the host's bpffs (nsenter --net).
 fn xlb_in(topo: &Topology, args: &[&str]) -> Output {
     Command::new("nsenter")
@@ -39,11 +48,8 @@ fn a_second_daemon_on_the_same_state_changes_nothing() {
     if !require_root("a_second_daemon_on_the_same_state_changes_nothing") {
         return;
     }
-    let topo = Topology::new(1, 3);
+    let (topo, daemon) = web_daemon(&[1, 1, 1]);
     let _servers = Servers::start(&topo);
-    let mut daemon = Daemon::new(&topo);
-    daemon.write_config(&web(&[1, 1, 1]));
-    daemon.start();
     daemon.xlb_ok(&["weight", "set", "web", "b1", "2"]);
     let before = (daemon.routing_snapshot(), daemon.generation());
 
@@ -87,10 +93,7 @@ fn teardown_never_guesses_the_pin_directory_and_reports_what_it_did() {
     if !require_root("teardown_never_guesses_the_pin_directory") {
         return;
     }
-    let topo = Topology::new(1, 2);
-    let mut daemon = Daemon::new(&topo);
-    daemon.write_config(&web(&[1, 1]));
-    daemon.start();
+    let (topo, mut daemon) = web_daemon(&[1, 1]);
     let wrong = daemon.dir.path().join("wrong.sock");
     let out = xlb_in(&topo, &["--socket", wrong.to_str().unwrap(), "teardown"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -153,11 +156,8 @@ fn a_restart_removes_leftover_tables_and_a_lost_history_leaves_no_live_orphans()
     if !require_root("a_restart_removes_leftover_tables") {
         return;
     }
-    let topo = Topology::new(1, 3);
+    let (topo, mut daemon) = web_daemon(&[1, 1, 1]);
     let _servers = Servers::start(&topo);
-    let mut daemon = Daemon::new(&topo);
-    daemon.write_config(&web(&[1, 1, 1]));
-    daemon.start();
     let vip: IpAddr = VIP4.parse().unwrap();
     in_ns(&topo.client().name, move || http_many(vip, 30));
     daemon.stop_with(libc::SIGTERM);
@@ -203,10 +203,7 @@ fn a_restart_that_would_recreate_the_flow_table_is_refused_unless_asked() {
     if !require_root("a_restart_that_would_recreate_the_flow_table") {
         return;
     }
-    let topo = Topology::new(1, 2);
-    let mut daemon = Daemon::new(&topo);
-    daemon.write_config(&web(&[1, 1]));
-    daemon.start();
+    let (topo, mut daemon) = web_daemon(&[1, 1]);
     daemon.stop_with(libc::SIGTERM);
     let flows = daemon.pin_dir().join(lb_common::maps::FLOWS);
     let capacity = || -> serde_json::Value {
