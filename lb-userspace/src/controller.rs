@@ -21,7 +21,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use lb_common::{
@@ -39,7 +39,7 @@ use crate::{
     config::{Config, Protocol, Vip},
     dataplane::{DataplaneError, Maps, TableWrite},
     guard::{self, Health, Maglev, Plan},
-    history::{Attempt, History, HistoryError, Ids, Record, Source},
+    history::{Attempt, History, HistoryError, Ids, Record, Source, now},
 };
 
 #[derive(Debug, Error)]
@@ -93,17 +93,10 @@ fn tables_of(config: &Config) -> Plan {
 }
 
 /// The tables `record` installs: its config with every unresolved backend at weight 0
-/// (it has no MAC to forward to). `exact`, a plan of exactly `record.config` (the
-/// guardrails' plan), is the answer when nothing is unresolved; otherwise tables are
-/// built, reusing those of `exact` or `reuse` whose input did not change.
-fn installed(record: &Record, exact: Option<&Plan>, reuse: Option<&Plan>) -> Plan {
-    if record.unresolved.is_empty()
-        && let Some(plan) = exact
-    {
-        return plan.clone();
-    }
+/// (it has no MAC to forward to), reusing the tables of `reuse` whose input is the same.
+fn installed(record: &Record, reuse: Option<&Plan>) -> Plan {
     let reuse = guard::Reuse {
-        plan: exact.or(reuse),
+        plan: reuse,
         builder: &Maglev,
     };
     guard::plan(
@@ -147,12 +140,6 @@ pub struct Controller {
     current_plan: Option<Plan>,
     health: Health,
     resolve: Resolver,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn family(addr: IpAddr) -> u8 {
@@ -266,7 +253,7 @@ impl Controller {
             if record.macs.is_empty() && record.unresolved.is_empty() {
                 (record.macs, record.unresolved) = controller.resolve_macs(&record.config, None);
             }
-            controller.current_plan = Some(installed(&record, None, None));
+            controller.current_plan = Some(installed(&record, None));
             controller.current = Some(record);
         }
         Ok(controller)

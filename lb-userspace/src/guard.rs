@@ -131,26 +131,46 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] vip {}", self.rule, self.vip)?;
-        if let Some(b) = &self.backend {
-            write!(f, ", backend {b}")?;
-        }
-        write!(f, ": {}\n    fix: {}", self.message, self.hint)
+        write!(
+            f,
+            "{}: {}\n    fix: {}",
+            self.head(),
+            self.message,
+            self.hint
+        )
     }
 }
 
 impl Violation {
-    /// The violation on one line, for logs.
-    pub fn one_line(&self) -> String {
-        self.to_string().replace("\n    fix:", " (fix:") + ")"
+    /// `[rule] vip V, backend B`.
+    fn head(&self) -> String {
+        match &self.backend {
+            Some(b) => format!("[{}] vip {}, backend {b}", self.rule, self.vip),
+            None => format!("[{}] vip {}", self.rule, self.vip),
+        }
     }
 
-    /// `file:line: [rule] ...` (or `file: ...` without a line), as compilers print.
-    pub fn located(&self, file: &std::path::Path) -> String {
+    /// The violation on one line, for logs.
+    pub fn one_line(&self) -> String {
+        format!("{}: {} (fix: {})", self.head(), self.message, self.hint)
+    }
+
+    /// `file:line: ` (or `file: ` without a line), as compilers print.
+    fn place(&self, file: &std::path::Path) -> String {
         match self.line {
-            Some(line) => format!("{}:{line}: {self}", file.display()),
-            None => format!("{}: {self}", file.display()),
+            Some(line) => format!("{}:{line}: ", file.display()),
+            None => format!("{}: ", file.display()),
         }
+    }
+
+    /// The violation prefixed with its place in `file`.
+    pub fn located(&self, file: &std::path::Path) -> String {
+        format!("{}{self}", self.place(file))
+    }
+
+    /// `located`, on one line, for logs.
+    pub fn located_line(&self, file: &std::path::Path) -> String {
+        format!("{}{}", self.place(file), self.one_line())
     }
 }
 

@@ -121,6 +121,13 @@ impl Record {
     }
 }
 
+/// Seconds since the Unix epoch: the time of records and attempts.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// One attempt that changed nothing, for the audit trail.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {

@@ -7,7 +7,7 @@
 
 use std::{
     fs::{self, File},
-    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt},
     os::unix::io::AsRawFd,
     path::{Path, PathBuf},
 };
@@ -93,8 +93,8 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), LockError> {
 /// the pin directory's (a `flock` on the directory itself: bpffs holds no regular files),
 /// after checking that the pin directory is safe.
 pub fn acquire(state_dir: &Path, pin_dir: &Path) -> Result<Locks, LockError> {
+    // Its mode (0700) is `History::open`'s to set, right after.
     fs::create_dir_all(state_dir).map_err(io(state_dir))?;
-    fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700)).map_err(io(state_dir))?;
     let path = state_dir.join("lock");
     let state = fs::OpenOptions::new()
         .create(true)
@@ -138,6 +138,8 @@ pub fn for_teardown(pin_dir: &Path) -> Result<Option<Locks>, LockError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -33,7 +33,7 @@ pub fn resolve(iface: &str, addrs: &[IpAddr], wait: Duration) -> BTreeMap<IpAddr
     let deadline = Instant::now() + wait;
     let mut solicited = false;
     loop {
-        for (a, e) in entries(iface, None).unwrap_or_default() {
+        for (a, e) in entries(iface).unwrap_or_default() {
             if let (true, Some(mac)) = (addrs.contains(&a), e.mac) {
                 found.insert(a, mac);
             }
@@ -74,15 +74,10 @@ pub enum Nud {
     Failed,
 }
 
-/// Every entry on `iface`, or only `to`'s.
-pub fn entries(iface: &str, to: Option<IpAddr>) -> Result<Vec<(IpAddr, Entry)>, String> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["-j", "neigh", "show"]);
-    if let Some(addr) = to {
-        cmd.args(["to", &addr.to_string()]);
-    }
-    let out = cmd
-        .args(["dev", iface])
+/// Every entry on `iface`.
+pub fn entries(iface: &str) -> Result<Vec<(IpAddr, Entry)>, String> {
+    let out = Command::new("ip")
+        .args(["-j", "neigh", "show", "dev", iface])
         .output()
         .map_err(|e| format!("running `ip neigh`: {e}"))?;
     if !out.status.success() {

@@ -47,20 +47,17 @@ pub fn from_file(record: &Record, file: &Path) -> bool {
     }
 }
 
-/// The VIP without its backends and file position: what is compared for a VIP itself.
+/// The VIP without its backends: what is compared for a VIP itself. (Every config here
+/// went through `Config::without_lines` first.)
 fn vip_shell(v: &Vip) -> Vip {
     Vip {
         backends: Vec::new(),
-        line: None,
         ..v.clone()
     }
 }
 
 fn backend(v: Option<&Vip>, name: &str) -> Option<BackendSpec> {
-    v?.backend(name).map(|b| BackendSpec {
-        line: None,
-        ..b.clone()
-    })
+    v?.backend(name).cloned()
 }
 
 fn describe(b: &Option<BackendSpec>) -> String {
@@ -83,19 +80,17 @@ pub fn check(
     };
     let file = file.without_lines();
     let base = last_file.map(|r| r.config.without_lines());
-    let unchanged = match (&base, last_file) {
-        (Some(base), Some(r))
-            if base.vips == file.vips
+    let unchanged = last_file
+        .zip(base.as_ref())
+        .filter(|(_, base)| {
+            base.vips == file.vips
                 && base.guardrails == file.guardrails
                 && base.allow_empty == file.allow_empty
-                && base.daemon.table_size == file.daemon.table_size =>
-        {
-            Some(FileCheck::Unchanged {
-                since: r.generation,
-            })
-        }
-        _ => None,
-    };
+                && base.daemon.table_size == file.daemon.table_size
+        })
+        .map(|(r, _)| FileCheck::Unchanged {
+            since: r.generation,
+        });
     if trigger == Trigger::Startup
         && let Some(unchanged) = unchanged
     {

@@ -16,10 +16,10 @@ use std::{
 use crate::{
     config::{Config, MAC_FROM_NEIGHBOUR},
     guard,
-    history::{Ids, Record, Source},
+    history::{Ids, Record, Source, now},
 };
 
-use super::{ApplyError, Controller, addr16, effective, fingerprints, installed, now};
+use super::{ApplyError, Controller, addr16, effective, fingerprints, installed};
 
 /// How long an apply waits for a new backend's neighbour entry.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
@@ -176,7 +176,8 @@ impl Controller {
                 .vip(&v.vip)
                 .map(|p| p.details.clone())
                 .unwrap_or_default();
-            for b in names(&v.vip) {
+            let here = names(&v.vip);
+            for b in &here {
                 let address = desired
                     .vips
                     .iter()
@@ -193,7 +194,7 @@ impl Controller {
             // line of its own.
             if let Some(p) = plan.vip(&v.vip) {
                 for r in p.rows.iter().filter(|r| r.weight_before != r.weight_after) {
-                    if names(&v.vip).contains(&r.backend.as_str()) {
+                    if here.contains(&r.backend.as_str()) {
                         let w = |x: Option<u32>| x.map_or("-".into(), |x| x.to_string());
                         details.push(format!(
                             "backend {}: weight {} -> {} (counts as 0 while unresolved)",
@@ -312,7 +313,7 @@ impl Controller {
         // The operator's config is unchanged; only where its backends are reached is.
         // Moving share back to a backend that resolves is never held back by the
         // guardrails: its weight was accepted by them before.
-        let install = installed(&next, None, self.current_plan.as_ref());
+        let install = installed(&next, self.current_plan.as_ref());
         next.fingerprints = fingerprints(&install);
         let generation = self.commit(next, install)?;
         Ok(Some(MacRefresh {

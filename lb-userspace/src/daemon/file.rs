@@ -70,9 +70,7 @@ pub fn apply(
             warn!(user, "{error}");
             items.iter().for_each(|i| warn!(user, "  would undo {i}"));
             controller.audit(&Attempt {
-                time: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                time: crate::history::now(),
                 source,
                 user,
                 force: false,
@@ -114,9 +112,9 @@ pub fn apply(
                         "{what}: {file} rejected by the guardrails, nothing changed: rejected by {}",
                         rule_ids(&violations)
                     );
-                    violations.iter().for_each(|v| {
-                        warn!("{}", v.located(path).replace("\n    fix:", " (fix:") + ")")
-                    });
+                    violations
+                        .iter()
+                        .for_each(|v| warn!("{}", v.located_line(path)));
                     Err(FileError::Rejected)
                 }
                 Err(e) => {

@@ -222,16 +222,15 @@ fn apply_as(
     )
 }
 
-/// `xlb weight set` and `xlb drain`. The history's command line is made here from the
-/// names the running config has, never taken from the client.
+/// `xlb weight set` and `xlb drain`. `command`, the history's command line, is made by
+/// the daemon from the request's fields, and is recorded only once both names are found
+/// in the running config (so it holds nothing but valid names).
 fn weight_set(
     c: &mut Controller,
-    vip: &str,
-    backend: &str,
-    weight: i64,
+    (vip, backend, weight): (&str, &str, i64),
+    command: String,
     user: String,
     guarded: Guarded,
-    verb: &str,
 ) -> Response {
     let Some(current) = c.current() else {
         return Response::error("no generation is applied yet; use `xlb apply FILE`");
@@ -247,11 +246,6 @@ fn weight_set(
         ));
     };
     b.weight = weight;
-    let command = if verb == "drain" {
-        format!("drain {vip} {backend}")
-    } else {
-        format!("weight set {vip} {backend} {weight}")
-    };
     apply_as(c, config, Source::Cli { command }, user, guarded)
 }
 
@@ -336,12 +330,18 @@ fn execute(
             backend,
             weight,
             guarded,
-        } => weight_set(c, &vip, &backend, weight, user, guarded, "weight set"),
+        } => {
+            let command = format!("weight set {vip} {backend} {weight}");
+            weight_set(c, (&vip, &backend, weight), command, user, guarded)
+        }
         Request::Drain {
             vip,
             backend,
             guarded,
-        } => weight_set(c, &vip, &backend, 0, user, guarded, "drain"),
+        } => {
+            let command = format!("drain {vip} {backend}");
+            weight_set(c, (&vip, &backend, 0), command, user, guarded)
+        }
         Request::Rollback {
             generation,
             guarded,
@@ -385,9 +385,7 @@ fn execute(
         Request::Teardown => match loader::teardown(&daemon.pin_dir) {
             Ok(removed) => {
                 c.audit(&crate::history::Attempt {
-                    time: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
+                    time: crate::history::now(),
                     source: Source::Cli {
                         command: "teardown".into(),
                     },

@@ -25,13 +25,12 @@ pub async fn refresher(d: Arc<Shared>, iface: String) {
         }
         let iface = iface.clone();
         // `ip` runs as a child process: off the runtime's worker threads.
-        let seen = tokio::task::spawn_blocking(move || probe(&iface, &addrs)).await;
+        let seen = tokio::task::spawn_blocking(move || probe(&iface, &addrs))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
         let seen = match seen {
-            Ok(Ok(seen)) => seen,
-            Ok(Err(e)) => {
-                warn!("neighbour table: {e}");
-                continue;
-            }
+            Ok(seen) => seen,
             Err(e) => {
                 warn!("neighbour table: {e}");
                 continue;
@@ -54,7 +53,7 @@ pub async fn refresher(d: Arc<Shared>, iface: String) {
 
 /// The valid entries for `addrs` now, after asking for the next round's re-validation.
 fn probe(iface: &str, addrs: &[IpAddr]) -> Result<BTreeMap<IpAddr, [u8; 6]>, String> {
-    let entries = neighbour::entries(iface, None)?;
+    let entries = neighbour::entries(iface)?;
     let state_of = |a: &IpAddr| entries.iter().find(|(x, _)| x == a).map(|(_, e)| e.state);
     let settled: Vec<IpAddr> = addrs
         .iter()

@@ -73,27 +73,19 @@ pub fn vip_details(vip: &Vip, old: &Vip, desired: &Config, running: &Config) -> 
         format!("{:?}", vip.forwarding),
     );
     field("health", health(&old.health), health(&vip.health));
-    if running.daemon.table_size != desired.daemon.table_size {
-        field(
-            "table size",
-            running.daemon.table_size.to_string(),
-            desired.daemon.table_size.to_string(),
-        );
-    }
-    let before = running.guardrails.with(&old.guardrails);
-    let after = desired.guardrails.with(&vip.guardrails);
-    for c in policy::changes(&before, &after) {
-        out.push(format!(
-            "guardrails.{}: {} -> {}{}",
-            c.key,
-            c.old,
-            c.new,
-            if c.looser { " (looser)" } else { "" }
-        ));
-    }
-    if old.guardrails != vip.guardrails && policy::changes(&before, &after).is_empty() {
+    field(
+        "table size",
+        running.daemon.table_size.to_string(),
+        desired.daemon.table_size.to_string(),
+    );
+    let limits = policy::changes(
+        &running.guardrails.with(&old.guardrails),
+        &desired.guardrails.with(&vip.guardrails),
+    );
+    if old.guardrails != vip.guardrails && limits.is_empty() {
         out.push("[vip.guardrails] overrides rewritten (same limits)".into());
     }
+    out.extend(limits.iter().map(ToString::to_string));
     backend_details(vip, old, &mut out);
     out
 }
@@ -101,16 +93,8 @@ pub fn vip_details(vip: &Vip, old: &Vip, desired: &Config, running: &Config) -> 
 /// Global differences: the guardrail policy and whether an empty VIP list is intended.
 pub fn global_details(desired: &Config, running: &Config) -> Vec<String> {
     let mut out: Vec<String> = policy::changes(&running.guardrails, &desired.guardrails)
-        .into_iter()
-        .map(|c| {
-            format!(
-                "guardrails.{}: {} -> {}{}",
-                c.key,
-                c.old,
-                c.new,
-                if c.looser { " (looser)" } else { "" }
-            )
-        })
+        .iter()
+        .map(ToString::to_string)
         .collect();
     if running.allow_empty != desired.allow_empty {
         out.push(format!(

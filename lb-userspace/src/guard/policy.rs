@@ -82,6 +82,17 @@ pub struct LimitChange {
     pub looser: bool,
 }
 
+/// `guardrails.max_flow_shift: 50.0% -> 10.0%`, marked `(looser)` when it loosens.
+impl std::fmt::Display for LimitChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "guardrails.{}: {} -> {}", self.key, self.old, self.new)?;
+        if self.looser {
+            f.write_str(" (looser)")?;
+        }
+        Ok(())
+    }
+}
+
 /// Every limit that differs between `old` and `new`.
 pub fn changes(old: &Policy, new: &Policy) -> Vec<LimitChange> {
     LIMITS
