@@ -211,11 +211,15 @@ mod tests {
                         table_fidelity: Some(0.123_456_789_012_345_67),
                         max_flow_shift: Some(0.123_456_789_012_345_67),
                         healthy_quorum: Some(0.123_456_789_012_345_67),
+                        panic_threshold: Some(0.123_456_789_012_345_67),
                     },
                     health: Some(HealthCheck {
-                        port: 65535,
                         interval_ms: 1_000_000,
                         timeout_ms: 1_000_000,
+                        rise: u32::MAX,
+                        fall: u32::MAX,
+                        slow_start_s: Some(u64::MAX),
+                        ..HealthCheck::tcp(65535)
                     }),
                     backends: (0..backends)
                         .filter(|b| b % vips == v)

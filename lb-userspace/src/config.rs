@@ -69,6 +69,8 @@ pub struct Config {
     /// Global guardrail policy; each VIP may override any field.
     #[serde(default)]
     pub guardrails: Policy,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rollout: Rollout,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
     /// The file says `vip = []`: serving no VIP at all is intended, not a truncated file.
@@ -206,6 +208,9 @@ pub struct Policy {
     pub max_flow_shift: f64,
     /// With health checks: smallest fraction of weighted backends that must be healthy.
     pub healthy_quorum: f64,
+    /// With health checks: below this fraction of weighted backends up, no more backends
+    /// are taken out for health (the checks, not the backends, are suspect).
+    pub panic_threshold: f64,
 }
 
 impl Default for Policy {
@@ -216,6 +221,7 @@ impl Default for Policy {
             table_fidelity: 0.005,
             max_flow_shift: 0.5,
             healthy_quorum: 0.5,
+            panic_threshold: 0.5,
         }
     }
 }
@@ -234,6 +240,8 @@ pub struct PolicyOverride {
     pub max_flow_shift: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthy_quorum: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panic_threshold: Option<f64>,
 }
 
 impl Policy {
@@ -245,6 +253,7 @@ impl Policy {
             table_fidelity: o.table_fidelity.unwrap_or(self.table_fidelity),
             max_flow_shift: o.max_flow_shift.unwrap_or(self.max_flow_shift),
             healthy_quorum: o.healthy_quorum.unwrap_or(self.healthy_quorum),
+            panic_threshold: o.panic_threshold.unwrap_or(self.panic_threshold),
         }
     }
 }
@@ -272,25 +281,123 @@ pub enum Forwarding {
     L2Dsr,
 }
 
-/// TCP connect health checks of a VIP's backends.
+/// Health checks of a VIP's backends (`[vip.health]`). A backend is marked down after
+/// `fall` failed probes in a row and up again after `rise` good ones; while down it gets
+/// no new flows (see `health`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// `tcp` (connect), `http` (GET `path`, status in `status`) or `udp` (send `send`,
+    /// expect a reply, containing `expect` if set).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kind: CheckKind,
     /// Port probed on each backend's own address.
     pub port: u16,
     #[serde(default = "HealthCheck::default_interval_ms")]
     pub interval_ms: u64,
     #[serde(default = "HealthCheck::default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Good probes in a row that bring a down backend back.
+    #[serde(default = "HealthCheck::default_rise")]
+    pub rise: u32,
+    /// Failed probes in a row that take a backend down.
+    #[serde(default = "HealthCheck::default_fall")]
+    pub fall: u32,
+    /// Seconds over which a recovered backend is brought back to its weight in steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_s: Option<u64>,
+    /// `http`: the path requested (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `http`: accepted status codes, `200-399` (default) or one code like `204`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `udp`: the datagram sent (required for `udp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// `udp`: text the reply must contain (default: any reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+/// What a health probe does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    #[default]
+    Tcp,
+    Http,
+    Udp,
 }
 
 impl HealthCheck {
+    /// A TCP connect check of `port` with every other setting at its default.
+    pub fn tcp(port: u16) -> Self {
+        HealthCheck {
+            kind: CheckKind::Tcp,
+            port,
+            interval_ms: Self::default_interval_ms(),
+            timeout_ms: Self::default_timeout_ms(),
+            rise: Self::default_rise(),
+            fall: Self::default_fall(),
+            slow_start_s: None,
+            path: None,
+            status: None,
+            send: None,
+            expect: None,
+        }
+    }
+
+    /// One line: `tcp port 8080 every 1000 ms, timeout 500 ms, rise 2, fall 3`, with
+    /// the kind's own settings.
+    pub fn describe(&self) -> String {
+        let what = match self.kind {
+            CheckKind::Tcp => format!("tcp port {}", self.port),
+            CheckKind::Http => format!(
+                "http GET {} port {} expecting {}",
+                self.path.as_deref().unwrap_or("/"),
+                self.port,
+                self.status.as_deref().unwrap_or("200-399")
+            ),
+            CheckKind::Udp => format!(
+                "udp port {} sending {:?} expecting {}",
+                self.port,
+                self.send.as_deref().unwrap_or(""),
+                self.expect
+                    .as_deref()
+                    .map_or("any reply".into(), |e| format!("{e:?}"))
+            ),
+        };
+        let slow = self
+            .slow_start_s
+            .map_or(String::new(), |s| format!(", slow start {s} s"));
+        format!(
+            "{what} every {} ms, timeout {} ms, rise {}, fall {}{slow}",
+            self.interval_ms, self.timeout_ms, self.rise, self.fall
+        )
+    }
+
     fn default_interval_ms() -> u64 {
         1000
     }
     fn default_timeout_ms() -> u64 {
         500
     }
+    fn default_rise() -> u32 {
+        2
+    }
+    fn default_fall() -> u32 {
+        3
+    }
+}
+
+/// How changes are watched after they take effect (`[rollout]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rollout {
+    /// Watch window after every operator change (`"30s"`); none: only with `--watch`.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub watch: Option<std::time::Duration>,
 }
 
 /// One virtual service.
@@ -414,7 +521,7 @@ fn key_lines(text: &str) -> BTreeMap<String, usize> {
     for (table, value) in doc.get_ref() {
         let table = table.get_ref().as_ref();
         out.insert(table.to_string(), line_of(text, value.span().start));
-        if !matches!(table, "daemon" | "guardrails") {
+        if !matches!(table, "daemon" | "guardrails" | "rollout") {
             continue;
         }
         for (key, _) in value.get_ref().as_table().into_iter().flatten() {
@@ -465,6 +572,8 @@ struct SpannedConfig {
     #[serde(default)]
     guardrails: Policy,
     #[serde(default)]
+    rollout: Rollout,
+    #[serde(default)]
     vip: Option<Vec<Spanned<SpannedVip>>>,
 }
 
@@ -490,6 +599,7 @@ impl SpannedConfig {
         Config {
             daemon: self.daemon,
             guardrails: self.guardrails,
+            rollout: self.rollout,
             allow_empty: self.vip.as_ref().is_some_and(Vec::is_empty),
             key_lines: BTreeMap::new(),
             vips: self

@@ -601,6 +601,7 @@ fn global_structure(c: &Config, out: &mut Vec<Violation>) {
             ("table_fidelity", p.table_fidelity),
             ("max_flow_shift", p.max_flow_shift),
             ("healthy_quorum", p.healthy_quorum),
+            ("panic_threshold", p.panic_threshold),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 out.push(Violation {

@@ -10,10 +10,7 @@ use super::policy;
 fn health(h: &Option<HealthCheck>) -> String {
     match h {
         None => "none".into(),
-        Some(h) => format!(
-            "tcp port {} every {} ms, timeout {} ms",
-            h.port, h.interval_ms, h.timeout_ms
-        ),
+        Some(h) => h.describe(),
     }
 }
 

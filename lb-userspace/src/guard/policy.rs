@@ -22,7 +22,7 @@ fn count(x: f64) -> String {
     format!("{x}")
 }
 
-const LIMITS: [Limit; 5] = [
+const LIMITS: [Limit; 6] = [
     Limit {
         key: "min_active_backends",
         get: |p| f64::from(p.min_active_backends),
@@ -58,6 +58,14 @@ const LIMITS: [Limit; 5] = [
         higher_is_stricter: true,
         show: pct,
     },
+    Limit {
+        key: "panic_threshold",
+        get: |p| p.panic_threshold,
+        set: |o| o.panic_threshold.is_some(),
+        // A higher threshold stops taking backends out for health sooner.
+        higher_is_stricter: true,
+        show: pct,
+    },
 ];
 
 /// Per limit, the stricter of `a` and `b`.
@@ -68,6 +76,7 @@ pub fn stricter(a: &Policy, b: &Policy) -> Policy {
         table_fidelity: a.table_fidelity.min(b.table_fidelity),
         max_flow_shift: a.max_flow_shift.min(b.max_flow_shift),
         healthy_quorum: a.healthy_quorum.max(b.healthy_quorum),
+        panic_threshold: a.panic_threshold.max(b.panic_threshold),
     }
 }
 

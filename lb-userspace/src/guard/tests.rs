@@ -460,11 +460,7 @@ fn forced_vip_left_unchanged_does_not_block_other_vips() {
 #[test]
 fn healthy_quorum_counts_weighted_backends() {
     let mut v = vip("web", &[1, 1, 1, 0]);
-    v.health = Some(config::HealthCheck {
-        port: 8080,
-        interval_ms: 1000,
-        timeout_ms: 500,
-    });
+    v.health = Some(config::HealthCheck::tcp(8080));
     let c = config(vec![v]);
     let mut health = Health::new();
     for b in ["b0", "b1", "b3"] {

@@ -150,14 +150,8 @@ fn every_difference_is_a_change_even_with_the_same_table() {
             Box::new(|c| c.vips[0].backends[1].mac = "02:00:00:00:00:12".into()),
         ),
         (
-            "health: none -> tcp port 8080 every 1000 ms, timeout 500 ms",
-            Box::new(|c| {
-                c.vips[0].health = Some(HealthCheck {
-                    port: 8080,
-                    interval_ms: 1000,
-                    timeout_ms: 500,
-                })
-            }),
+            "health: none -> tcp port 8080 every 1000 ms, timeout 500 ms, rise 2, fall 3",
+            Box::new(|c| c.vips[0].health = Some(HealthCheck::tcp(8080))),
         ),
         (
             "guardrails.max_flow_shift: 50.0% -> 10.0%",
