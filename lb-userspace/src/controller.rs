@@ -31,14 +31,17 @@ use lb_common::{
 use serde::Serialize;
 use thiserror::Error;
 
+mod failover;
 mod macs;
 
+pub use failover::{HealthChange, Holds, Panic};
 pub use macs::MacRefresh;
 
 use crate::{
     config::{Config, Protocol, Vip},
     dataplane::{DataplaneError, Maps, TableWrite},
     guard::{self, Health, Maglev, Plan},
+    health::Tracker,
     history::{Attempt, History, HistoryError, Ids, Record, Source, now},
 };
 
@@ -92,32 +95,19 @@ fn tables_of(config: &Config) -> Plan {
     guard::plan(config, None, &Health::new(), &Maglev)
 }
 
-/// The tables `record` installs: its config with every unresolved backend at weight 0
-/// (it has no MAC to forward to), reusing the tables of `reuse` whose input is the same.
+/// The tables `record` installs: its config at its effective weights (`Holds`),
+/// reusing the tables of `reuse` whose input is the same.
 fn installed(record: &Record, reuse: Option<&Plan>) -> Plan {
     let reuse = guard::Reuse {
         plan: reuse,
         builder: &Maglev,
     };
     guard::plan(
-        &effective(&record.config, &record.unresolved),
+        &Holds::of(record).apply(&record.config),
         None,
         &Health::new(),
         &reuse,
     )
-}
-
-/// `config` with the weight of every backend in `unresolved` ("vip/backend") at 0.
-fn effective(config: &Config, unresolved: &[String]) -> Config {
-    let mut effective = config.clone();
-    for v in &mut effective.vips {
-        for b in &mut v.backends {
-            if unresolved.contains(&Ids::backend_key(&v.name, &b.name)) {
-                b.weight = 0;
-            }
-        }
-    }
-    effective
 }
 
 fn fingerprints(plan: &Plan) -> BTreeMap<String, String> {
@@ -138,7 +128,14 @@ pub struct Controller {
     current: Option<Record>,
     /// `current`'s tables and shares, built once per generation (not per read).
     current_plan: Option<Plan>,
-    health: Health,
+    /// Up or down per checked backend (rise/fall over the probes).
+    tracker: Tracker,
+    /// VIPs in panic (too few backends up to take more out).
+    panic: BTreeMap<String, Panic>,
+    /// When each backend in slow start began its ramp (time since the daemon started).
+    ramp_started: BTreeMap<String, Duration>,
+    /// Time since the daemon started, as of the last probe round.
+    clock: Duration,
     resolve: Resolver,
 }
 
@@ -245,7 +242,10 @@ impl Controller {
             history,
             current,
             current_plan: None,
-            health: Health::new(),
+            tracker: Tracker::default(),
+            panic: BTreeMap::new(),
+            ramp_started: BTreeMap::new(),
+            clock: Duration::ZERO,
             resolve,
         };
         if let Some(mut record) = controller.current.take() {
@@ -254,6 +254,8 @@ impl Controller {
                 (record.macs, record.unresolved) = controller.resolve_macs(&record.config, None);
             }
             controller.current_plan = Some(installed(&record, None));
+            // What the running generation holds down stays down until its checks pass.
+            controller.tracker = Tracker::starting_down(&record.down);
             controller.current = Some(record);
         }
         Ok(controller)
@@ -271,13 +273,15 @@ impl Controller {
         &self.history
     }
 
-    pub fn health(&self) -> &Health {
-        &self.health
+    /// Up or down per checked backend, for the guardrails.
+    pub fn health(&self) -> Health {
+        self.tracker.health()
     }
 
-    pub fn set_health(&mut self, health: Health) {
-        self.health = health;
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
     }
+
 
     /// Brings the maps to the last committed generation (after a restart or a crash in
     /// the middle of an apply). Backends and tables already right are left alone, so
@@ -332,17 +336,21 @@ impl Controller {
         if req.force && req.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
             return Err(ApplyError::ForceWithoutReason);
         }
-        let rollback = matches!(req.source, Source::Rollback { .. });
+        let rollback = matches!(
+            req.source,
+            Source::Rollback { .. } | Source::AutoRollback { .. }
+        );
+        let (macs, unresolved) = self.resolve_macs(&req.config, self.current.as_ref());
+        let holds = self.holds_for(&req.config, unresolved, self.clock);
         let running = self.current.as_ref().map(|r| &r.config);
         let builder = guard::Reuse {
             plan: self.current_plan.as_ref(),
             builder: &Maglev,
         };
-        let plan = guard::plan(&req.config, running, &self.health, &builder);
-        // Rules measure what will serve traffic: with backends that have no MAC, the plan
-        // is that of the table really installed.
-        let (macs, unresolved) = self.resolve_macs(&req.config, self.current.as_ref());
-        let plan = self.effective_plan(&req.config, &unresolved, plan);
+        let plan = guard::plan(&req.config, running, &self.tracker.health(), &builder);
+        // Rules measure what will serve traffic: with backends that have no MAC or are
+        // down, the plan is that of the table really installed.
+        let plan = self.effective_plan(&req.config, &holds, plan);
         let blocking: Vec<guard::Violation> = plan
             .blocking(req.force, !rollback)
             .into_iter()
@@ -389,7 +397,9 @@ impl Controller {
             config: req.config,
             ids,
             macs,
-            unresolved,
+            unresolved: holds.unresolved,
+            down: holds.down,
+            ramp: holds.ramp,
         };
         // The plan's tables are the ones to install (unresolved backends at weight 0).
         record.fingerprints = fingerprints(&plan);
@@ -721,10 +731,11 @@ impl Controller {
                     .into(),
                     weight: b.weight(),
                     table_share: row.map_or(0.0, |r| r.share_after),
-                    healthy: vip
-                        .health
-                        .as_ref()
-                        .map(|_| guard::is_healthy(&self.health, &vip.name, &b.name)),
+                    healthy: vip.health.as_ref().map(|_| {
+                        self.tracker
+                            .backend(&vip.name, &b.name)
+                            .is_none_or(|h| h.up)
+                    }),
                     packets: s.packets,
                     bytes: s.bytes,
                     new_flows: s.new_flows,

@@ -10,12 +10,17 @@
 //! - `table-fidelity`: each backend's table share is within this of its weight share.
 //! - `max-flow-shift`: at most this fraction of a VIP's slots change owner in one apply.
 //! - `healthy-quorum`: with health checks, at least this fraction of the weighted
-//!   backends is healthy.
+//!   backends is healthy, unless the change leaves the fraction no lower than running.
+//! - `down-backend`: a change gives more share to a backend whose checks fail.
 //! - `policy-loosening`: a change loosens a limit of the running policy (`policy`).
 //! - `vip-removal`: a change removes a running VIP, which moves all of its flows.
 //!
 //! An existing VIP is checked against the stricter of its running and its new policy, so
 //! a file cannot switch a rule off and break it in one step.
+//!
+//! Health relief: a change to a checked VIP that only moves share away from backends that
+//! are down and towards backends that are up is better than running on, so
+//! `max-backend-share` does not block it (a drain of a dead backend needs no `--force`).
 //!
 //! `structure`, `nonzero-total` and `table-fidelity` can never be forced: breaking them
 //! means there is no sane table to install. The others are policy, which `--force
@@ -49,12 +54,13 @@ pub enum Rule {
     TableFidelity,
     MaxFlowShift,
     HealthyQuorum,
+    DownBackend,
     PolicyLoosening,
     VipRemoval,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 9] = [
+    pub const ALL: [Rule; 10] = [
         Rule::Structure,
         Rule::NonzeroTotal,
         Rule::MinActiveBackends,
@@ -62,6 +68,7 @@ impl Rule {
         Rule::TableFidelity,
         Rule::MaxFlowShift,
         Rule::HealthyQuorum,
+        Rule::DownBackend,
         Rule::PolicyLoosening,
         Rule::VipRemoval,
     ];
@@ -75,9 +82,19 @@ impl Rule {
             Rule::TableFidelity => "table-fidelity",
             Rule::MaxFlowShift => "max-flow-shift",
             Rule::HealthyQuorum => "healthy-quorum",
+            Rule::DownBackend => "down-backend",
             Rule::PolicyLoosening => "policy-loosening",
             Rule::VipRemoval => "vip-removal",
         }
+    }
+
+    /// Whether a higher measured value is a worse violation (a share, a shift) rather
+    /// than a better one (a count, a fraction healthy).
+    pub fn higher_is_worse(self) -> bool {
+        matches!(
+            self,
+            Rule::MaxBackendShare | Rule::TableFidelity | Rule::MaxFlowShift | Rule::DownBackend
+        )
     }
 
     /// Whether `--force --reason` may override a violation of this rule.
@@ -465,6 +482,9 @@ pub fn plan(
         };
         let details = old.map_or_else(Vec::new, |(c, o)| changes::vip_details(vip, o, desired, c));
         let vip_plan = diff(vip, before.as_ref(), table, health, details);
+        if let (Some((old, _)), Some(_)) = (&before, &vip.health) {
+            health_relief(vip, old, &vip_plan, health, &mut v);
+        }
         if let (Some(_), Some(_)) = (&before, &vip_plan.table) {
             let limit = policy.max_flow_shift;
             if vip_plan.moved > limit + 1e-12 {
@@ -902,7 +922,9 @@ fn checked_table(
                     pct(policy.max_backend_share)
                 ),
                 hint: format!(
-                    "lower {}'s weight or raise the others' so that it gets at most {}",
+                    "lower {}'s weight or raise the others' so that it gets at most {} \
+                     (with health checks, moving share only from down backends to up ones \
+                     is allowed)",
                     b.name,
                     pct(policy.max_backend_share)
                 ),
@@ -942,12 +964,76 @@ fn checked_table(
                     weighted.len(),
                     pct(policy.healthy_quorum)
                 ),
-                hint: "bring backends back to health, or give weight to healthy ones".into(),
+                hint: "drain the down backends or move their weight to healthy ones (both \
+                       allowed without --force: they raise the fraction), or bring them back \
+                       to health"
+                    .into(),
                 ..at(Rule::HealthyQuorum, None)
             });
         }
     }
     Some(table)
+}
+
+/// Fraction of `vip`'s weighted backends that are healthy (1 with none weighted).
+fn healthy_fraction(vip: &Vip, health: &Health) -> f64 {
+    let weighted: Vec<_> = vip.backends.iter().filter(|b| b.weight() > 0).collect();
+    if weighted.is_empty() {
+        return 1.0;
+    }
+    let healthy = weighted
+        .iter()
+        .filter(|b| is_healthy(health, &vip.name, &b.name))
+        .count();
+    healthy as f64 / weighted.len() as f64
+}
+
+/// The health-aware side of the rules for a change to a checked VIP, `old` -> `vip`:
+/// - `healthy-quorum` blocks only a change that lowers the healthy fraction;
+/// - a change that moves share only away from down backends and towards up ones is not
+///   blocked by `max-backend-share` (it is better than running on);
+/// - giving more share to a backend that is down breaks `down-backend`.
+fn health_relief(vip: &Vip, old: &Vip, plan: &VipPlan, health: &Health, out: &mut Vec<Violation>) {
+    let before = healthy_fraction(old, health);
+    out.retain(|x| {
+        !(x.rule == Rule::HealthyQuorum
+            && x.measured.is_some_and(|now| now + 1e-12 >= before))
+    });
+    const EPS: f64 = 1e-9;
+    let up = |r: &Row| is_healthy(health, &vip.name, &r.backend);
+    let losers: Vec<&Row> = plan
+        .rows
+        .iter()
+        .filter(|r| r.share_after < r.share_before - EPS)
+        .collect();
+    let gainers: Vec<&Row> = plan
+        .rows
+        .iter()
+        .filter(|r| r.share_after > r.share_before + EPS)
+        .collect();
+    if !losers.is_empty() && losers.iter().all(|r| !up(r)) && gainers.iter().all(|r| up(r)) {
+        out.retain(|x| x.rule != Rule::MaxBackendShare);
+    }
+    for r in gainers.iter().filter(|r| !up(r)) {
+        out.push(Violation {
+            rule: Rule::DownBackend,
+            vip: vip.name.clone(),
+            backend: Some(r.backend.clone()),
+            line: vip.backend(&r.backend).and_then(|b| b.line).or(vip.line),
+            measured: Some(r.share_after),
+            limit: Some(r.share_before),
+            message: format!(
+                "is down (its health checks fail) and would get {} of the table (has {})",
+                pct(r.share_after),
+                pct(r.share_before)
+            ),
+            hint: format!(
+                "leave {}'s weight until its checks pass (it gets its share back by \
+                 itself), or apply with --force --reason if the checks are wrong",
+                r.backend
+            ),
+        });
+    }
 }
 
 /// Whether the checks last saw `backend` of `vip` healthy (unprobed counts as healthy).

@@ -51,6 +51,16 @@ pub enum Source {
     Rollback { to: u64 },
     /// The neighbour table changed a backend's MAC (or resolved one at last).
     Neighbour { changes: Vec<String> },
+    /// Health checks took backends out of new-flow selection or brought them back.
+    Health { changes: Vec<String> },
+    /// A watched change breached its watch and was rolled back to `to`.
+    AutoRollback { to: u64, breach: String },
+    /// Step `step` of `steps` of a rollout towards `target`.
+    Rollout {
+        step: u32,
+        steps: u32,
+        target: String,
+    },
 }
 
 impl std::fmt::Display for Source {
@@ -62,6 +72,13 @@ impl std::fmt::Display for Source {
             Source::Cli { command } => f.write_str(command),
             Source::Rollback { to } => write!(f, "rollback to {to}"),
             Source::Neighbour { changes } => write!(f, "neighbour: {}", changes.join(", ")),
+            Source::Health { changes } => write!(f, "health: {}", changes.join(", ")),
+            Source::AutoRollback { to, breach } => write!(f, "auto-rollback to {to}: {breach}"),
+            Source::Rollout {
+                step,
+                steps,
+                target,
+            } => write!(f, "rollout step {step}/{steps} to {target}"),
         }
     }
 }
@@ -110,6 +127,13 @@ pub struct Record {
     /// "vip/backend" of backends without a MAC: no slot in the table, not live.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unresolved: Vec<String>,
+    /// "vip/backend" of backends whose checks fail: no slot in the table (effective
+    /// weight 0), still live, so their established flows stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub down: Vec<String>,
+    /// "vip/backend" -> percent of its weight, for backends in slow start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ramp: BTreeMap<String, u32>,
 }
 
 impl Record {

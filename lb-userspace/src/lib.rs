@@ -7,6 +7,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod guard;
+pub mod health;
 pub mod history;
 pub mod lock;
 pub mod neighbour;

@@ -43,7 +43,12 @@ pub fn from_file(record: &Record, file: &Path) -> bool {
         Source::Startup { file: f } | Source::Reload { file: f } | Source::File { file: f } => {
             f == file
         }
-        Source::Cli { .. } | Source::Rollback { .. } | Source::Neighbour { .. } => false,
+        Source::Cli { .. }
+        | Source::Rollback { .. }
+        | Source::Neighbour { .. }
+        | Source::Health { .. }
+        | Source::AutoRollback { .. }
+        | Source::Rollout { .. } => false,
     }
 }
 
@@ -85,6 +90,7 @@ pub fn check(
         .filter(|(_, base)| {
             base.vips == file.vips
                 && base.guardrails == file.guardrails
+                && base.rollout == file.rollout
                 && base.allow_empty == file.allow_empty
                 && base.daemon.table_size == file.daemon.table_size
         })

@@ -19,7 +19,7 @@ use crate::{
     history::{Ids, Record, Source, now},
 };
 
-use super::{ApplyError, Controller, addr16, effective, fingerprints, installed};
+use super::{ApplyError, Controller, Holds, addr16, fingerprints, installed};
 
 /// How long an apply waits for a new backend's neighbour entry.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
@@ -136,48 +136,62 @@ impl Controller {
         (macs, unresolved)
     }
 
-    /// `plan` (of `desired`) as it would really be installed when the backends in
-    /// `unresolved` have no MAC: tables built with their weight at 0, measured against
+    /// `plan` (of `desired`) as it would really be installed with `holds` (backends
+    /// without a MAC or down at weight 0, slow starts at part of theirs), measured against
     /// what the running generation really installed. Every rule this breaks that `plan`
-    /// did not is added, saying why; before the first generation (a cold start, which
-    /// must serve what it can) they are warnings instead.
+    /// did not is added, saying why, unless the running table already broke it as badly
+    /// (health took backends out: the change did not make it worse); before the first
+    /// generation (a cold start, which must serve what it can) they are warnings instead.
     pub(super) fn effective_plan(
         &self,
         desired: &Config,
-        unresolved: &[String],
+        holds: &Holds,
         plan: guard::Plan,
     ) -> guard::Plan {
-        let running_unresolved = self.current.as_ref().map_or(&[][..], |r| &r.unresolved[..]);
-        if unresolved.is_empty() && running_unresolved.is_empty() {
+        let running_holds = self.current.as_ref().map(Holds::of).unwrap_or_default();
+        if holds.is_empty() && running_holds.is_empty() {
             return plan;
         }
-        let running = self
-            .current
-            .as_ref()
-            .map(|r| effective(&r.config, &r.unresolved));
+        let unresolved = &holds.unresolved;
+        let running = self.current.as_ref().map(|r| running_holds.apply(&r.config));
         let reuse = guard::Reuse {
             plan: self.current_plan.as_ref(),
             builder: &guard::Maglev,
         };
-        let mut real = guard::plan(
-            &effective(desired, unresolved),
-            running.as_ref(),
-            &self.health,
-            &reuse,
-        );
-        let names = |vip: &str| -> Vec<&str> {
-            unresolved
-                .iter()
+        let health = self.tracker.health();
+        let mut real = guard::plan(&holds.apply(desired), running.as_ref(), &health, &reuse);
+        // What the running table already breaks, as measured on itself.
+        let already: Vec<guard::Violation> = running
+            .as_ref()
+            .map(|r| guard::plan(r, None, &health, &reuse).violations)
+            .unwrap_or_default();
+        let no_worse = |x: &guard::Violation| {
+            already.iter().any(|a| {
+                a.rule == x.rule
+                    && a.vip == x.vip
+                    && a.backend == x.backend
+                    && match (a.measured, x.measured) {
+                        (Some(was), Some(now)) if x.rule.higher_is_worse() => now <= was + 1e-9,
+                        (Some(was), Some(now)) => now + 1e-9 >= was,
+                        _ => true,
+                    }
+            })
+        };
+        let of_vip = |keys: &'_ [String], vip: &str| -> Vec<String> {
+            keys.iter()
                 .filter_map(|k| k.strip_prefix(&format!("{vip}/")))
+                .map(str::to_string)
                 .collect()
         };
+        let ramp: Vec<String> = holds.ramp.keys().cloned().collect();
         for v in &mut real.vips {
             let mut details = plan
                 .vip(&v.vip)
                 .map(|p| p.details.clone())
                 .unwrap_or_default();
-            let here = names(&v.vip);
-            for b in &here {
+            let unresolved_here = of_vip(unresolved, &v.vip);
+            let down_here = of_vip(&holds.down, &v.vip);
+            for b in &unresolved_here {
                 let address = desired
                     .vips
                     .iter()
@@ -189,23 +203,37 @@ impl Controller {
                      its weight counts as 0 until it answers"
                 ));
             }
+            for b in &down_here {
+                details.push(format!(
+                    "backend {b}: DOWN (health checks fail): no slot, its weight counts as 0 \
+                     until its checks pass"
+                ));
+            }
             // The rows keep the weights the tables were built from (`guard::Reuse` relies
-            // on it); a configured weight of an unresolved backend that changes gets a
-            // line of its own.
+            // on it); a configured weight of a held backend that changes gets a line of
+            // its own.
             if let Some(p) = plan.vip(&v.vip) {
+                let ramp_here = of_vip(&ramp, &v.vip);
                 for r in p.rows.iter().filter(|r| r.weight_before != r.weight_after) {
-                    if here.contains(&r.backend.as_str()) {
-                        let w = |x: Option<u32>| x.map_or("-".into(), |x| x.to_string());
-                        details.push(format!(
-                            "backend {}: weight {} -> {} (counts as 0 while unresolved)",
-                            r.backend,
-                            w(r.weight_before),
-                            w(r.weight_after)
-                        ));
-                    }
+                    let held = if unresolved_here.contains(&r.backend) {
+                        "counts as 0 while unresolved"
+                    } else if down_here.contains(&r.backend) {
+                        "counts as 0 while down"
+                    } else if ramp_here.contains(&r.backend) {
+                        "in slow start: part of it until the ramp ends"
+                    } else {
+                        continue;
+                    };
+                    let w = |x: Option<u32>| x.map_or("-".into(), |x| x.to_string());
+                    details.push(format!(
+                        "backend {}: weight {} -> {} ({held})",
+                        r.backend,
+                        w(r.weight_before),
+                        w(r.weight_after)
+                    ));
                 }
                 // What the operator changed decides whether the VIP changed; a backend
-                // that resolves in the meantime is the refresher's.
+                // that resolves or recovers in the meantime is the refreshers'.
                 v.change = p.change;
             }
             v.details = details;
@@ -218,25 +246,46 @@ impl Controller {
         let extra: Vec<guard::Violation> = real
             .violations
             .iter()
-            .filter(|x| !known(x))
-            .map(|x| guard::Violation {
-                message: match names(&x.vip) {
-                    n if n.is_empty() => format!(
+            .filter(|x| !known(x) && !no_worse(x))
+            .map(|x| {
+                let unresolved_here = of_vip(unresolved, &x.vip);
+                let down_here = of_vip(&holds.down, &x.vip);
+                let mut held = Vec::new();
+                if !unresolved_here.is_empty() {
+                    held.push(format!("unresolved {}", unresolved_here.join(", ")));
+                }
+                if !down_here.is_empty() {
+                    held.push(format!("down {}", down_here.join(", ")));
+                }
+                let message = if held.is_empty() {
+                    format!(
                         "measured on the table really running, where {} had no slot: {}",
-                        running_unresolved.join(", "),
+                        running_holds
+                            .unresolved
+                            .iter()
+                            .chain(&running_holds.down)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         x.message
-                    ),
-                    n => format!(
-                        "with unresolved backend(s) {} at weight 0: {}",
-                        n.join(", "),
-                        x.message
-                    ),
-                },
-                hint: format!(
-                    "check the unresolved backends' addresses (nothing answers there), or {}",
-                    x.hint
-                ),
-                ..x.clone()
+                    )
+                } else {
+                    format!("with {} at weight 0: {}", held.join("; "), x.message)
+                };
+                let hint = if unresolved_here.is_empty() {
+                    format!("wait for the down backends' checks to pass, or {}", x.hint)
+                } else {
+                    format!(
+                        "check the unresolved backends' addresses (nothing answers there), \
+                         or {}",
+                        x.hint
+                    )
+                };
+                guard::Violation {
+                    message,
+                    hint,
+                    ..x.clone()
+                }
             })
             .collect();
         real.global = plan.global;

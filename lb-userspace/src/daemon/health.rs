@@ -3,6 +3,7 @@
 //! the `healthy-quorum` guardrail, `xlb status` and `xlb_backend_healthy`.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -11,7 +12,7 @@ use std::{
 use tokio::{net::TcpStream, sync::Semaphore, task::JoinSet};
 
 use super::state::Shared;
-use crate::{config, guard::Health};
+use crate::{config, guard::Health, health::Probes};
 
 /// Probes in flight at once. Each holds a socket; this keeps a very large config from
 /// taking the file descriptors that the API socket and `/metrics` need.
@@ -55,10 +56,13 @@ async fn round(vips: &[config::Vip]) -> Health {
 }
 
 /// Probes forever, every `interval_ms` (the shortest configured; 1 s while no VIP has
-/// checks, so that a new generation's checks start within a second).
+/// checks, so that a new generation's checks start within a second). Each round goes
+/// through rise/fall (`health::Tracker`); when that changes which backends are held out,
+/// the controller commits a `health` generation.
 pub async fn checker(d: Arc<Shared>) {
+    let started = tokio::time::Instant::now();
     loop {
-        // The checked VIPs of the running generation, read during one short turn.
+        // The checks of the running generation, read during one short turn.
         let vips: Vec<config::Vip> = d
             .turn()
             .await
@@ -73,12 +77,49 @@ pub async fn checker(d: Arc<Shared>) {
                     .collect()
             })
             .unwrap_or_default();
-        let interval = vips
+        let checks: BTreeMap<String, config::HealthCheck> = vips
             .iter()
-            .filter_map(|v| v.health.as_ref().map(|h| h.interval_ms))
-            .min();
+            .filter_map(|v| Some((v.name.clone(), v.health.clone()?)))
+            .collect();
+        let interval = checks.values().map(|h| h.interval_ms).min();
         let health = round(&vips).await;
-        d.turn().await.controller().set_health(health);
+        let probes: Probes = health
+            .into_iter()
+            .map(|(k, up)| (k, if up { Ok(Duration::ZERO) } else { Err("connect failed".into()) }))
+            .collect();
+        let now = started.elapsed();
+        // A health generation writes the maps: on the blocking pool, like any apply.
+        let done = d.turn().await.run(move |c| {
+            let was_panic = c.panics().clone();
+            let transitions = c.observe(&checks, &probes, now);
+            for t in &transitions {
+                if t.up {
+                    tracing::info!("health: {} is up ({})", t.key(), t.why);
+                } else {
+                    tracing::warn!("health: {} is down ({})", t.key(), t.why);
+                }
+            }
+            let committed = c.refresh_health(&transitions);
+            for (vip, p) in c.panics() {
+                if was_panic.get(vip) != Some(p) {
+                    tracing::warn!("health: vip {vip}: {}", p.message());
+                }
+            }
+            for vip in was_panic.keys().filter(|v| !c.panics().contains_key(*v)) {
+                tracing::info!("health: vip {vip}: panic over");
+            }
+            committed
+        });
+        match done.await {
+            Ok(Ok(Some(h))) => tracing::warn!(
+                "generation {} (health): {}",
+                h.generation,
+                h.changes.join("; ")
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!("health: the generation could not be applied: {e}"),
+            Err(e) => tracing::error!("health: {e}"),
+        }
         tokio::time::sleep(Duration::from_millis(interval.unwrap_or(1000).max(100))).await;
     }
 }
