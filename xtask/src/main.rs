@@ -20,7 +20,8 @@ enum Task {
     Setup,
     /// Setup, build, then the demo on the embedded lab topology (as root, under 2 minutes).
     Demo,
-    /// Setup, then lint and run every test: host, packet (BPF_PROG_TEST_RUN), namespace.
+    /// Setup, then check the example Prometheus config and alert rules, lint, and run
+    /// every test: host, packet (BPF_PROG_TEST_RUN), namespace.
     Test,
     /// Setup, build, then measure and write BENCHMARKS.md (as root).
     Bench {
@@ -38,7 +39,8 @@ const PACKAGES: [(&str, &str); 7] = [
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("nftables", "nft"),
-    // `promtool check metrics` on a real scrape (lab/tests/daemon_limits.rs).
+    // `promtool check metrics` on a real scrape (lab/tests/daemon_limits.rs); check and
+    // test of the example config and alert rules (`prometheus_examples`).
     ("prometheus", "promtool"),
     // The benchmarks' comparison (HAProxy in TCP mode); its service is not started.
     ("haproxy", "haproxy"),
@@ -181,7 +183,21 @@ fn bench(quick: bool) -> Result<()> {
     run(&mut cmd)
 }
 
+/// The example Prometheus config (examples/prometheus/) and the unit tests of its alert
+/// rules. First in `test`: it takes well under a second and needs no build.
+fn prometheus_examples() -> Result<()> {
+    for args in [
+        ["check", "config", "examples/prometheus/prometheus.yml"],
+        ["check", "rules", "examples/prometheus/xlb-alerts.yml"],
+        ["test", "rules", "examples/prometheus/xlb-alerts.test.yml"],
+    ] {
+        run(Command::new("promtool").args(args).current_dir(workspace()))?;
+    }
+    Ok(())
+}
+
 fn test() -> Result<()> {
+    prometheus_examples()?;
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(Command::new("cargo").args([
         "clippy",
