@@ -282,7 +282,6 @@ impl Controller {
         &self.tracker
     }
 
-
     /// Brings the maps to the last committed generation (after a restart or a crash in
     /// the middle of an apply). Backends and tables already right are left alone, so
     /// established flows keep their entries and backends.

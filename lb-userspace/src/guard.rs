@@ -996,8 +996,7 @@ fn healthy_fraction(vip: &Vip, health: &Health) -> f64 {
 fn health_relief(vip: &Vip, old: &Vip, plan: &VipPlan, health: &Health, out: &mut Vec<Violation>) {
     let before = healthy_fraction(old, health);
     out.retain(|x| {
-        !(x.rule == Rule::HealthyQuorum
-            && x.measured.is_some_and(|now| now + 1e-12 >= before))
+        !(x.rule == Rule::HealthyQuorum && x.measured.is_some_and(|now| now + 1e-12 >= before))
     });
     const EPS: f64 = 1e-9;
     let up = |r: &Row| is_healthy(health, &vip.name, &r.backend);

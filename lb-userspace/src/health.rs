@@ -111,8 +111,9 @@ impl Tracker {
         probes: &Probes,
         now: Duration,
     ) -> Vec<Transition> {
-        self.backends
-            .retain(|(vip, backend), _| checks.contains_key(vip) && probes.contains_key(&(vip.clone(), backend.clone())));
+        self.backends.retain(|(vip, backend), _| {
+            checks.contains_key(vip) && probes.contains_key(&(vip.clone(), backend.clone()))
+        });
         let mut out = Vec::new();
         for ((vip, backend), result) in probes {
             let Some(check) = checks.get(vip) else {

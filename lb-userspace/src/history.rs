@@ -344,6 +344,8 @@ mod tests {
             waived: Vec::new(),
             macs: BTreeMap::new(),
             unresolved: Vec::new(),
+            down: Vec::new(),
+            ramp: BTreeMap::new(),
         }
     }
 

@@ -281,12 +281,9 @@ impl Controller {
                 .iter()
                 .find(|t| &t.key() == k)
                 .map_or("checks pass".into(), |t| t.why.clone());
-            let back = holds
-                .ramp
-                .get(k)
-                .map_or("back at its weight".into(), |p| {
-                    format!("slow start at {p}% of its weight")
-                });
+            let back = holds.ramp.get(k).map_or("back at its weight".into(), |p| {
+                format!("slow start at {p}% of its weight")
+            });
             changes.push(format!("{k} up ({probe}): {back}"));
         }
         for (k, pct) in &holds.ramp {

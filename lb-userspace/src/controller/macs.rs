@@ -153,7 +153,10 @@ impl Controller {
             return plan;
         }
         let unresolved = &holds.unresolved;
-        let running = self.current.as_ref().map(|r| running_holds.apply(&r.config));
+        let running = self
+            .current
+            .as_ref()
+            .map(|r| running_holds.apply(&r.config));
         let reuse = guard::Reuse {
             plan: self.current_plan.as_ref(),
             builder: &guard::Maglev,

@@ -85,7 +85,16 @@ pub async fn checker(d: Arc<Shared>) {
         let health = round(&vips).await;
         let probes: Probes = health
             .into_iter()
-            .map(|(k, up)| (k, if up { Ok(Duration::ZERO) } else { Err("connect failed".into()) }))
+            .map(|(k, up)| {
+                (
+                    k,
+                    if up {
+                        Ok(Duration::ZERO)
+                    } else {
+                        Err("connect failed".into())
+                    },
+                )
+            })
             .collect();
         let now = started.elapsed();
         // A health generation writes the maps: on the blocking pool, like any apply.

@@ -34,31 +34,46 @@ fn fall_failures_in_a_row_take_a_backend_down_and_rise_bring_it_back() {
     assert!(t.health().is_empty());
     // Two failures, a success, then three failures: only the third in a row counts.
     for (i, ok) in [false, false, true, false, false].into_iter().enumerate() {
-        assert!(t.observe(&checks, &round(&[("b1", ok)]), secs(i as u64)).is_empty());
+        assert!(
+            t.observe(&checks, &round(&[("b1", ok)]), secs(i as u64))
+                .is_empty()
+        );
     }
     let down = t.observe(&checks, &round(&[("b1", false)]), secs(5));
     assert_eq!(down.len(), 1);
     assert!(!down[0].up);
-    assert_eq!(
-        down[0].why,
-        "3 failed probes: connect: connection refused"
-    );
-    assert_eq!(t.health()[&("web".into(), "b1".into())], false);
+    assert_eq!(down[0].why, "3 failed probes: connect: connection refused");
+    assert!(!t.health()[&("web".into(), "b1".into())]);
     assert_eq!(t.down().collect::<Vec<_>>(), ["web/b1"]);
-    assert!(t.observe(&checks, &round(&[("b1", true)]), secs(6)).is_empty());
+    assert!(
+        t.observe(&checks, &round(&[("b1", true)]), secs(6))
+            .is_empty()
+    );
     let up = t.observe(&checks, &round(&[("b1", true)]), secs(7));
-    assert_eq!((up.len(), up[0].up, up[0].why.as_str()), (1, true, "2 good probes"));
+    assert_eq!(
+        (up.len(), up[0].up, up[0].why.as_str()),
+        (1, true, "2 good probes")
+    );
 }
 
 #[test]
 fn backends_held_down_start_down() {
     let checks = check(2, 3);
     let mut t = Tracker::starting_down(&["web/b1".to_string()]);
-    assert_eq!(t.health()[&("web".into(), "b1".into())], false);
+    assert!(!t.health()[&("web".into(), "b1".into())]);
     // A failure keeps it down without a transition; two good probes bring it back.
-    assert!(t.observe(&checks, &round(&[("b1", false)]), secs(0)).is_empty());
-    assert!(t.observe(&checks, &round(&[("b1", true)]), secs(1)).is_empty());
-    assert_eq!(t.observe(&checks, &round(&[("b1", true)]), secs(2)).len(), 1);
+    assert!(
+        t.observe(&checks, &round(&[("b1", false)]), secs(0))
+            .is_empty()
+    );
+    assert!(
+        t.observe(&checks, &round(&[("b1", true)]), secs(1))
+            .is_empty()
+    );
+    assert_eq!(
+        t.observe(&checks, &round(&[("b1", true)]), secs(2)).len(),
+        1
+    );
 }
 
 #[test]

@@ -35,6 +35,8 @@ fn record(generation: u64, source: Source, config: Config) -> Record {
         waived: Vec::new(),
         macs: BTreeMap::new(),
         unresolved: Vec::new(),
+        down: Vec::new(),
+        ramp: BTreeMap::new(),
     }
 }
 
