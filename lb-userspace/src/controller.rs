@@ -715,6 +715,15 @@ impl Controller {
                 let s: BackendStats = self.maps.backend_stats(id)?;
                 let row = rows.iter().find(|r| r.backend == b.name);
                 let mac = record.mac(&vip.name, &b.name);
+                let key = Ids::backend_key(&vip.name, &b.name);
+                let probe = self.tracker.backend(&vip.name, &b.name);
+                let held = if record.unresolved.contains(&key) {
+                    Some("unresolved".to_string())
+                } else if record.down.contains(&key) {
+                    Some("down".to_string())
+                } else {
+                    record.ramp.get(&key).map(|p| format!("slow start {p}%"))
+                };
                 backends.push(BackendStatsView {
                     backend: b.name.clone(),
                     id,
@@ -729,12 +738,11 @@ impl Controller {
                     }
                     .into(),
                     weight: b.weight(),
+                    effective_weight: row.and_then(|r| r.weight_after).unwrap_or(0),
+                    held,
                     table_share: row.map_or(0.0, |r| r.share_after),
-                    healthy: vip.health.as_ref().map(|_| {
-                        self.tracker
-                            .backend(&vip.name, &b.name)
-                            .is_none_or(|h| h.up)
-                    }),
+                    healthy: vip.health.as_ref().map(|_| probe.is_none_or(|h| h.up)),
+                    last_probe: probe.and_then(|h| h.last.clone()),
                     packets: s.packets,
                     bytes: s.bytes,
                     new_flows: s.new_flows,
@@ -749,6 +757,8 @@ impl Controller {
                 bytes: vs.bytes,
                 new_flows: vs.new_flows,
                 drops: vs.drops,
+                checked: vip.health.is_some(),
+                panic: self.panic.get(&vip.name).cloned(),
                 backends,
             });
         }
@@ -780,6 +790,12 @@ pub struct VipStatsView {
     pub bytes: u64,
     pub new_flows: u64,
     pub drops: u64,
+    /// The VIP has health checks.
+    #[serde(default)]
+    pub checked: bool,
+    /// Too few backends up to take more out for health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic: Option<Panic>,
     pub backends: Vec<BackendStatsView>,
 }
 
@@ -793,8 +809,19 @@ pub struct BackendStatsView {
     /// `config` (explicit), `neighbour` (resolved) or `unresolved`.
     pub mac_source: String,
     pub weight: u32,
+    /// The weight its table was built from: 0 while down or unresolved, part of it in
+    /// slow start.
+    #[serde(default)]
+    pub effective_weight: u32,
+    /// Why the effective weight is not the weight: `down`, `unresolved`, `slow start N%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     pub table_share: f64,
+    /// Up (after rise/fall) for VIPs with health checks.
     pub healthy: Option<bool>,
+    /// The last probe's result: `ok` or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,

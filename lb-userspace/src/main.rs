@@ -710,36 +710,47 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
             v.id,
             v.generation
         );
+        if let Some(p) = &v.panic {
+            say!("  {}", p.message());
+        }
         say!(
-            "  {:<20} {:<16} {:<30} {:>8} {:>8} {:>11} {:>14}",
+            "  {:<20} {:<16} {:<30} {:>8} {:>9} {:<16} {:>11} {:>14}",
             "BACKEND",
             "ADDRESS",
             "MAC",
             "WEIGHT",
+            "EFFECTIVE",
             "HEALTH",
             "TABLE SHARE",
             "OBSERVED SHARE"
         );
         for (b, observed) in v.backends.iter().zip(&observed) {
-            let health = match b.healthy {
-                Some(true) => "up",
-                Some(false) => "DOWN",
-                None => "-",
+            let health = match (b.healthy, &b.held) {
+                (Some(true), Some(h)) if h.starts_with("slow start") => h.clone(),
+                (Some(true), _) => "up".into(),
+                (Some(false), Some(h)) if h == "down" => "DOWN".into(),
+                // Down, but kept in the table: the VIP is in panic.
+                (Some(false), _) => "DOWN (kept)".into(),
+                (None, _) => "-".into(),
             };
             let mac = match &b.mac {
                 Some(mac) => format!("{mac} ({})", b.mac_source),
                 None => "UNRESOLVED: no slot".into(),
             };
             say!(
-                "  {:<20} {:<16} {:<30} {:>8} {:>8} {:>11} {:>14}",
+                "  {:<20} {:<16} {:<30} {:>8} {:>9} {:<16} {:>11} {:>14}",
                 b.backend,
                 b.address,
                 mac,
                 b.weight,
+                b.effective_weight,
                 health,
                 pct(b.table_share),
                 observed
             );
+            if let (Some(false), Some(probe)) = (b.healthy, &b.last_probe) {
+                say!("    last probe: {probe}");
+            }
         }
     }
     Ok(())

@@ -38,7 +38,7 @@ enum Value {
 }
 
 /// Counters are named without `_total`: the encoder appends it to counters.
-const BACKEND_METRICS: [(&str, &str, MetricType, PerBackend); 7] = [
+const BACKEND_METRICS: [(&str, &str, MetricType, PerBackend); 8] = [
     (
         "xlb_backend_packets",
         "Packets sent to the backend.",
@@ -70,8 +70,14 @@ const BACKEND_METRICS: [(&str, &str, MetricType, PerBackend); 7] = [
         |b| Some(Value::Float(b.table_share)),
     ),
     (
-        "xlb_backend_healthy",
-        "1 if the backend passes its VIP's TCP health check, else 0 (VIPs with checks only).",
+        "xlb_backend_effective_weight",
+        "The weight the backend's table was built from: 0 while down or unresolved, part of its weight in slow start.",
+        MetricType::Gauge,
+        |b| Some(Value::Int(i64::from(b.effective_weight))),
+    ),
+    (
+        "xlb_backend_up",
+        "1 if the backend's health checks pass (after rise/fall), else 0 (VIPs with checks only).",
         MetricType::Gauge,
         |b| b.healthy.map(|h| Value::Int(i64::from(h))),
     ),
@@ -147,6 +153,18 @@ impl Collector for Metrics {
         for v in &s.vips {
             ConstCounter::new(v.drops).encode(drops.encode_family(&[("vip", v.vip.as_str())])?)?;
         }
+        if s.vips.iter().any(|v| v.checked) {
+            let mut panic = enc.encode_descriptor(
+                "xlb_vip_panic",
+                "1 while fewer than panic_threshold of the VIP's weighted backends are up: no more backends are taken out for health (VIPs with checks only).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for v in s.vips.iter().filter(|v| v.checked) {
+                ConstGauge::new(i64::from(v.panic.is_some()))
+                    .encode(panic.encode_family(&[("vip", v.vip.as_str())])?)?;
+            }
+        }
         if !s.reasons.is_empty() {
             let mut packets = enc.encode_descriptor(
                 "xlb_packets",
@@ -175,8 +193,11 @@ mod tests {
             mac: Some("02:00:00:00:00:01".into()),
             mac_source: "neighbour".into(),
             weight: 3,
+            effective_weight: if healthy == Some(false) { 0 } else { 3 },
+            held: (healthy == Some(false)).then(|| "down".into()),
             table_share: 0.25,
             healthy,
+            last_probe: None,
             packets: 10,
             bytes: 1500,
             new_flows: 2,
@@ -193,6 +214,8 @@ mod tests {
             bytes: 1500,
             new_flows: 2,
             drops: 7,
+            checked: backends.iter().any(|b| b.healthy.is_some()),
+            panic: None,
             backends,
         }
     }
@@ -219,8 +242,11 @@ mod tests {
             "# TYPE xlb_backend_weight gauge\n",
             "xlb_backend_weight{vip=\"web\",backend=\"b1\"} 3\n",
             "xlb_backend_table_share{vip=\"web\",backend=\"b1\"} 0.25\n",
-            "xlb_backend_healthy{vip=\"web\",backend=\"b1\"} 1\n",
-            "xlb_backend_healthy{vip=\"web\",backend=\"b2\"} 0\n",
+            "xlb_backend_up{vip=\"web\",backend=\"b1\"} 1\n",
+            "xlb_backend_up{vip=\"web\",backend=\"b2\"} 0\n",
+            "xlb_backend_effective_weight{vip=\"web\",backend=\"b2\"} 0\n",
+            "xlb_backend_effective_weight{vip=\"web\",backend=\"b1\"} 3\n",
+            "# TYPE xlb_vip_panic gauge\nxlb_vip_panic{vip=\"web\"} 0\n",
             "# TYPE xlb_vip_drops_total counter\nxlb_vip_drops_total{vip=\"web\"} 7\n",
             "# TYPE xlb_packets_total counter\n",
             "xlb_packets_total{reason=\"forwarded\"} 12\n",
@@ -229,8 +255,9 @@ mod tests {
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
-        // Only VIPs with health checks have a health gauge.
-        assert!(!text.contains("xlb_backend_healthy{vip=\"dns\""), "{text}");
+        // Only VIPs with health checks have health gauges.
+        assert!(!text.contains("xlb_backend_up{vip=\"dns\""), "{text}");
+        assert!(!text.contains("xlb_vip_panic{vip=\"dns\""), "{text}");
     }
 
     #[test]
