@@ -316,11 +316,12 @@ fn fixtures() -> Vec<Fixture> {
             },
         ),
         fx(
-            "a SYN on that 5-tuple opens a new connection: a new flow",
+            "a SYN again on that 5-tuple with its backend unchanged (a retransmission): \
+             not another new flow",
             v4(C4, VIP4, tcp(40000, 80, SYN)),
             Forward {
                 vip: 0,
-                new_flow: true,
+                new_flow: false,
             },
         ),
         fx(

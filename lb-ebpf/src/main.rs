@@ -45,7 +45,7 @@ fn process(ctx: &XdpContext, len: u64) -> Result<(), Reason> {
     };
     let chosen = match known {
         Some(chosen) => chosen,
-        None => select::new_flow(flow, &vip::lookup_vip(flow)?)?,
+        None => select::new_flow(flow, &vip::lookup_vip(flow)?, parsed.syn)?,
     };
     forward::l2_dsr(ctx, chosen.backend)?;
     counters::count_forwarded(&chosen, len);

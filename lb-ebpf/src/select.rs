@@ -43,10 +43,11 @@ pub fn established(flow: &FlowKey) -> Option<Chosen> {
     })
 }
 
-/// A backend from VIP `vip`'s table for a packet of no (usable) known flow.
+/// A backend from VIP `vip`'s table for a packet of no (usable) known flow, or for a
+/// TCP SYN (`syn`), which always selects from the table.
 #[inline(always)]
-pub fn new_flow(flow: &FlowKey, vip: &VipInfo) -> Result<Chosen, Reason> {
-    match from_table(flow, vip) {
+pub fn new_flow(flow: &FlowKey, vip: &VipInfo, syn: bool) -> Result<Chosen, Reason> {
+    match from_table(flow, vip, syn) {
         Some(chosen) => Ok(chosen),
         None => {
             counters::count_vip_drop(vip.vip_id);
@@ -56,7 +57,7 @@ pub fn new_flow(flow: &FlowKey, vip: &VipInfo) -> Result<Chosen, Reason> {
 }
 
 #[inline(always)]
-fn from_table(flow: &FlowKey, vip: &VipInfo) -> Option<Chosen> {
+fn from_table(flow: &FlowKey, vip: &VipInfo, syn: bool) -> Option<Chosen> {
     let table = RINGS.get(vip.vip_id)?;
     let size = *table.get(TABLE_HDR_SIZE)?;
     if size == 0 || size > MAX_TABLE_SIZE {
@@ -69,6 +70,20 @@ fn from_table(flow: &FlowKey, vip: &VipInfo) -> Option<Chosen> {
     let backend = BACKENDS.get(backend_id)?;
     if !backend.is_live() || backend.vip_id != vip.vip_id {
         return None;
+    }
+    // A SYN whose flow already has this backend is a retransmission (the client got no
+    // answer yet), not another connection: it is neither counted nor written again. So a
+    // dead backend's SYN retries do not swell its new-flow count.
+    if syn
+        && let Some(entry) = FLOWS.get_ptr(flow)
+        // SAFETY: non-null pointer from bpf_map_lookup_elem; the value is plain data.
+        && unsafe { (*entry).backend_id } == backend_id
+    {
+        return Some(Chosen {
+            backend_id,
+            backend,
+            new_flow: false,
+        });
     }
     let value = FlowValue {
         backend_id,

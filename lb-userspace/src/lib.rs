@@ -14,3 +14,4 @@ pub mod neighbour;
 pub mod object;
 pub mod reload;
 pub mod table;
+pub mod watch;
