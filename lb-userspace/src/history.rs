@@ -145,6 +145,70 @@ impl Record {
     }
 }
 
+/// How a watched generation's window ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchOutcome {
+    /// The window ran out without a breach: a known-good generation.
+    Passed,
+    /// A breach rolled it back.
+    Breached,
+    /// Another change replaced it before the window ended.
+    Superseded,
+}
+
+/// One watch's end, in `<state_dir>/watch.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchVerdict {
+    pub generation: u64,
+    pub outcome: WatchOutcome,
+    /// The breach, or what superseded it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    pub window_ms: u64,
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// The generation the rollback created, after a breach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<u64>,
+}
+
+/// Appends `value` to `path` as one JSON line, fsynced.
+fn append<T: Serialize>(path: &Path, value: &T) -> Result<(), HistoryError> {
+    let io = |source| HistoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut line = serde_json::to_vec(value).map_err(|source| HistoryError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    line.push(b'\n');
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(&line).map_err(io)?;
+    f.sync_data().map_err(io)
+}
+
+/// Every JSON line of `path` (none if it does not exist); a line cut short by a crash is
+/// skipped.
+fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, HistoryError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(HistoryError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Seconds since the Unix epoch: the time of records and attempts.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
@@ -178,6 +242,8 @@ pub struct Attempt {
 pub struct History {
     dir: PathBuf,
     audit: PathBuf,
+    /// How watched generations' windows ended.
+    watch: PathBuf,
 }
 
 impl History {
@@ -194,42 +260,38 @@ impl History {
         Ok(History {
             dir,
             audit: state_dir.join("audit.jsonl"),
+            watch: state_dir.join("watch.jsonl"),
         })
     }
 
     /// Appends `attempt` to the audit trail (one line, fsynced).
     pub fn audit(&self, attempt: &Attempt) -> Result<(), HistoryError> {
-        let io = |source| HistoryError::Io {
-            path: self.audit.clone(),
-            source,
-        };
-        let mut line = serde_json::to_vec(attempt).map_err(|source| HistoryError::Corrupt {
-            path: self.audit.clone(),
-            source,
-        })?;
-        line.push(b'\n');
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.audit)
-            .map_err(io)?;
-        f.write_all(&line).map_err(io)?;
-        f.sync_data().map_err(io)
+        append(&self.audit, attempt)
     }
 
     /// Every audited attempt, oldest first. A line cut short by a crash is skipped.
     pub fn attempts(&self) -> Result<Vec<Attempt>, HistoryError> {
-        match fs::read_to_string(&self.audit) {
-            Ok(text) => Ok(text
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(source) => Err(HistoryError::Io {
-                path: self.audit.clone(),
-                source,
-            }),
-        }
+        read_lines(&self.audit)
+    }
+
+    /// Records how a generation's watch ended (one line, fsynced).
+    pub fn record_watch(&self, verdict: &WatchVerdict) -> Result<(), HistoryError> {
+        append(&self.watch, verdict)
+    }
+
+    /// Every watch verdict, oldest first.
+    pub fn watch_verdicts(&self) -> Result<Vec<WatchVerdict>, HistoryError> {
+        read_lines(&self.watch)
+    }
+
+    /// The newest generation that ran its watch window without a breach.
+    pub fn last_good(&self) -> Result<Option<u64>, HistoryError> {
+        Ok(self
+            .watch_verdicts()?
+            .iter()
+            .filter(|v| v.outcome == WatchOutcome::Passed)
+            .map(|v| v.generation)
+            .max())
     }
 
     /// The newest record that `matches`, searching from the newest generation back.
