@@ -39,8 +39,10 @@ pub struct VipSpec {
     pub port: u16,
     pub udp: bool,
     pub weights: Vec<i64>,
-    /// `[vip.health]` TCP port, if health checks are on.
+    /// `[vip.health]` port, if health checks are on (every 200 ms, timeout 200 ms).
     pub health_port: Option<u16>,
+    /// More `[vip.health]` lines, like `kind = "http"` (none: a TCP connect check).
+    pub health_keys: Vec<String>,
 }
 
 impl VipSpec {
@@ -52,6 +54,7 @@ impl VipSpec {
             udp: false,
             weights: weights.to_vec(),
             health_port: None,
+            health_keys: Vec::new(),
         }
     }
 
@@ -129,6 +132,9 @@ impl Daemon {
                 text += &format!(
                     "\n[vip.health]\nport = {port}\ninterval_ms = 200\ntimeout_ms = 200\n"
                 );
+                for line in &v.health_keys {
+                    text += &format!("{line}\n");
+                }
             }
             for (i, w) in v.weights.iter().enumerate() {
                 text += &format!(

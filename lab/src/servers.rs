@@ -3,7 +3,8 @@
 //!   body is the backend's name;
 //! - a TCP line echo on port 7: the backend's name on connect, then `<name> <line>` per
 //!   line (for long-lived connections);
-//! - a UDP echo on port 7: `<name> <payload>`;
+//! - a UDP echo on port 7: `<name> <payload>`, on the VIPs and on the backend's own
+//!   addresses (where health probes go; those datagrams are not counted);
 //! - a TCP discard on port 9 (RFC 863): reads until end of stream and counts the bytes,
 //!   then closes (the benchmarks' segment stream ends there).
 //!
@@ -11,6 +12,8 @@
 //! itself: a reply from a socket bound to `[::]` would leave from the backend's own
 //! address, and the client (which sent to the VIP) would discard it. Each server counts
 //! what it accepted, so tests can compare the servers' own counts with the load balancer's.
+//! One backend's servers can be stopped and started again (`stop_backend`), closing
+//! their listening sockets as a crashed service would.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -23,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use crate::topology::{Topology, VIP4, VIP6, backend_name, enter};
+use crate::topology::{Topology, VIP4, VIP6, backend_name, backend4, backend6, enter};
 
 pub const HTTP_PORT: u16 = 80;
 pub const ECHO_PORT: u16 = 7;
@@ -42,46 +45,81 @@ pub struct Counts {
 
 /// The servers of every backend; stopped and joined on drop.
 pub struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-    /// Per backend, in topology order.
+    backends: Vec<Backend>,
+    /// Per backend, in topology order; kept across a stop and start.
     pub counts: Vec<Arc<Counts>>,
+}
+
+/// One backend's server thread, while it runs.
+struct Backend {
+    ns: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Servers {
     /// Starts the servers in every backend namespace of `topo`; returns when all listen.
     pub fn start(topo: &Topology) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let mut counts = Vec::new();
-        for (i, ns) in topo.backends.iter().enumerate() {
-            let name = backend_name(i);
-            let c = Arc::new(Counts::default());
-            counts.push(c.clone());
-            let (ns, stop) = (ns.name.clone(), stop.clone());
-            let (tx, rx) = std::sync::mpsc::channel();
-            threads.push(thread::spawn(move || {
-                enter(&ns);
-                let http = TcpListener::bind(("::", HTTP_PORT)).expect("bind [::]:80");
-                let echo = TcpListener::bind(("::", ECHO_PORT)).expect("bind [::]:7");
-                let discard = TcpListener::bind(("::", DISCARD_PORT)).expect("bind [::]:9");
-                let udp = [VIP4, VIP6].map(|vip| {
-                    let s = UdpSocket::bind((vip, ECHO_PORT)).expect("bind udp VIP:7");
-                    s.set_nonblocking(true).expect("nonblocking udp");
-                    s
-                });
-                for l in [&http, &echo, &discard] {
-                    l.set_nonblocking(true).expect("nonblocking listener");
-                }
-                let _ = tx.send(());
-                serve(&name, [&http, &echo, &discard], &udp, &c, &stop);
-            }));
-            rx.recv().expect("server thread started");
+        let mut servers = Servers {
+            backends: topo
+                .backends
+                .iter()
+                .map(|ns| Backend {
+                    ns: ns.name.clone(),
+                    stop: Arc::new(AtomicBool::new(false)),
+                    thread: None,
+                })
+                .collect(),
+            counts: topo
+                .backends
+                .iter()
+                .map(|_| Arc::new(Counts::default()))
+                .collect(),
+        };
+        for i in 0..servers.backends.len() {
+            servers.start_backend(i);
         }
-        Servers {
-            stop,
-            threads,
-            counts,
+        servers
+    }
+
+    /// Starts backend `i`'s servers (again, after `stop_backend`); returns when they
+    /// listen.
+    pub fn start_backend(&mut self, i: usize) {
+        let b = &mut self.backends[i];
+        assert!(b.thread.is_none(), "backend {i}'s servers already run");
+        b.stop = Arc::new(AtomicBool::new(false));
+        let (ns, stop, c) = (b.ns.clone(), b.stop.clone(), self.counts[i].clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.thread = Some(thread::spawn(move || {
+            enter(&ns);
+            let http = TcpListener::bind(("::", HTTP_PORT)).expect("bind [::]:80");
+            let echo = TcpListener::bind(("::", ECHO_PORT)).expect("bind [::]:7");
+            let discard = TcpListener::bind(("::", DISCARD_PORT)).expect("bind [::]:9");
+            let udp = |addr: String| {
+                let s = UdpSocket::bind((addr.as_str(), ECHO_PORT)).expect("bind udp :7");
+                s.set_nonblocking(true).expect("nonblocking udp");
+                s
+            };
+            let vips = [VIP4, VIP6].map(|a| udp(a.into()));
+            let own = [backend4(i), backend6(i)].map(udp);
+            for l in [&http, &echo, &discard] {
+                l.set_nonblocking(true).expect("nonblocking listener");
+            }
+            let _ = tx.send(());
+            let name = backend_name(i);
+            serve(&name, [&http, &echo, &discard], [&vips, &own], &c, &stop);
+        }));
+        rx.recv().expect("server thread started");
+    }
+
+    /// Stops backend `i`'s servers: their listening and UDP sockets close, so connects
+    /// are refused and datagrams draw ICMP port unreachable. Connections already open
+    /// keep their own threads until the client closes them.
+    pub fn stop_backend(&mut self, i: usize) {
+        let b = &mut self.backends[i];
+        b.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = b.thread.take() {
+            let _ = t.join();
         }
     }
 
@@ -93,9 +131,11 @@ impl Servers {
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        for b in &self.backends {
+            b.stop.store(true, Ordering::Relaxed);
+        }
+        for i in 0..self.backends.len() {
+            self.stop_backend(i);
         }
     }
 }
@@ -103,7 +143,7 @@ impl Drop for Servers {
 fn serve(
     name: &str,
     [http, echo, discard]: [&TcpListener; 3],
-    udp: &[UdpSocket; 2],
+    [vips, own]: [&[UdpSocket; 2]; 2],
     counts: &Arc<Counts>,
     stop: &AtomicBool,
 ) {
@@ -127,10 +167,14 @@ fn serve(
             let counts = counts.clone();
             thread::spawn(move || discard_conn(conn, &counts));
         }
-        for sock in udp {
+        // Only what came through the load balancer (to a VIP) is counted.
+        let udp = vips.iter().map(|s| (s, true));
+        for (sock, counted) in udp.chain(own.iter().map(|s| (s, false))) {
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
                 idle = false;
-                counts.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    counts.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+                }
                 let mut reply = format!("{name} ").into_bytes();
                 reply.extend_from_slice(&buf[..n]);
                 let _ = sock.send_to(&reply, from);

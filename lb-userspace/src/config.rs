@@ -330,6 +330,16 @@ pub enum CheckKind {
     Udp,
 }
 
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Udp => "udp",
+        }
+    }
+}
+
 impl HealthCheck {
     /// A TCP connect check of `port` with every other setting at its default.
     pub fn tcp(port: u16) -> Self {
@@ -357,7 +367,7 @@ impl HealthCheck {
                 "http GET {} port {} expecting {}",
                 self.path.as_deref().unwrap_or("/"),
                 self.port,
-                self.status.as_deref().unwrap_or("200-399")
+                self.status_text()
             ),
             CheckKind::Udp => format!(
                 "udp port {} sending {:?} expecting {}",
@@ -375,6 +385,27 @@ impl HealthCheck {
             "{what} every {} ms, timeout {} ms, rise {}, fall {}{slow}",
             self.interval_ms, self.timeout_ms, self.rise, self.fall
         )
+    }
+
+    /// `http`: `status` as written, or its default `200-399`.
+    pub fn status_text(&self) -> &str {
+        self.status.as_deref().unwrap_or("200-399")
+    }
+
+    /// `http`: the status codes a probe accepts, from `status_text`; `None` when it is
+    /// neither `NNN` nor `NNN-NNN` with 100 <= first <= last <= 599. The `structure`
+    /// rule and the probe both read it here, so they cannot disagree.
+    pub fn statuses(&self) -> Option<std::ops::RangeInclusive<u16>> {
+        let text = self.status_text();
+        let code = |s: &str| {
+            let n: u16 = s.parse().ok()?;
+            (s.len() == 3 && (100..=599).contains(&n)).then_some(n)
+        };
+        let (first, last) = match text.split_once('-') {
+            Some((a, b)) => (code(a)?, code(b)?),
+            None => (code(text)?, code(text)?),
+        };
+        (first <= last).then_some(first..=last)
     }
 
     fn default_interval_ms() -> u64 {

@@ -40,6 +40,7 @@ use crate::{
 };
 
 mod changes;
+mod health_check;
 pub mod policy;
 #[cfg(test)]
 mod tests;
@@ -746,18 +747,8 @@ fn vip_structure(
         );
     }
     if let Some(h) = &vip.health {
-        if h.port == 0 {
-            bad(None, "health check port 0".into(), "set health.port");
-        }
-        if h.interval_ms == 0 || h.timeout_ms == 0 {
-            bad(
-                None,
-                format!(
-                    "health interval_ms = {}, timeout_ms = {}: both must be above 0",
-                    h.interval_ms, h.timeout_ms
-                ),
-                "leave them out (1000 and 500) or set them in milliseconds above 0",
-            );
+        for (message, hint) in health_check::problems(h) {
+            bad(None, message, hint);
         }
     }
     if vip.backends.is_empty() {

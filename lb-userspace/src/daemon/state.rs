@@ -33,6 +33,8 @@ pub struct Shared {
     /// The sampler's last reading, which `/metrics` serves while an apply holds the
     /// controller.
     pub sample: Mutex<Option<Arc<Sample>>>,
+    /// How long the last health probe round took.
+    pub health_round: Mutex<Option<Duration>>,
     stop: watch::Sender<Stop>,
 }
 
@@ -50,6 +52,7 @@ impl Shared {
             settings,
             rates: Mutex::new(BTreeMap::new()),
             sample: Mutex::new(None),
+            health_round: Mutex::new(None),
             stop: watch::Sender::new(Stop::Running),
         }
     }

@@ -580,6 +580,123 @@ fn more_share_to_a_down_backend_is_refused() {
     assert!(p.violations.is_empty(), "{:#?}", p.violations);
 }
 
+/// The `structure` violations of VIP web with `[vip.health]` set to `health`, as
+/// (message, hint).
+fn health_violations(health: &str) -> Vec<(String, String)> {
+    let text = format!(
+        "[[vip]]\nname = \"web\"\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"udp\"\n\n\
+         [vip.guardrails]\nmin_active_backends = 1\nmax_backend_share = 1.0\n\n\
+         [vip.health]\n{health}\n\n\
+         [[vip.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\nweight = 1\n"
+    );
+    let c = config::parse(&text, Path::new("t.toml")).unwrap();
+    check(&c, None)
+        .violations
+        .into_iter()
+        .map(|v| {
+            assert_eq!((v.rule, v.line), (Rule::Structure, Some(1)), "{v:?}");
+            (v.message, v.hint)
+        })
+        .collect()
+}
+
+#[test]
+fn health_checks_of_every_kind_pass_on_any_protocol() {
+    for health in [
+        "port = 80",
+        "kind = \"http\"\nport = 80",
+        "kind = \"http\"\nport = 80\npath = \"/healthz?full=1\"\nstatus = \"204\"",
+        "kind = \"http\"\nport = 80\nstatus = \"100-599\"\nrise = 1\nfall = 1",
+        "kind = \"udp\"\nport = 53\nsend = \"ping\"",
+        "kind = \"udp\"\nport = 53\nsend = \"ping\"\nexpect = \"pong\"\nslow_start_s = 3600",
+    ] {
+        assert_eq!(health_violations(health), [], "{health}");
+    }
+}
+
+#[test]
+fn health_check_settings_a_probe_cannot_act_on_are_structure() {
+    let cases = [
+        (
+            "port = 80\nrise = 0",
+            "health rise = 0, fall = 3: both must be at least 1",
+        ),
+        (
+            "port = 80\nfall = 0",
+            "health rise = 2, fall = 0: both must be at least 1",
+        ),
+        (
+            "port = 80\nslow_start_s = 0",
+            "health slow_start_s = 0 is outside 1..=3600",
+        ),
+        (
+            "port = 80\nslow_start_s = 3601",
+            "health slow_start_s = 3601 is outside 1..=3600",
+        ),
+        (
+            "kind = \"http\"\nport = 80\npath = \"healthz\"",
+            "health path \"healthz\" is not a request path",
+        ),
+        (
+            "kind = \"http\"\nport = 80\npath = \"/a b\"",
+            "health path \"/a b\" is not a request path",
+        ),
+        (
+            "kind = \"http\"\nport = 80\npath = \"/a\\r\\nX: y\"",
+            "health path \"/a\\r\\nX: y\" is not a request path",
+        ),
+        (
+            "kind = \"http\"\nport = 80\nstatus = \"2xx\"",
+            "health status \"2xx\" is not a code or a range of codes in 100-599",
+        ),
+        (
+            "kind = \"http\"\nport = 80\nstatus = \"399-200\"",
+            "health status \"399-200\" is not a code or a range of codes in 100-599",
+        ),
+        (
+            "kind = \"http\"\nport = 80\nstatus = \"200-600\"",
+            "health status \"200-600\" is not a code or a range of codes in 100-599",
+        ),
+        (
+            "kind = \"http\"\nport = 80\nstatus = \"99\"",
+            "health status \"99\" is not a code or a range of codes in 100-599",
+        ),
+        (
+            "kind = \"http\"\nport = 80\nsend = \"ping\"",
+            "health send is for udp checks, and this one is http",
+        ),
+        (
+            "kind = \"udp\"\nport = 53\nsend = \"ping\"\npath = \"/\"",
+            "health path is for http checks, and this one is udp",
+        ),
+        (
+            "kind = \"udp\"\nport = 53\nsend = \"ping\"\nstatus = \"200\"",
+            "health status is for http checks, and this one is udp",
+        ),
+        (
+            "port = 80\nexpect = \"pong\"",
+            "health expect is for udp checks, and this one is tcp",
+        ),
+        (
+            "kind = \"udp\"\nport = 53",
+            "health kind = \"udp\" has no send: a probe needs a datagram to send",
+        ),
+        (
+            "kind = \"udp\"\nport = 53\nsend = \"\"",
+            "health kind = \"udp\" has no send: a probe needs a datagram to send",
+        ),
+    ];
+    for (health, want) in cases {
+        let got = health_violations(health);
+        assert_eq!(
+            got.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+            [want],
+            "{health}"
+        );
+        assert!(!got[0].1.is_empty(), "{health}: no hint");
+    }
+}
+
 #[test]
 fn fingerprint_is_stable_and_content_addressed() {
     let p = check(&config(vec![vip("web", &[1, 2, 3])]), None);
