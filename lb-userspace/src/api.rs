@@ -35,6 +35,10 @@ pub struct Guarded {
     /// Override the forceable guardrails; needs `reason`.
     pub force: bool,
     pub reason: Option<String>,
+    /// Watch the change for this long after it took effect and roll it back on a breach
+    /// (default: the config's `[rollout] watch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,6 +78,9 @@ pub enum Request {
     },
     Rollback {
         generation: Option<u64>,
+        /// The newest generation that ran its watch window without a breach.
+        #[serde(default)]
+        last_good: bool,
         #[serde(flatten)]
         guarded: Guarded,
     },
@@ -121,6 +128,9 @@ pub struct Response {
     pub generation: Option<u64>,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub data: serde_json::Value,
+    /// How the watch of a watched change ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::history::WatchVerdict>,
 }
 
 impl Response {
@@ -243,6 +253,7 @@ mod tests {
                 dry_run: true,
                 force: true,
                 reason: Some("r".repeat(4096)),
+                watch_ms: Some(u64::MAX),
             },
         };
         let size = serde_json::to_vec(&request).unwrap().len();

@@ -168,7 +168,7 @@ pub struct WatchVerdict {
     pub window_ms: u64,
     /// Seconds since the Unix epoch.
     pub time: u64,
-    /// The generation the rollback created, after a breach.
+    /// The generation it was rolled back to, after a breach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<u64>,
 }

@@ -31,7 +31,7 @@ use xlb::{
     controller::{Explain, VipStatsView},
     dataplane::loader,
     guard::{self, Change, Maglev, Plan, Violation},
-    history::{Attempt, Record},
+    history::{Attempt, Record, WatchOutcome},
 };
 
 #[derive(Parser)]
@@ -59,6 +59,12 @@ struct GuardArgs {
     /// Why; recorded in the history. Required with --force.
     #[arg(long)]
     reason: Option<String>,
+    /// Watch the change for this long after it takes effect (e.g. 30s) and roll it back
+    /// by itself if it breaches: a backend that gained share goes down, observed shares
+    /// leave the table's, or the VIP drops packets. Waits for the verdict. Default: the
+    /// config's [rollout] watch.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    watch: Option<std::time::Duration>,
 }
 
 impl From<GuardArgs> for Guarded {
@@ -67,6 +73,7 @@ impl From<GuardArgs> for Guarded {
             dry_run: a.dry_run,
             force: a.force,
             reason: a.reason,
+            watch_ms: a.watch.map(|w| w.as_millis() as u64),
         }
     }
 }
@@ -151,9 +158,12 @@ enum Command {
     /// Print the running generation as a config file (to bring a config repository in
     /// line with changes made by the CLI).
     Export,
-    /// Re-apply an earlier generation (default: the one before the current).
+    /// Re-apply an earlier generation (default: the one before the last change).
     Rollback {
         generation: Option<u64>,
+        /// The newest generation that ran its watch window without a breach.
+        #[arg(long, conflicts_with = "generation")]
+        last_good: bool,
         #[command(flatten)]
         guard: GuardArgs,
         #[arg(long)]
@@ -194,6 +204,8 @@ const REJECTED: u8 = 1;
 const ERROR: u8 = 2;
 /// `diff --exit-code`: the file differs from the running state.
 const DIFFERS: u8 = 3;
+/// A watched change breached its watch and was rolled back.
+const ROLLED_BACK: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -297,11 +309,13 @@ fn run(cli: Cli) -> Result<u8, String> {
         }),
         Command::Rollback {
             generation,
+            last_good,
             guard,
             json,
         } => change(&socket, guard, json, Path::new(""), |guarded| {
             Request::Rollback {
                 generation,
+                last_good,
                 guarded,
             }
         }),
@@ -529,6 +543,25 @@ fn apply_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8, S
             }
         }
     }
+    if let Some(w) = &r.watch {
+        let window = humantime::format_duration(std::time::Duration::from_millis(w.window_ms));
+        match w.outcome {
+            WatchOutcome::Passed => say!(
+                "applied as generation {}; watched {window}: no breach",
+                w.generation
+            ),
+            WatchOutcome::Superseded => say!(
+                "applied as generation {}; watch ended early: {}",
+                w.generation,
+                w.detail
+            ),
+            WatchOutcome::Breached => {
+                eprintln!("xlb: ROLLED BACK: {}", r.error);
+                return Ok(ROLLED_BACK);
+            }
+        }
+        return Ok(0);
+    }
     if !r.ok {
         eprintln!("xlb: {}", r.error);
         return Ok(if r.violations.is_empty() {
@@ -675,24 +708,28 @@ fn rate(data: &serde_json::Value, vip: &str, backend: &str, field: &str) -> f64 
 /// Each backend's observed share of new flows: over the daemon's last one-second sample
 /// when that saw new flows (so a bad change shows within seconds), else since the
 /// counters started.
-fn observed_shares(data: &serde_json::Value, v: &VipStatsView) -> Vec<String> {
-    let recent: Vec<f64> = v
+/// Each backend's observed share of new flows over the daemon's observation window
+/// (the running watch's, else the last 60 s), and a note when there were too few flows
+/// for a share to mean anything.
+fn observed_shares(data: &serde_json::Value, v: &VipStatsView) -> (Vec<String>, Option<String>) {
+    let o = &data["observed"][&v.vip];
+    let flows = o["flows"].as_u64().unwrap_or(0);
+    let shares: Vec<String> = v
         .backends
         .iter()
-        .map(|b| rate(data, &v.vip, &b.backend, "new_flows_per_s"))
+        .map(|b| o["shares"][&b.backend][0].as_f64().map_or("-".into(), pct))
         .collect();
-    let recent_total: f64 = recent.iter().sum();
-    let total: u64 = v.backends.iter().map(|b| b.new_flows).sum();
-    if recent_total > 0.0 {
-        recent.iter().map(|r| pct(r / recent_total)).collect()
-    } else if total > 0 {
-        v.backends
-            .iter()
-            .map(|b| pct(b.new_flows as f64 / total as f64))
-            .collect()
-    } else {
-        vec!["-".into(); v.backends.len()]
-    }
+    let note = o["shares"]
+        .as_object()
+        .is_none_or(|s| s.is_empty())
+        .then(|| {
+            format!(
+                "observed share: {flows} new flows in the window, too few to mean anything \
+                 ({} needed)",
+                data["min_flows"]
+            )
+        });
+    (shares, note)
 }
 
 fn print_status(data: &serde_json::Value) -> Result<(), String> {
@@ -703,7 +740,7 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
         data["xdp_mode"].as_str().unwrap_or("-")
     );
     for v in vips(data)? {
-        let observed = observed_shares(data, &v);
+        let (observed, note) = observed_shares(data, &v);
         say!(
             "\nvip {} (id {}, table generation {})",
             v.label,
@@ -712,6 +749,9 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
         );
         if let Some(p) = &v.panic {
             say!("  {}", p.message());
+        }
+        if let Some(note) = note {
+            say!("  {note}");
         }
         say!(
             "  {:<20} {:<16} {:<30} {:>8} {:>9} {:<16} {:>11} {:>14}",
@@ -758,7 +798,7 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
 
 fn print_stats(data: &serde_json::Value) -> Result<(), String> {
     for v in vips(data)? {
-        let observed = observed_shares(data, &v);
+        let (observed, note) = observed_shares(data, &v);
         say!(
             "vip {}  packets {}  bytes {}  new flows {}  drops {}",
             v.label,
@@ -767,6 +807,9 @@ fn print_stats(data: &serde_json::Value) -> Result<(), String> {
             v.new_flows,
             v.drops
         );
+        if let Some(note) = note {
+            say!("  {note}");
+        }
         say!(
             "  {:<20} {:>12} {:>14} {:>10} {:>10} {:>10} {:>8} {:>8}",
             "BACKEND",

@@ -1,7 +1,7 @@
 //! A counter sample in the Prometheus text exposition format (0.0.4), written by
 //! `prometheus-client` so names, escaping and `_total` suffixes follow the format.
 
-use std::{fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use prometheus_client::{
     collector::Collector,
@@ -11,14 +11,27 @@ use prometheus_client::{
 };
 
 use super::rates::Sample;
-use crate::controller::BackendStatsView;
+use crate::{controller::BackendStatsView, watch::Observed};
 
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// The `/metrics` body for `sample`.
-pub fn render(sample: Arc<Sample>) -> String {
+/// What the daemon itself keeps, besides the counters.
+#[derive(Clone, Debug, Default)]
+pub struct Daemon {
+    /// Per VIP, new flows over the observation window (`watch::observed`).
+    pub observed: BTreeMap<String, Observed>,
+    /// Watches that rolled their change back.
+    pub auto_rollbacks: u64,
+    /// Finished rollouts by outcome.
+    pub rollouts: BTreeMap<&'static str, u64>,
+    /// The last health probe round's duration.
+    pub health_round: Option<Duration>,
+}
+
+/// The `/metrics` body for `sample` and the daemon's own state `daemon`.
+pub fn render(sample: Arc<Sample>, daemon: Daemon) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Metrics(sample)));
+    registry.register_collector(Box::new(Metrics(sample, daemon)));
     let mut out = String::new();
     // Writing to a String cannot fail, and every value here encodes.
     let _ = prometheus_text::encode(&mut out, &registry);
@@ -26,7 +39,7 @@ pub fn render(sample: Arc<Sample>) -> String {
 }
 
 #[derive(Debug)]
-struct Metrics(Arc<Sample>);
+struct Metrics(Arc<Sample>, Daemon);
 
 /// A value of each backend, for one metric family.
 type PerBackend = fn(&BackendStatsView) -> Option<Value>;
@@ -165,6 +178,67 @@ impl Collector for Metrics {
                     .encode(panic.encode_family(&[("vip", v.vip.as_str())])?)?;
             }
         }
+        let d = &self.1;
+        let shares: Vec<(&str, &str, f64)> = d
+            .observed
+            .iter()
+            .flat_map(|(v, o)| {
+                o.shares
+                    .iter()
+                    .map(move |(b, (seen, _))| (v.as_str(), b.as_str(), *seen))
+            })
+            .collect();
+        if !shares.is_empty() {
+            let mut family = enc.encode_descriptor(
+                "xlb_backend_observed_share",
+                "The backend's share of its VIP's new flows over the observation window (absent below 100 new flows).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (v, b, seen) in shares {
+                ConstGauge::new(seen)
+                    .encode(family.encode_family(&[("vip", v), ("backend", b)])?)?;
+            }
+        }
+        let drifts: Vec<(&str, f64)> = d
+            .observed
+            .iter()
+            .filter_map(|(v, o)| Some((v.as_str(), o.drift()?)))
+            .collect();
+        if !drifts.is_empty() {
+            let mut family = enc.encode_descriptor(
+                "xlb_vip_share_drift",
+                "Largest |observed - table| share over the VIP's backends in the observation window.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (v, drift) in drifts {
+                ConstGauge::new(drift).encode(family.encode_family(&[("vip", v)])?)?;
+            }
+        }
+        ConstCounter::new(d.auto_rollbacks).encode(enc.encode_descriptor(
+            "xlb_auto_rollbacks",
+            "Watched changes that breached their watch and were rolled back by the daemon.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let mut rollouts = enc.encode_descriptor(
+            "xlb_rollouts",
+            "Finished stepped rollouts, by outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in &d.rollouts {
+            ConstCounter::new(*n).encode(rollouts.encode_family(&[("outcome", *outcome)])?)?;
+        }
+        if let Some(t) = d.health_round {
+            ConstGauge::new(t.as_secs_f64()).encode(enc.encode_descriptor(
+                "xlb_health_round_seconds",
+                "How long the last health check round took (all backends are probed at once).",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         if !s.reasons.is_empty() {
             let mut packets = enc.encode_descriptor(
                 "xlb_packets",
@@ -222,17 +296,37 @@ mod tests {
 
     #[test]
     fn names_labels_and_values_are_the_scraped_ones() {
-        let text = render(Arc::new(Sample {
-            generation: 4,
-            vips: vec![
-                vip(
-                    "web",
-                    vec![backend("b1", Some(true)), backend("b2", Some(false))],
-                ),
-                vip("dns", vec![backend("d1", None)]),
-            ],
-            reasons: vec![("forwarded", 12), ("pass-not-ip", 3)],
-        }));
+        let daemon = Daemon {
+            observed: [(
+                "web".to_string(),
+                Observed {
+                    flows: 200,
+                    shares: [
+                        ("b1".to_string(), (0.6, 0.5)),
+                        ("b2".to_string(), (0.4, 0.5)),
+                    ]
+                    .into(),
+                },
+            )]
+            .into(),
+            auto_rollbacks: 1,
+            rollouts: [("completed", 2), ("rolled_back", 0)].into(),
+            health_round: Some(Duration::from_millis(250)),
+        };
+        let text = render(
+            Arc::new(Sample {
+                generation: 4,
+                vips: vec![
+                    vip(
+                        "web",
+                        vec![backend("b1", Some(true)), backend("b2", Some(false))],
+                    ),
+                    vip("dns", vec![backend("d1", None)]),
+                ],
+                reasons: vec![("forwarded", 12), ("pass-not-ip", 3)],
+            }),
+            daemon,
+        );
         for line in [
             "# TYPE xlb_generation gauge\nxlb_generation 4\n",
             "# TYPE xlb_backend_packets_total counter\n",
@@ -247,6 +341,12 @@ mod tests {
             "xlb_backend_effective_weight{vip=\"web\",backend=\"b2\"} 0\n",
             "xlb_backend_effective_weight{vip=\"web\",backend=\"b1\"} 3\n",
             "# TYPE xlb_vip_panic gauge\nxlb_vip_panic{vip=\"web\"} 0\n",
+            "xlb_backend_observed_share{vip=\"web\",backend=\"b1\"} 0.6\n",
+            "# TYPE xlb_vip_share_drift gauge\n",
+            "# TYPE xlb_auto_rollbacks_total counter\nxlb_auto_rollbacks_total 1\n",
+            "xlb_rollouts_total{outcome=\"completed\"} 2\n",
+            "xlb_rollouts_total{outcome=\"rolled_back\"} 0\n",
+            "xlb_health_round_seconds 0.25\n",
             "# TYPE xlb_vip_drops_total counter\nxlb_vip_drops_total{vip=\"web\"} 7\n",
             "# TYPE xlb_packets_total counter\n",
             "xlb_packets_total{reason=\"forwarded\"} 12\n",
@@ -262,7 +362,7 @@ mod tests {
 
     #[test]
     fn a_sample_without_vips_still_has_the_generation() {
-        let text = render(Arc::new(Sample::default()));
+        let text = render(Arc::new(Sample::default()), Daemon::default());
         assert!(text.contains("xlb_generation 0\n"), "{text}");
         assert!(!text.contains("xlb_backend_"), "{text}");
     }

@@ -2,7 +2,7 @@
 //! while it waited, run the request on the controller, and log every change or attempt
 //! with who asked, what, the outcome, and whether it was forced and why.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tracing::{debug, info, warn};
 
@@ -56,10 +56,12 @@ fn describe(req: &Request) -> String {
         ),
         Request::Rollback {
             generation,
+            last_good,
             guarded,
-        } => match generation {
-            Some(g) => format!("rollback to generation {g}{}", dry(guarded)),
-            None => format!("rollback to the previous generation{}", dry(guarded)),
+        } => match (generation, last_good) {
+            (Some(g), _) => format!("rollback to generation {g}{}", dry(guarded)),
+            (None, true) => format!("rollback to the last good generation{}", dry(guarded)),
+            (None, false) => format!("rollback to the previous generation{}", dry(guarded)),
         },
         Request::Explain { vip, client } => format!("explain {vip} {client}"),
         Request::Teardown => "teardown".into(),
@@ -136,13 +138,16 @@ pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> R
         }
         return Response::error("cancelled: the client went away");
     }
+    let req_kind = Watched::of(&req);
     let rates = lock(&d.rates).clone();
+    let observed = lock(&d.observed).clone();
     let shared = d.clone();
     let who = user.clone();
     let response = turn
-        .run(move |c| execute(&shared, c, req, who, rates))
+        .run(move |c| execute(&shared, c, req, who, (rates, observed)))
         .await
         .unwrap_or_else(Response::error);
+    let response = watch_after(d, &req_kind, &g, response).await;
     let result = outcome(&response);
     match (changes, response.ok) {
         (true, true) => info!(user, force = g.force, reason, "{what}: {result}"),
@@ -156,6 +161,59 @@ pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> R
             if response.ok { "ok" } else { &response.error }
         ),
     }
+    response
+}
+
+/// Whether a request's change is watched (operator changes; not rollbacks, which return
+/// to a generation that ran before).
+#[derive(PartialEq)]
+enum Watched {
+    Yes,
+    No,
+}
+
+impl Watched {
+    fn of(req: &Request) -> Watched {
+        match req {
+            Request::Apply { .. } | Request::WeightSet { .. } | Request::Drain { .. } => {
+                Watched::Yes
+            }
+            _ => Watched::No,
+        }
+    }
+}
+
+/// Watches the change `response` reports, for `--watch` or the running config's
+/// `[rollout] watch`; a breach (rolled back) turns the response into a failure.
+async fn watch_after(
+    d: &Arc<Shared>,
+    kind: &Watched,
+    g: &Guarded,
+    mut response: Response,
+) -> Response {
+    let (Watched::Yes, true, Some(generation), Some(plan)) =
+        (kind, response.ok, response.generation, &response.plan)
+    else {
+        return response;
+    };
+    let configured = d
+        .turn()
+        .await
+        .controller()
+        .current()
+        .and_then(|r| r.config.rollout.watch);
+    let Some(window) = g.watch_ms.map(Duration::from_millis).or(configured) else {
+        return response;
+    };
+    let verdict = super::watcher::watch(d, generation, super::watcher::expect(plan), window).await;
+    if verdict.outcome == crate::history::WatchOutcome::Breached {
+        response.ok = false;
+        response.error = format!(
+            "generation {generation} was applied, then its watch breached: {}",
+            verdict.detail
+        );
+    }
+    response.watch = Some(verdict);
     response
 }
 
@@ -249,6 +307,40 @@ fn weight_set(
     apply_as(c, config, Source::Cli { command }, user, guarded)
 }
 
+/// The generation a rollback returns to: the one asked for; the newest that passed its
+/// watch (`last_good`); or the one before the last change (the daemon's own health and
+/// neighbour generations are not changes to undo).
+fn rollback_target(
+    c: &Controller,
+    generation: Option<u64>,
+    last_good: bool,
+) -> Result<u64, String> {
+    if let Some(g) = generation {
+        return Ok(g);
+    }
+    if last_good {
+        return c
+            .history()
+            .last_good()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                "no generation has passed a watch window yet (apply with --watch, or set \
+             [rollout] watch); name one: xlb rollback GENERATION"
+                    .to_string()
+            });
+    }
+    let gens = c.history().generations().map_err(|e| e.to_string())?;
+    // The newest change that is the operator's: undo it.
+    let last_change = gens.iter().rev().find(|&&g| {
+        c.history()
+            .get(g)
+            .is_ok_and(|r| !matches!(r.source, Source::Health { .. } | Source::Neighbour { .. }))
+    });
+    last_change
+        .and_then(|&last| gens.iter().rev().find(|&&g| g < last).copied())
+        .ok_or_else(|| "there is no previous generation to roll back to".to_string())
+}
+
 /// Applied generations, and with `all` the audited attempts too, oldest first.
 fn history(c: &Controller, all: bool) -> Response {
     let records = match c.history().all() {
@@ -271,7 +363,10 @@ fn execute(
     c: &mut Controller,
     req: Request,
     user: String,
-    rates: std::collections::BTreeMap<(String, String), super::Rates>,
+    (rates, observed): (
+        std::collections::BTreeMap<(String, String), super::Rates>,
+        std::collections::BTreeMap<String, crate::watch::Observed>,
+    ),
 ) -> Response {
     let daemon = d.settings.clone();
     match req {
@@ -283,6 +378,8 @@ fn execute(
                 "vips": stats,
                 "rates": rates.iter().map(|((v, b), r)| serde_json::json!({
                     "vip": v, "backend": b, "rates": r})).collect::<Vec<_>>(),
+                "observed": observed,
+                "min_flows": crate::watch::MIN_FLOWS,
             })),
             Err(e) => Response::error(e.to_string()),
         },
@@ -344,24 +441,12 @@ fn execute(
         }
         Request::Rollback {
             generation,
+            last_good,
             guarded,
         } => {
-            let target = match generation {
-                Some(g) => g,
-                None => {
-                    let gens = match c.history().generations() {
-                        Ok(g) => g,
-                        Err(e) => return Response::error(e.to_string()),
-                    };
-                    match gens.len() {
-                        0 | 1 => {
-                            return Response::error(
-                                "there is no previous generation to roll back to",
-                            );
-                        }
-                        n => gens[n - 2],
-                    }
-                }
+            let target = match rollback_target(c, generation, last_good) {
+                Ok(t) => t,
+                Err(e) => return Response::error(e),
             };
             let record = match c.history().get(target) {
                 Ok(r) => r,

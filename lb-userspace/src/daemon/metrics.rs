@@ -134,7 +134,7 @@ async fn respond(d: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes
         Some(s) => text(
             StatusCode::OK,
             exposition::CONTENT_TYPE,
-            exposition::render(s),
+            exposition::render(s, d.exposition()),
         ),
         None => text(
             StatusCode::SERVICE_UNAVAILABLE,

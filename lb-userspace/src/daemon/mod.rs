@@ -23,6 +23,7 @@ mod rates;
 mod socket;
 mod state;
 mod sys;
+mod watcher;
 
 use std::{path::Path, sync::Arc, time::Duration};
 

@@ -67,11 +67,18 @@ fn rates(prev: &Sample, now: &Sample, dt: f64) -> BTreeMap<(String, String), Rat
     out
 }
 
-/// Samples every second until the daemon stops.
+/// How far back observed shares look when no watch is running.
+const OBSERVE: Duration = Duration::from_secs(60);
+/// Samples kept: enough for the longest watch window the ring covers.
+const KEEP: Duration = Duration::from_secs(600);
+
+/// Samples every second until the daemon stops; keeps the observed shares over the
+/// running watch's window (since it began), else over the last `OBSERVE`.
 pub async fn sampler(d: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prev: Option<(Instant, Arc<Sample>)> = None;
+    let mut ring: std::collections::VecDeque<(Instant, Arc<Sample>)> = Default::default();
     loop {
         tick.tick().await;
         let Ok(Some(now)) = d.turn().await.run(|c| Sample::read(c)).await else {
@@ -83,6 +90,22 @@ pub async fn sampler(d: Arc<Shared>) {
             *lock(&d.rates) = rates(prev, &now, t.duration_since(*then).as_secs_f64());
         }
         *lock(&d.sample) = Some(now.clone());
+        ring.push_back((t, now.clone()));
+        while ring
+            .front()
+            .is_some_and(|(at, _)| t.duration_since(*at) > KEEP)
+        {
+            ring.pop_front();
+        }
+        let since = match *lock(&d.watching) {
+            Some((_, start, _)) => start.into_std(),
+            None => t.checked_sub(OBSERVE).unwrap_or(t),
+        };
+        // The oldest sample at or after `since` (the watch's first reading, or the one
+        // just before the window).
+        if let Some((_, base)) = ring.iter().find(|(at, _)| *at >= since).or(ring.front()) {
+            *lock(&d.observed) = crate::watch::observed(&base.vips, &now.vips);
+        }
         prev = Some((t, now));
     }
 }

@@ -35,6 +35,14 @@ pub struct Shared {
     pub sample: Mutex<Option<Arc<Sample>>>,
     /// How long the last health probe round took.
     pub health_round: Mutex<Option<Duration>>,
+    /// Per VIP, new flows over the observation window (the watch's, else the last 60 s).
+    pub observed: Mutex<BTreeMap<String, crate::watch::Observed>>,
+    /// The watch in progress: generation, start, window.
+    pub watching: Mutex<Option<(u64, tokio::time::Instant, Duration)>>,
+    /// Watches that rolled their change back since the daemon started.
+    pub auto_rollbacks: std::sync::atomic::AtomicU64,
+    /// Finished rollouts by outcome (`completed`, `rolled_back`, `aborted`).
+    pub rollouts: Mutex<BTreeMap<&'static str, u64>>,
     stop: watch::Sender<Stop>,
 }
 
@@ -53,7 +61,23 @@ impl Shared {
             rates: Mutex::new(BTreeMap::new()),
             sample: Mutex::new(None),
             health_round: Mutex::new(None),
+            watching: Mutex::new(None),
+            observed: Mutex::new(BTreeMap::new()),
+            auto_rollbacks: std::sync::atomic::AtomicU64::new(0),
+            rollouts: Mutex::new([("completed", 0), ("rolled_back", 0), ("aborted", 0)].into()),
             stop: watch::Sender::new(Stop::Running),
+        }
+    }
+
+    /// The daemon's own state for `/metrics`.
+    pub fn exposition(&self) -> super::exposition::Daemon {
+        super::exposition::Daemon {
+            observed: lock(&self.observed).clone(),
+            auto_rollbacks: self
+                .auto_rollbacks
+                .load(std::sync::atomic::Ordering::Relaxed),
+            rollouts: lock(&self.rollouts).clone(),
+            health_round: *lock(&self.health_round),
         }
     }
 

@@ -1,0 +1,178 @@
+//! Guarded commits: after a watched change took effect, the daemon reads the counters and
+//! health twice a second for the window (`watch::breach` decides) and, on a breach, rolls
+//! back to the generation before the change by itself (history source `auto-rollback`,
+//! forced with the breach as its reason: that generation ran before, so the guardrails
+//! do not hold the way back). A window that runs out without a breach makes the
+//! generation known-good (`xlb rollback --last-good`). Another change before the end
+//! supersedes the watch.
+
+use std::{sync::Arc, time::Duration};
+
+use tracing::{info, warn};
+
+use super::state::{Shared, lock};
+use crate::{
+    controller::{self, Controller, VipStatsView},
+    guard::{Change, Plan},
+    history::{Source, WatchOutcome, WatchVerdict, now},
+    watch::{self, Expect},
+};
+
+/// How often a watch looks.
+const LOOK: Duration = Duration::from_millis(500);
+
+/// What `plan` changed that a watch checks: the VIPs it touched and the backends whose
+/// table share grew.
+pub fn expect(plan: &Plan) -> Expect {
+    let touched = plan.vips.iter().filter(|v| v.change != Change::Unchanged);
+    Expect {
+        vips: touched.clone().map(|v| v.vip.clone()).collect(),
+        gained: touched
+            .flat_map(|v| {
+                v.rows
+                    .iter()
+                    .filter(|r| r.share_after > r.share_before + 1e-9)
+                    .map(|r| (v.vip.clone(), r.backend.clone()))
+            })
+            .collect(),
+    }
+}
+
+/// Whether `source` is the daemon's own follow-up (health, neighbour), which does not
+/// end a watch of the operator's change beneath it.
+fn system(source: &Source) -> bool {
+    matches!(source, Source::Health { .. } | Source::Neighbour { .. })
+}
+
+/// Watches `generation` for `window`; the verdict is recorded in the history.
+pub async fn watch(
+    d: &Arc<Shared>,
+    generation: u64,
+    expect: Expect,
+    window: Duration,
+) -> WatchVerdict {
+    let read = |c: &mut Controller| c.stats().unwrap_or_default();
+    let before: Vec<VipStatsView> = d.turn().await.run(read).await.unwrap_or_default();
+    let start = tokio::time::Instant::now();
+    let verdict = |outcome, detail: String, rollback| WatchVerdict {
+        generation,
+        outcome,
+        detail,
+        window_ms: window.as_millis() as u64,
+        time: now(),
+        rollback,
+    };
+    *lock(&d.watching) = Some((generation, start, window));
+    let result = loop {
+        tokio::time::sleep(LOOK.min(window)).await;
+        let expect = expect.clone();
+        let before = before.clone();
+        let look = d
+            .turn()
+            .await
+            .run(move |c| {
+                // The newest change that is not the daemon's own follow-up.
+                let newer = c
+                    .history()
+                    .generations()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|&g| g > generation)
+                    .find(|&g| c.history().get(g).is_ok_and(|r| !system(&r.source)));
+                if let Some(n) = newer {
+                    return Err(format!("superseded by generation {n}"));
+                }
+                Ok(watch::breach(&expect, &before, &read(c), &c.health()))
+            })
+            .await;
+        match look {
+            Ok(Err(superseded)) => break verdict(WatchOutcome::Superseded, superseded, None),
+            Ok(Ok(Some(breach))) => break roll_back(d, generation, breach, &verdict).await,
+            Ok(Ok(None)) | Err(_) => {}
+        }
+        if start.elapsed() >= window {
+            break verdict(WatchOutcome::Passed, String::new(), None);
+        }
+    };
+    *lock(&d.watching) = None;
+    let record = result.clone();
+    let _ = d
+        .turn()
+        .await
+        .run(move |c| {
+            if let Err(e) = c.history().record_watch(&record) {
+                warn!("watch of generation {generation}: recording the verdict: {e}");
+            }
+        })
+        .await;
+    match result.outcome {
+        WatchOutcome::Passed => info!("watch of generation {generation}: passed ({window:?})"),
+        WatchOutcome::Superseded => info!("watch of generation {generation}: {}", result.detail),
+        WatchOutcome::Breached => warn!("watch of generation {generation}: {}", result.detail),
+    }
+    result
+}
+
+/// Rolls `generation` back to the one before it after `breach`.
+async fn roll_back(
+    d: &Arc<Shared>,
+    generation: u64,
+    breach: String,
+    verdict: &impl Fn(WatchOutcome, String, Option<u64>) -> WatchVerdict,
+) -> WatchVerdict {
+    let settings = d.settings.clone();
+    let why = breach.clone();
+    let done = d
+        .turn()
+        .await
+        .run(move |c| {
+            let to = c
+                .history()
+                .generations()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|&g| g < generation)
+                .max()
+                .ok_or("there is no generation before it")?;
+            let mut config = c
+                .history()
+                .get(to)
+                .map_err(|e| e.to_string())?
+                .config
+                .without_lines();
+            config.daemon = settings;
+            c.apply(controller::Request {
+                config,
+                source: Source::AutoRollback {
+                    to,
+                    breach: why.clone(),
+                },
+                user: "xlb".into(),
+                force: true,
+                reason: Some(format!("watch of generation {generation} breached: {why}")),
+                dry_run: false,
+            })
+            .map(|o| (to, o.generation))
+            .map_err(|e| e.to_string())
+        })
+        .await;
+    match done {
+        Ok(Ok((to, created))) => {
+            d.auto_rollbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let created =
+                created.map_or("nothing to change".into(), |g| format!("as generation {g}"));
+            warn!("auto-rollback of generation {generation} to {to} ({created}): {breach}");
+            verdict(
+                WatchOutcome::Breached,
+                format!("{breach}; rolled back to generation {to} ({created})"),
+                Some(to),
+            )
+        }
+        Ok(Err(e)) | Err(e) => verdict(
+            WatchOutcome::Breached,
+            format!("{breach}; the rollback FAILED: {e}"),
+            None,
+        ),
+    }
+}
