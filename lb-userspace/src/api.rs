@@ -89,6 +89,21 @@ pub enum Request {
         client: String,
     },
     Teardown,
+    /// `xlb apply FILE --steps N|auto --interval D`: walk to the file's weights in steps,
+    /// each watched for `interval_ms`; `steps` none: as few as keep every step within the
+    /// guardrails.
+    Rollout {
+        text: String,
+        file: PathBuf,
+        steps: Option<u32>,
+        interval_ms: u64,
+        #[serde(flatten)]
+        guarded: Guarded,
+    },
+    /// The rollout in progress, or the last one.
+    RolloutStatus,
+    /// Stop the rollout in progress and return to where it started.
+    RolloutAbort,
 }
 
 impl Request {
@@ -99,13 +114,15 @@ impl Request {
             Request::Apply { guarded, .. }
             | Request::WeightSet { guarded, .. }
             | Request::Drain { guarded, .. }
-            | Request::Rollback { guarded, .. } => !guarded.dry_run,
-            Request::Teardown => true,
+            | Request::Rollback { guarded, .. }
+            | Request::Rollout { guarded, .. } => !guarded.dry_run,
+            Request::Teardown | Request::RolloutAbort => true,
             Request::Status
             | Request::Stats
             | Request::History { .. }
             | Request::Export
-            | Request::Explain { .. } => false,
+            | Request::Explain { .. }
+            | Request::RolloutStatus => false,
         }
     }
 }

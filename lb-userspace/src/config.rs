@@ -669,3 +669,35 @@ impl SpannedConfig {
 
 #[cfg(test)]
 mod tests;
+
+/// Configs for unit tests.
+#[cfg(test)]
+pub mod fixture {
+    use super::*;
+
+    /// TCP VIP `name` at 198.18.0.100:80 with `backends` (name, weight) at 198.18.0.11,
+    /// .12, ... and one explicit MAC, without checks or overrides.
+    pub fn vip(name: &str, backends: &[(&str, i64)]) -> Vip {
+        Vip {
+            name: name.into(),
+            address: "198.18.0.100".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            forwarding: Forwarding::L2Dsr,
+            guardrails: Default::default(),
+            health: None,
+            backends: backends
+                .iter()
+                .enumerate()
+                .map(|(i, &(name, weight))| BackendSpec {
+                    name: name.into(),
+                    address: format!("198.18.0.{}", 11 + i),
+                    mac: "02:00:00:00:00:01".into(),
+                    weight,
+                    line: None,
+                })
+                .collect(),
+            line: None,
+        }
+    }
+}

@@ -830,32 +830,18 @@ pub struct BackendStatsView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendSpec, Forwarding};
 
     fn cfg(vips: &[(&str, &[&str])]) -> Config {
         Config {
             vips: vips
                 .iter()
                 .enumerate()
-                .map(|(i, (name, backends))| Vip {
-                    name: name.to_string(),
-                    address: format!("198.18.0.{}", 100 + i),
-                    port: 80,
-                    protocol: Protocol::Tcp,
-                    forwarding: Forwarding::L2Dsr,
-                    guardrails: Default::default(),
-                    health: None,
-                    backends: backends
-                        .iter()
-                        .map(|b| BackendSpec {
-                            name: b.to_string(),
-                            address: "198.18.0.11".into(),
-                            mac: "02:00:00:00:00:01".into(),
-                            weight: 1,
-                            line: None,
-                        })
-                        .collect(),
-                    line: None,
+                .map(|(i, (name, backends))| {
+                    let weighted: Vec<(&str, i64)> = backends.iter().map(|b| (*b, 1)).collect();
+                    Vip {
+                        address: format!("198.18.0.{}", 100 + i),
+                        ..crate::config::fixture::vip(name, &weighted)
+                    }
                 })
                 .collect(),
             ..Config::default()

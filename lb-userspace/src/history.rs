@@ -155,6 +155,8 @@ pub enum WatchOutcome {
     Breached,
     /// Another change replaced it before the window ended.
     Superseded,
+    /// The rollout it was a step of was aborted.
+    Aborted,
 }
 
 /// One watch's end, in `<state_dir>/watch.jsonl`.

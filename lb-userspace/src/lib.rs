@@ -13,5 +13,6 @@ pub mod lock;
 pub mod neighbour;
 pub mod object;
 pub mod reload;
+pub mod rollout;
 pub mod table;
 pub mod watch;

@@ -112,8 +112,21 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         guard: GuardArgs,
+        /// Walk to FILE's weights in N steps (or `auto`: as few as keep each step within
+        /// the guardrails, max-flow-shift above all), each watched for --interval; a
+        /// breach rolls back to where the rollout started.
+        #[arg(long, value_parser = parse_steps, requires = "interval")]
+        steps: Option<Steps>,
+        /// With --steps: how long each step is watched before the next (e.g. 30s).
+        #[arg(long, value_parser = humantime::parse_duration, requires = "steps")]
+        interval: Option<std::time::Duration>,
         #[arg(long)]
         json: bool,
+    },
+    /// The stepped rollout in progress (or the last one), and aborting it.
+    Rollout {
+        #[command(subcommand)]
+        op: RolloutOp,
     },
     /// Change one backend's weight.
     Weight {
@@ -184,6 +197,40 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RolloutOp {
+    /// Target, step, generations and outcome.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the rollout in progress and return to the generation it started from.
+    Abort {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--steps`: a number or `auto`.
+#[derive(Clone, Copy, Debug)]
+enum Steps {
+    Auto,
+    N(u32),
+}
+
+fn parse_steps(s: &str) -> Result<Steps, String> {
+    match s {
+        "auto" => Ok(Steps::Auto),
+        n => match n.parse::<u32>() {
+            Ok(n) if (1..=xlb::rollout::MAX_STEPS).contains(&n) => Ok(Steps::N(n)),
+            _ => Err(format!(
+                "{s:?} is not `auto` or a number of steps from 1 to {}",
+                xlb::rollout::MAX_STEPS
+            )),
+        },
+    }
 }
 
 #[derive(Subcommand)]
@@ -269,14 +316,47 @@ fn run(cli: Cli) -> Result<u8, String> {
                 code
             })
         }
-        Command::Apply { file, guard, json } => {
+        Command::Apply {
+            file,
+            guard,
+            steps,
+            interval,
+            json,
+        } => {
             let (text, file) = read_config(&file)?;
             let label = file.clone();
-            change(&socket, guard, json, &label, |guarded| Request::Apply {
-                text,
-                file,
-                guarded,
-            })
+            match (steps, interval) {
+                (Some(steps), Some(interval)) => {
+                    let steps = match steps {
+                        Steps::Auto => None,
+                        Steps::N(n) => Some(n),
+                    };
+                    let interval_ms = interval.as_millis() as u64;
+                    let r = call(
+                        &socket,
+                        &Request::Rollout {
+                            text,
+                            file,
+                            steps,
+                            interval_ms,
+                            guarded: guard.clone().into(),
+                        },
+                    )?;
+                    rollout_result(r, json, guard.dry_run, &label)
+                }
+                _ => change(&socket, guard, json, &label, |guarded| Request::Apply {
+                    text,
+                    file,
+                    guarded,
+                }),
+            }
+        }
+        Command::Rollout { op } => {
+            let (req, json) = match op {
+                RolloutOp::Status { json } => (Request::RolloutStatus, json),
+                RolloutOp::Abort { json } => (Request::RolloutAbort, json),
+            };
+            rollout_result(call(&socket, &req)?, json, false, Path::new(""))
         }
         Command::Weight {
             op:
@@ -550,7 +630,7 @@ fn apply_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8, S
                 "applied as generation {}; watched {window}: no breach",
                 w.generation
             ),
-            WatchOutcome::Superseded => say!(
+            WatchOutcome::Superseded | WatchOutcome::Aborted => say!(
                 "applied as generation {}; watch ended early: {}",
                 w.generation,
                 w.detail
@@ -576,6 +656,65 @@ fn apply_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8, S
         (false, None) => say!("nothing to change"),
     }
     Ok(0)
+}
+
+/// Prints a rollout's state (or a refusal); exit 4 when it rolled back or was aborted.
+fn rollout_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8, String> {
+    if json {
+        print_json(&r)?;
+    } else if !r.violations.is_empty() || (dry && r.ok) {
+        if dry && r.ok {
+            say!(
+                "{} steps; largest share of flows moved per step: {}",
+                r.data["steps"],
+                r.data["moved"]
+                    .as_array()
+                    .map(|m| m
+                        .iter()
+                        .map(|x| pct(x.as_f64().unwrap_or(0.0)))
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            );
+            say!("dry run: nothing was changed");
+        }
+        print_violations(&r.violations, file);
+    } else if r.data.is_object() {
+        let s = &r.data;
+        say!(
+            "rollout to {}: {} (step {} of {}, every {} ms, from generation {}; generations {})",
+            s["target"].as_str().unwrap_or("-"),
+            s["outcome"].as_str().unwrap_or("-"),
+            s["step"],
+            s["steps"],
+            s["interval_ms"],
+            s["from"],
+            s["generations"]
+                .as_array()
+                .map(|g| g
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
+        if let Some(d) = s["detail"].as_str() {
+            say!("  {d}");
+        }
+    }
+    if r.ok {
+        return Ok(0);
+    }
+    if !json {
+        eprintln!("xlb: {}", r.error);
+    }
+    Ok(if !r.violations.is_empty() {
+        REJECTED
+    } else if r.data.is_object() {
+        ROLLED_BACK
+    } else {
+        ERROR
+    })
 }
 
 fn print_history(records: Vec<Record>, attempts: Vec<Attempt>) {

@@ -255,10 +255,13 @@ impl Controller {
                 let down_here = of_vip(&holds.down, &x.vip);
                 let mut held = Vec::new();
                 if !unresolved_here.is_empty() {
-                    held.push(format!("unresolved {}", unresolved_here.join(", ")));
+                    held.push(format!(
+                        "unresolved backend(s) {}",
+                        unresolved_here.join(", ")
+                    ));
                 }
                 if !down_here.is_empty() {
-                    held.push(format!("down {}", down_here.join(", ")));
+                    held.push(format!("down backend(s) {}", down_here.join(", ")));
                 }
                 let message = if held.is_empty() {
                     format!(

@@ -65,6 +65,20 @@ fn describe(req: &Request) -> String {
         },
         Request::Explain { vip, client } => format!("explain {vip} {client}"),
         Request::Teardown => "teardown".into(),
+        Request::Rollout {
+            file,
+            steps,
+            interval_ms,
+            guarded,
+            ..
+        } => format!(
+            "rollout {} in {} steps every {interval_ms} ms{}",
+            crate::reload::file_label(file).display(),
+            steps.map_or("auto".into(), |n| n.to_string()),
+            dry(guarded)
+        ),
+        Request::RolloutStatus => "rollout status".into(),
+        Request::RolloutAbort => "rollout abort".into(),
     }
 }
 
@@ -81,7 +95,8 @@ fn guarded(req: &Request) -> Guarded {
         Request::Apply { guarded, .. }
         | Request::WeightSet { guarded, .. }
         | Request::Drain { guarded, .. }
-        | Request::Rollback { guarded, .. } => guarded.clone(),
+        | Request::Rollback { guarded, .. }
+        | Request::Rollout { guarded, .. } => guarded.clone(),
         _ => Guarded::default(),
     }
 }
@@ -137,6 +152,42 @@ pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> R
             );
         }
         return Response::error("cancelled: the client went away");
+    }
+    // Rollouts run for minutes: they take the controller's turn step by step, not here.
+    match req {
+        Request::RolloutStatus => return super::rollouts::status(d),
+        Request::RolloutAbort => {
+            drop(turn);
+            let r = super::rollouts::abort(d).await;
+            info!(user, "{what}: {}", if r.ok { "done" } else { &r.error });
+            return r;
+        }
+        Request::Rollout {
+            text,
+            file,
+            steps,
+            interval_ms,
+            guarded,
+        } => {
+            drop(turn);
+            let r =
+                super::rollouts::run(d, (text, file, steps, interval_ms), guarded, user.clone())
+                    .await;
+            info!(
+                user,
+                "{what}: {}",
+                if r.ok { "completed" } else { &r.error }
+            );
+            return r;
+        }
+        _ => {}
+    }
+    if changes
+        && !matches!(req, Request::Teardown)
+        && let Some(busy) = super::rollouts::busy(d)
+    {
+        info!(user, "{what}: refused: {busy}");
+        return Response::error(busy);
     }
     let req_kind = Watched::of(&req);
     let rates = lock(&d.rates).clone();
@@ -205,7 +256,8 @@ async fn watch_after(
     let Some(window) = g.watch_ms.map(Duration::from_millis).or(configured) else {
         return response;
     };
-    let verdict = super::watcher::watch(d, generation, super::watcher::expect(plan), window).await;
+    let expect = super::watcher::expect(plan);
+    let verdict = super::watcher::watch(d, generation, expect, window, Default::default()).await;
     if verdict.outcome == crate::history::WatchOutcome::Breached {
         response.ok = false;
         response.error = format!(
@@ -466,6 +518,9 @@ fn execute(
                 Ok(e) => Response::data(e),
                 Err(e) => Response::error(e.to_string()),
             }
+        }
+        Request::Rollout { .. } | Request::RolloutStatus | Request::RolloutAbort => {
+            Response::error("internal error: a rollout request reached the controller")
         }
         Request::Teardown => match loader::teardown(&daemon.pin_dir) {
             Ok(removed) => {

@@ -20,6 +20,7 @@ mod log;
 mod metrics;
 mod neighbours;
 mod rates;
+mod rollouts;
 mod socket;
 mod state;
 mod sys;

@@ -41,6 +41,8 @@ pub struct Shared {
     pub watching: Mutex<Option<(u64, tokio::time::Instant, Duration)>>,
     /// Watches that rolled their change back since the daemon started.
     pub auto_rollbacks: std::sync::atomic::AtomicU64,
+    /// The running or last rollout, and the flag that aborts it.
+    pub rollout: Mutex<Option<(super::rollouts::State, Arc<std::sync::atomic::AtomicBool>)>>,
     /// Finished rollouts by outcome (`completed`, `rolled_back`, `aborted`).
     pub rollouts: Mutex<BTreeMap<&'static str, u64>>,
     stop: watch::Sender<Stop>,
@@ -64,6 +66,7 @@ impl Shared {
             watching: Mutex::new(None),
             observed: Mutex::new(BTreeMap::new()),
             auto_rollbacks: std::sync::atomic::AtomicU64::new(0),
+            rollout: Mutex::new(None),
             rollouts: Mutex::new([("completed", 0), ("rolled_back", 0), ("aborted", 0)].into()),
             stop: watch::Sender::new(Stop::Running),
         }

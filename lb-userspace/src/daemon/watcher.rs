@@ -6,12 +6,19 @@
 //! generation known-good (`xlb rollback --last-good`). Another change before the end
 //! supersedes the watch.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tracing::{info, warn};
 
 use super::state::{Shared, lock};
 use crate::{
+    config,
     controller::{self, Controller, VipStatsView},
     guard::{Change, Plan},
     history::{Source, WatchOutcome, WatchVerdict, now},
@@ -44,12 +51,21 @@ fn system(source: &Source) -> bool {
     matches!(source, Source::Health { .. } | Source::Neighbour { .. })
 }
 
+/// How a watch ends besides its window: where a breach rolls back to (default: the
+/// generation before the watched one) and a flag that aborts it.
+#[derive(Default)]
+pub struct Ends {
+    pub back_to: Option<u64>,
+    pub abort: Option<Arc<AtomicBool>>,
+}
+
 /// Watches `generation` for `window`; the verdict is recorded in the history.
 pub async fn watch(
     d: &Arc<Shared>,
     generation: u64,
     expect: Expect,
     window: Duration,
+    ends: Ends,
 ) -> WatchVerdict {
     let read = |c: &mut Controller| c.stats().unwrap_or_default();
     let before: Vec<VipStatsView> = d.turn().await.run(read).await.unwrap_or_default();
@@ -65,6 +81,17 @@ pub async fn watch(
     *lock(&d.watching) = Some((generation, start, window));
     let result = loop {
         tokio::time::sleep(LOOK.min(window)).await;
+        if ends
+            .abort
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::Relaxed))
+        {
+            break verdict(
+                WatchOutcome::Aborted,
+                "the rollout was aborted".into(),
+                None,
+            );
+        }
         let expect = expect.clone();
         let before = before.clone();
         let look = d
@@ -87,7 +114,9 @@ pub async fn watch(
             .await;
         match look {
             Ok(Err(superseded)) => break verdict(WatchOutcome::Superseded, superseded, None),
-            Ok(Ok(Some(breach))) => break roll_back(d, generation, breach, &verdict).await,
+            Ok(Ok(Some(breach))) => {
+                break roll_back(d, generation, ends.back_to, breach, &verdict).await;
+            }
             Ok(Ok(None)) | Err(_) => {}
         }
         if start.elapsed() >= window {
@@ -107,16 +136,49 @@ pub async fn watch(
         .await;
     match result.outcome {
         WatchOutcome::Passed => info!("watch of generation {generation}: passed ({window:?})"),
-        WatchOutcome::Superseded => info!("watch of generation {generation}: {}", result.detail),
+        WatchOutcome::Superseded | WatchOutcome::Aborted => {
+            info!("watch of generation {generation}: {}", result.detail)
+        }
         WatchOutcome::Breached => warn!("watch of generation {generation}: {}", result.detail),
     }
     result
 }
 
-/// Rolls `generation` back to the one before it after `breach`.
+/// Re-applies generation `to` as `source`, forced with `reason`: it ran before, so the
+/// guardrails (which may have been overridden then) do not hold the way back. Returns the
+/// generation created (none when nothing changed).
+pub fn return_to(
+    c: &mut Controller,
+    settings: config::Daemon,
+    to: u64,
+    source: Source,
+    user: String,
+    reason: String,
+) -> Result<Option<u64>, String> {
+    let mut config = c
+        .history()
+        .get(to)
+        .map_err(|e| e.to_string())?
+        .config
+        .without_lines();
+    config.daemon = settings;
+    c.apply(controller::Request {
+        config,
+        source,
+        user,
+        force: true,
+        reason: Some(reason),
+        dry_run: false,
+    })
+    .map(|o| o.generation)
+    .map_err(|e| e.to_string())
+}
+
+/// Rolls `generation` back to `back_to` (default: the one before it) after `breach`.
 async fn roll_back(
     d: &Arc<Shared>,
     generation: u64,
+    back_to: Option<u64>,
     breach: String,
     verdict: &impl Fn(WatchOutcome, String, Option<u64>) -> WatchVerdict,
 ) -> WatchVerdict {
@@ -126,34 +188,23 @@ async fn roll_back(
         .turn()
         .await
         .run(move |c| {
-            let to = c
-                .history()
-                .generations()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|&g| g < generation)
-                .max()
-                .ok_or("there is no generation before it")?;
-            let mut config = c
-                .history()
-                .get(to)
-                .map_err(|e| e.to_string())?
-                .config
-                .without_lines();
-            config.daemon = settings;
-            c.apply(controller::Request {
-                config,
-                source: Source::AutoRollback {
-                    to,
-                    breach: why.clone(),
-                },
-                user: "xlb".into(),
-                force: true,
-                reason: Some(format!("watch of generation {generation} breached: {why}")),
-                dry_run: false,
-            })
-            .map(|o| (to, o.generation))
-            .map_err(|e| e.to_string())
+            let to = match back_to {
+                Some(to) => to,
+                None => c
+                    .history()
+                    .generations()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|&g| g < generation)
+                    .max()
+                    .ok_or("there is no generation before it")?,
+            };
+            let source = Source::AutoRollback {
+                to,
+                breach: why.clone(),
+            };
+            let reason = format!("watch of generation {generation} breached: {why}");
+            return_to(c, settings, to, source, "xlb".into(), reason).map(|g| (to, g))
         })
         .await;
     match done {

@@ -1,27 +1,16 @@
 use super::*;
-use crate::config::{BackendSpec, HealthCheck, Protocol};
+use crate::config::HealthCheck;
 
 fn vip(weights: &[i64]) -> Vip {
+    let names: Vec<String> = (0..weights.len()).map(|i| format!("b{i}")).collect();
+    let backends: Vec<(&str, i64)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(weights.iter().copied())
+        .collect();
     Vip {
-        name: "web".into(),
-        address: "198.18.0.100".into(),
-        port: 80,
-        protocol: Protocol::Tcp,
-        forwarding: crate::config::Forwarding::L2Dsr,
-        guardrails: Default::default(),
         health: Some(HealthCheck::tcp(80)),
-        backends: weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| BackendSpec {
-                name: format!("b{i}"),
-                address: format!("198.18.0.{}", 11 + i),
-                mac: "02:00:00:00:00:01".into(),
-                weight: w,
-                line: None,
-            })
-            .collect(),
-        line: None,
+        ..crate::config::fixture::vip("web", &backends)
     }
 }
 
