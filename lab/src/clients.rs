@@ -1,6 +1,7 @@
 //! Real clients for the lab servers: short HTTP connections, keep-alive HTTP, long-lived
 //! echo connections and UDP requests, plus a bounded background load that counts every
-//! failure. All of them must run on a thread inside a client namespace (`topology::in_ns`).
+//! failure, and timed request loops that record when each request started, from which
+//! port, and who answered (`Requests`). All of them must run on a thread inside a client namespace (`topology::in_ns`).
 
 use std::{
     collections::BTreeMap,
@@ -41,7 +42,11 @@ pub struct Http {
 
 impl Http {
     pub fn connect(vip: IpAddr) -> io::Result<Http> {
-        let stream = connect(SocketAddr::new(vip, HTTP_PORT))?;
+        Http::over(connect(SocketAddr::new(vip, HTTP_PORT))?)
+    }
+
+    /// An HTTP connection over `stream`, already connected.
+    fn over(stream: TcpStream) -> io::Result<Http> {
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Http { stream, reader })
     }
@@ -303,4 +308,185 @@ impl Drop for Load {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One request of a `Requests` loop.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// When it started, on the loop's clock (`Requests::now`).
+    pub at: Duration,
+    /// The client's source port: bound before connecting, so a failed request is known by
+    /// its flow too (`xlb explain VIP CLIENT:PORT` finds the flow entry it left).
+    pub port: u16,
+    /// The backend that answered, or why the request failed.
+    pub outcome: Result<String, String>,
+}
+
+/// What a `Requests` loop saw.
+#[derive(Clone, Debug, Default)]
+pub struct Attempts(pub Vec<Attempt>);
+
+impl Attempts {
+    pub fn failures(&self) -> impl Iterator<Item = &Attempt> {
+        self.0.iter().filter(|a| a.outcome.is_err())
+    }
+
+    /// Failed requests that started at or after `from`.
+    pub fn failures_from(&self, from: Duration) -> Vec<&Attempt> {
+        self.failures().filter(|a| a.at >= from).collect()
+    }
+
+    /// The start of the last failed request, if one failed.
+    pub fn last_failure(&self) -> Option<Duration> {
+        self.failures().map(|a| a.at).max()
+    }
+
+    /// Answered requests per backend among those that started within `from..to`.
+    pub fn answered(&self, from: Duration, to: Duration) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for a in self.0.iter().filter(|a| (from..to).contains(&a.at)) {
+            if let Ok(b) = &a.outcome {
+                *out.entry(b.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// The start of the first request `backend` answered at or after `from`.
+    pub fn first_answer_from(&self, backend: &str, from: Duration) -> Option<Duration> {
+        self.0
+            .iter()
+            .filter(|a| a.at >= from && a.outcome.as_deref() == Ok(backend))
+            .map(|a| a.at)
+            .min()
+    }
+}
+
+/// Closed loops of short HTTP requests (one per connection) from a client namespace,
+/// each request timestamped and bound to its source port first. A socket whose request
+/// failed is kept open until the loop ends, so no later request reuses its port and
+/// overwrites the flow entry `xlb explain` finds for it.
+pub struct Requests {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Requests {
+    /// `loops` loops to `vip`:80 from namespace `client_ns`, each pausing `pause` after a
+    /// request; connecting and each read give up after `timeout`. At most `max_requests`
+    /// per loop and `max_time` in all.
+    pub fn start(
+        client_ns: &str,
+        vip: IpAddr,
+        loops: usize,
+        pause: Duration,
+        timeout: Duration,
+        max_requests: u64,
+        max_time: Duration,
+    ) -> Requests {
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..loops)
+            .map(|_| {
+                let (ns, stop, attempts) = (client_ns.to_string(), stop.clone(), attempts.clone());
+                thread::spawn(move || {
+                    enter(&ns);
+                    let deadline = started + max_time;
+                    let mut kept = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed)
+                        && n < max_requests
+                        && Instant::now() < deadline
+                    {
+                        n += 1;
+                        let at = started.elapsed();
+                        let (port, outcome, failed) = bound_request(vip, timeout);
+                        kept.extend(failed);
+                        lock(&attempts).push(Attempt { at, port, outcome });
+                        thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        Requests {
+            started,
+            stop,
+            attempts,
+            threads,
+        }
+    }
+
+    /// The loop's clock: time since it started.
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A copy of the attempts so far.
+    pub fn attempts(&self) -> Attempts {
+        Attempts(lock(&self.attempts).clone())
+    }
+
+    /// Stops the loops and returns every attempt, in the order they ended.
+    pub fn finish(mut self) -> Attempts {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
+        self.attempts()
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One GET on a new connection from a port bound first: (port, backend or error, the
+/// socket when the request failed).
+fn bound_request(
+    vip: IpAddr,
+    timeout: Duration,
+) -> (u16, Result<String, String>, Option<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let domain = if vip.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let any: IpAddr = if vip.is_ipv4() {
+        [0u8; 4].into()
+    } else {
+        [0u8; 16].into()
+    };
+    let sock = match Socket::new(domain, Type::STREAM, None)
+        .and_then(|s| s.bind(&SocketAddr::new(any, 0).into()).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => return (0, Err(format!("socket: {e}")), None),
+    };
+    let port = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(0, |a| a.port());
+    if let Err(e) = sock.connect_timeout(&SocketAddr::new(vip, HTTP_PORT).into(), timeout) {
+        return (port, Err(format!("connect: {e}")), Some(sock));
+    }
+    let stream: TcpStream = sock.into();
+    let answer = stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_nodelay(true))
+        .and_then(|()| Http::over(stream.try_clone()?))
+        .and_then(|mut c| c.get(false));
+    match answer {
+        Ok(who) => (port, Ok(who), None),
+        Err(e) => (port, Err(format!("request: {e}")), Some(stream.into())),
+    }
 }

@@ -7,6 +7,9 @@
 //! - a TCP discard on port 9 (RFC 863): reads until end of stream and counts the bytes,
 //!   then closes (the benchmarks' segment stream ends there).
 //!
+//! A backend's servers can be killed and restarted alone, as a process that dies (its
+//! listeners close and its open connections are cut) and comes back.
+//!
 //! TCP listens dual-stack on `[::]`, so one server answers both VIPs. UDP binds each VIP
 //! itself: a reply from a socket bound to `[::]` would leave from the backend's own
 //! address, and the client (which sent to the VIP) would discard it. Each server counts
@@ -16,7 +19,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
     sync::{
-        Arc,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
@@ -40,64 +43,127 @@ pub struct Counts {
     pub discarded_bytes: AtomicU64,
 }
 
-/// The servers of every backend; stopped and joined on drop.
+/// The servers of every backend; stopped and joined on drop. Each backend's servers can
+/// also be killed and restarted alone (`kill`, `restart`), as a backend process that dies
+/// and comes back.
 pub struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
+    backends: Vec<Backend>,
     /// Per backend, in topology order.
     pub counts: Vec<Arc<Counts>>,
+}
+
+/// Open connections of one backend's servers, so that a kill can cut them.
+type Open = Arc<Mutex<Vec<Weak<TcpStream>>>>;
+
+/// One backend's servers: one thread with its listeners, stopped by its own flag.
+struct Backend {
+    ns: String,
+    name: String,
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+    open: Open,
+}
+
+impl Backend {
+    /// Starts the servers; returns when they listen.
+    fn start(&mut self) {
+        assert!(self.thread.is_none(), "{}'s servers already run", self.name);
+        self.stop = Arc::new(AtomicBool::new(false));
+        let (ns, name, stop) = (self.ns.clone(), self.name.clone(), self.stop.clone());
+        let (counts, open) = (self.counts.clone(), self.open.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.thread = Some(thread::spawn(move || {
+            enter(&ns);
+            let http = TcpListener::bind(("::", HTTP_PORT)).expect("bind [::]:80");
+            let echo = TcpListener::bind(("::", ECHO_PORT)).expect("bind [::]:7");
+            let discard = TcpListener::bind(("::", DISCARD_PORT)).expect("bind [::]:9");
+            let udp = [VIP4, VIP6].map(|vip| {
+                let s = UdpSocket::bind((vip, ECHO_PORT)).expect("bind udp VIP:7");
+                s.set_nonblocking(true).expect("nonblocking udp");
+                s
+            });
+            for l in [&http, &echo, &discard] {
+                l.set_nonblocking(true).expect("nonblocking listener");
+            }
+            let _ = tx.send(());
+            serve(&name, [&http, &echo, &discard], &udp, &counts, &open, &stop);
+        }));
+        rx.recv().expect("server thread started");
+    }
+
+    /// Stops the servers as a dying process would: the listeners close (new connections
+    /// are refused) and every open connection is cut.
+    fn kill(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for conn in lock(&self.open).drain(..).filter_map(|c| c.upgrade()) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 impl Servers {
     /// Starts the servers in every backend namespace of `topo`; returns when all listen.
     pub fn start(topo: &Topology) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        let mut counts = Vec::new();
+        let mut backends = Vec::new();
         for (i, ns) in topo.backends.iter().enumerate() {
-            let name = backend_name(i);
-            let c = Arc::new(Counts::default());
-            counts.push(c.clone());
-            let (ns, stop) = (ns.name.clone(), stop.clone());
-            let (tx, rx) = std::sync::mpsc::channel();
-            threads.push(thread::spawn(move || {
-                enter(&ns);
-                let http = TcpListener::bind(("::", HTTP_PORT)).expect("bind [::]:80");
-                let echo = TcpListener::bind(("::", ECHO_PORT)).expect("bind [::]:7");
-                let discard = TcpListener::bind(("::", DISCARD_PORT)).expect("bind [::]:9");
-                let udp = [VIP4, VIP6].map(|vip| {
-                    let s = UdpSocket::bind((vip, ECHO_PORT)).expect("bind udp VIP:7");
-                    s.set_nonblocking(true).expect("nonblocking udp");
-                    s
-                });
-                for l in [&http, &echo, &discard] {
-                    l.set_nonblocking(true).expect("nonblocking listener");
-                }
-                let _ = tx.send(());
-                serve(&name, [&http, &echo, &discard], &udp, &c, &stop);
-            }));
-            rx.recv().expect("server thread started");
+            let mut b = Backend {
+                ns: ns.name.clone(),
+                name: backend_name(i),
+                counts: Arc::new(Counts::default()),
+                stop: Arc::new(AtomicBool::new(false)),
+                thread: None,
+                open: Open::default(),
+            };
+            b.start();
+            backends.push(b);
         }
-        Servers {
-            stop,
-            threads,
-            counts,
-        }
+        let counts = backends.iter().map(|b| b.counts.clone()).collect();
+        Servers { backends, counts }
     }
 
     /// HTTP connections backend `i` accepted.
     pub fn http_connections(&self, i: usize) -> u64 {
         self.counts[i].http_connections.load(Ordering::Relaxed)
     }
+
+    /// Kills backend `i`'s servers: connections to it are refused and the open ones cut,
+    /// until `restart`.
+    pub fn kill(&mut self, i: usize) {
+        self.backends[i].kill();
+    }
+
+    /// Starts backend `i`'s servers again after `kill`; returns when they listen.
+    pub fn restart(&mut self, i: usize) {
+        self.backends[i].start();
+    }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        for b in &mut self.backends {
+            b.kill();
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps `conn` where a kill can cut it (dropping those already closed), and hands it
+/// to `serve` on a thread of its own.
+fn spawn_conn(conn: TcpStream, open: &Open, serve: impl FnOnce(&TcpStream) + Send + 'static) {
+    let conn = Arc::new(conn);
+    {
+        let mut open = lock(open);
+        open.retain(|c| c.strong_count() > 0);
+        open.push(Arc::downgrade(&conn));
+    }
+    thread::spawn(move || serve(&conn));
 }
 
 fn serve(
@@ -105,6 +171,7 @@ fn serve(
     [http, echo, discard]: [&TcpListener; 3],
     udp: &[UdpSocket; 2],
     counts: &Arc<Counts>,
+    open: &Open,
     stop: &AtomicBool,
 ) {
     let mut buf = [0u8; 2048];
@@ -114,18 +181,18 @@ fn serve(
             idle = false;
             counts.http_connections.fetch_add(1, Ordering::Relaxed);
             let (name, counts) = (name.to_string(), counts.clone());
-            thread::spawn(move || http_conn(&name, conn, &counts));
+            spawn_conn(conn, open, move |c| http_conn(&name, c, &counts));
         }
         if let Ok((conn, _)) = echo.accept() {
             idle = false;
             counts.echo_connections.fetch_add(1, Ordering::Relaxed);
             let name = name.to_string();
-            thread::spawn(move || echo_conn(&name, conn));
+            spawn_conn(conn, open, move |c| echo_conn(&name, c));
         }
         if let Ok((conn, _)) = discard.accept() {
             idle = false;
             let counts = counts.clone();
-            thread::spawn(move || discard_conn(conn, &counts));
+            spawn_conn(conn, open, move |c| discard_conn(c, &counts));
         }
         for sock in udp {
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
@@ -142,11 +209,11 @@ fn serve(
     }
 }
 
-fn http_conn(name: &str, conn: TcpStream, counts: &Counts) {
+fn http_conn(name: &str, conn: &TcpStream, counts: &Counts) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
-    let Ok(mut w) = conn.try_clone() else { return };
+    let mut w = conn;
     let mut r = BufReader::new(conn);
     loop {
         let mut close = false;
@@ -183,11 +250,11 @@ fn http_conn(name: &str, conn: TcpStream, counts: &Counts) {
     }
 }
 
-fn echo_conn(name: &str, conn: TcpStream) {
+fn echo_conn(name: &str, conn: &TcpStream) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
-    let Ok(mut w) = conn.try_clone() else { return };
+    let mut w = conn;
     if w.write_all(format!("{name}\n").as_bytes()).is_err() {
         return;
     }
@@ -203,7 +270,7 @@ fn echo_conn(name: &str, conn: TcpStream) {
     }
 }
 
-fn discard_conn(mut conn: TcpStream, counts: &Counts) {
+fn discard_conn(mut conn: &TcpStream, counts: &Counts) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = vec![0u8; 1 << 16];
