@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -320,6 +320,8 @@ pub struct Attempt {
     pub port: u16,
     /// The backend that answered, or why the request failed.
     pub outcome: Result<String, String>,
+    /// How long it took to answer or fail.
+    pub took: Duration,
 }
 
 /// What a `Requests` loop saw.
@@ -405,7 +407,13 @@ impl Requests {
                         let at = started.elapsed();
                         let (port, outcome, failed) = bound_request(vip, timeout);
                         kept.extend(failed);
-                        lock(&attempts).push(Attempt { at, port, outcome });
+                        let took = started.elapsed() - at;
+                        lock(&attempts).push(Attempt {
+                            at,
+                            port,
+                            outcome,
+                            took,
+                        });
                         thread::sleep(pause);
                     }
                 })
@@ -448,35 +456,49 @@ impl Drop for Requests {
     }
 }
 
+/// The next source port a `Requests` loop tries, process-wide (1024 plus this, modulo
+/// the rest of the range).
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A TCP socket of `vip`'s family bound to a port of its own. The port is picked here,
+/// not by the kernel: a port bound by number stays bound while the socket is open, also
+/// after a refused connect, whereas one the kernel picked for `bind(0)` is released when
+/// the connect fails (it lacks `SOCK_BINDPORT_LOCK`) and could go to a later request.
+fn bound_socket(vip: IpAddr) -> io::Result<(u16, socket2::Socket)> {
+    use socket2::{Domain, Socket, Type};
+    let (domain, any): (Domain, IpAddr) = if vip.is_ipv4() {
+        (Domain::IPV4, [0u8; 4].into())
+    } else {
+        (Domain::IPV6, [0u8; 16].into())
+    };
+    let mut last = None;
+    // Ports in use (TIME_WAIT, a kept failure, another client's connection) are skipped.
+    for _ in 0..1000 {
+        let port = 1024 + (NEXT_PORT.fetch_add(1, Ordering::Relaxed) % (65536 - 1024)) as u16;
+        let sock = Socket::new(domain, Type::STREAM, None)?;
+        match sock.bind(&SocketAddr::new(any, port).into()) {
+            Ok(()) => return Ok((port, sock)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| bad("no free port".into())))
+}
+
 /// One GET on a new connection from a port bound first: (port, backend or error, the
 /// socket when the request failed).
 fn bound_request(
     vip: IpAddr,
     timeout: Duration,
 ) -> (u16, Result<String, String>, Option<socket2::Socket>) {
-    use socket2::{Domain, Socket, Type};
-    let domain = if vip.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let any: IpAddr = if vip.is_ipv4() {
-        [0u8; 4].into()
-    } else {
-        [0u8; 16].into()
-    };
-    let sock = match Socket::new(domain, Type::STREAM, None)
-        .and_then(|s| s.bind(&SocketAddr::new(any, 0).into()).map(|()| s))
-    {
-        Ok(s) => s,
+    let (port, sock) = match bound_socket(vip) {
+        Ok(p) => p,
         Err(e) => return (0, Err(format!("socket: {e}")), None),
     };
-    let port = sock
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .map_or(0, |a| a.port());
     if let Err(e) = sock.connect_timeout(&SocketAddr::new(vip, HTTP_PORT).into(), timeout) {
+        // A connect that timed out is still trying: its retransmitted SYN would be a new
+        // flow that may reach another backend and overwrite the flow entry. A shutdown of
+        // a socket in SYN_SENT disconnects it (`inet_shutdown`), and the port stays bound.
+        let _ = sock.shutdown(std::net::Shutdown::Both);
         return (port, Err(format!("connect: {e}")), Some(sock));
     }
     let stream: TcpStream = sock.into();
