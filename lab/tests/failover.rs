@@ -195,6 +195,7 @@ fn refused(daemon: &Daemon, args: &[&str], rule: &str) {
     let out = daemon.xlb(args);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains(rule), "{}", text(&out));
+    eprintln!("xlb {}: {}", args.join(" "), text(&out).trim_end());
     assert_eq!(
         snapshot(daemon),
         before,
