@@ -48,16 +48,16 @@ fn check(slow_start_s: Option<u64>) -> Check {
 /// One client, three backends running the lab servers, and a daemon with VIP web (HTTP,
 /// checked) at `weights`; returns once every backend has passed a probe.
 fn lab(
-    weights: [i64; 3],
+    weights: &[i64],
     slow_start_s: Option<u64>,
     guardrails: &str,
 ) -> (Topology, Servers, Daemon) {
-    let topo = Topology::new(1, 3);
+    let topo = Topology::new(1, weights.len());
     let servers = Servers::start(&topo);
     let mut daemon = Daemon::new(&topo);
     daemon.metrics = Some(METRICS.into());
     daemon.guardrails = guardrails.into();
-    let mut web = VipSpec::tcp("web", VIP4, HTTP_PORT, &weights);
+    let mut web = VipSpec::tcp("web", VIP4, HTTP_PORT, weights);
     web.health = Some(check(slow_start_s));
     daemon.write_config(&[web]);
     daemon.start();
@@ -386,7 +386,7 @@ fn a_killed_server_is_taken_out_within_fall_probes_and_ramps_back_in_slow_start(
         return;
     }
     // Weight 4: slow start's 25 % steps give effective weights 1, 2, 3, then 4.
-    let (topo, mut servers, daemon) = lab([4, 4, 4], Some(3), "");
+    let (topo, mut servers, daemon) = lab(&[4, 4, 4], Some(3), "");
     let seen = RefCell::new(Vec::new());
     let o = outage(&topo, &mut servers, &daemon, Failure::ServerKilled, |s| {
         let (_, held, effective, share) = state(s, "b2");
@@ -454,7 +454,7 @@ fn a_backend_whose_link_goes_down_is_taken_out_and_comes_back() {
     if !require_root("a_backend_whose_link_goes_down_is_taken_out_and_comes_back") {
         return;
     }
-    let (topo, mut servers, daemon) = lab([1, 1, 1], None, "");
+    let (topo, mut servers, daemon) = lab(&[1, 1, 1], None, "");
     let o = outage(&topo, &mut servers, &daemon, Failure::LinkDown, |_| {});
     // A probe into a dead link waits its whole timeout, and the next round starts an
     // interval after a round ends (daemon/health.rs): a round takes interval + timeout.
@@ -492,7 +492,7 @@ fn a_flapping_backend_causes_few_generations_and_no_failures_elsewhere() {
     if !require_root("a_flapping_backend_causes_few_generations_and_no_failures_elsewhere") {
         return;
     }
-    let (topo, mut servers, daemon) = lab([1, 1, 1], None, "");
+    let (topo, mut servers, daemon) = lab(&[1, 1, 1], None, "");
     let req = requests(&topo);
     thread::sleep(Duration::from_millis(500));
     let generation = daemon.generation();
@@ -545,7 +545,7 @@ fn when_all_but_one_fail_panic_keeps_the_table_from_concentrating() {
     if !require_root("when_all_but_one_fail_panic_keeps_the_table_from_concentrating") {
         return;
     }
-    let (_topo, mut servers, daemon) = lab([1, 1, 1], None, "");
+    let (_topo, mut servers, daemon) = lab(&[1, 1, 1], None, "");
     let panic_metric = |on: u8| {
         let line = format!("xlb_vip_panic{{vip=\"web\"}} {on}\n");
         let metrics = daemon.scrape();
@@ -623,7 +623,7 @@ fn rules_let_health_fixes_through_and_refuse_share_for_a_down_backend() {
         return;
     }
     // A strict quorum, so that it has something to say with one of three down.
-    let (topo, mut servers, daemon) = lab([2, 1, 1], None, "healthy_quorum = 0.9");
+    let (topo, mut servers, daemon) = lab(&[2, 1, 1], None, "healthy_quorum = 0.9");
     let client = topo.client().name.clone();
     let traffic_follows = |want: [f64; 3]| {
         let count = in_ns(&client, || http_many(vip(), 240));
@@ -685,4 +685,38 @@ fn rules_let_health_fixes_through_and_refuse_share_for_a_down_backend() {
 
     // Draining the healthy b3 lowers the healthy fraction: that healthy-quorum refuses.
     refused(&daemon, &["drain", "web", "b3"], "[healthy-quorum] vip web");
+}
+
+#[test]
+fn draining_one_of_two_down_backends_needs_no_force() {
+    if !require_root("draining_one_of_two_down_backends_needs_no_force") {
+        return;
+    }
+    // Four equal backends; b3 and b4 die (2 of 4 up is not below the panic threshold, so
+    // both are taken out).
+    let (_topo, mut servers, daemon) = lab(&[1, 1, 1, 1], None, "");
+    servers.kill(2);
+    servers.kill(3);
+    daemon.wait_status("b3 and b4 held down", Duration::from_secs(10), |s| {
+        ["b3", "b4"]
+            .iter()
+            .all(|b| state(s, b).1.as_deref() == Some("down"))
+    });
+    let slots = daemon.table_slots("web");
+    // Draining b4 moves share only away from down backends; b3's share of the weights
+    // grows (1/4 to 1/3) only because b4's goes, and it still gets no slot.
+    let out = daemon.xlb(&["drain", "web", "b4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(daemon.weights("web"), [1, 1, 1, 0]);
+    assert_eq!(
+        daemon.table_slots("web"),
+        slots,
+        "the running table changed"
+    );
+    // Giving b3 more weight is still refused.
+    refused(
+        &daemon,
+        &["weight", "set", "web", "b3", "2"],
+        "[down-backend] vip web, backend b3",
+    );
 }
