@@ -1,6 +1,7 @@
 //! Real clients for the lab servers: short HTTP connections, keep-alive HTTP, long-lived
 //! echo connections and UDP requests, plus a bounded background load that counts every
-//! failure. All of them must run on a thread inside a client namespace (`topology::in_ns`).
+//! failure, and timed request loops that record when each request started, from which
+//! port, and who answered (`Requests`). All of them must run on a thread inside a client namespace (`topology::in_ns`).
 
 use std::{
     collections::BTreeMap,
@@ -8,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -41,7 +42,11 @@ pub struct Http {
 
 impl Http {
     pub fn connect(vip: IpAddr) -> io::Result<Http> {
-        let stream = connect(SocketAddr::new(vip, HTTP_PORT))?;
+        Http::over(connect(SocketAddr::new(vip, HTTP_PORT))?)
+    }
+
+    /// An HTTP connection over `stream`, already connected.
+    fn over(stream: TcpStream) -> io::Result<Http> {
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Http { stream, reader })
     }
@@ -303,4 +308,207 @@ impl Drop for Load {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One request of a `Requests` loop.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    /// When it started, on the loop's clock (`Requests::now`).
+    pub at: Duration,
+    /// The client's source port: bound before connecting, so a failed request is known by
+    /// its flow too (`xlb explain VIP CLIENT:PORT` finds the flow entry it left).
+    pub port: u16,
+    /// The backend that answered, or why the request failed.
+    pub outcome: Result<String, String>,
+    /// How long it took to answer or fail.
+    pub took: Duration,
+}
+
+/// What a `Requests` loop saw.
+#[derive(Clone, Debug, Default)]
+pub struct Attempts(pub Vec<Attempt>);
+
+impl Attempts {
+    pub fn failures(&self) -> impl Iterator<Item = &Attempt> {
+        self.0.iter().filter(|a| a.outcome.is_err())
+    }
+
+    /// Failed requests that started at or after `from`.
+    pub fn failures_from(&self, from: Duration) -> Vec<&Attempt> {
+        self.failures().filter(|a| a.at >= from).collect()
+    }
+
+    /// The start of the last failed request, if one failed.
+    pub fn last_failure(&self) -> Option<Duration> {
+        self.failures().map(|a| a.at).max()
+    }
+
+    /// Answered requests per backend among those that started within `from..to`.
+    pub fn answered(&self, from: Duration, to: Duration) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for a in self.0.iter().filter(|a| (from..to).contains(&a.at)) {
+            if let Ok(b) = &a.outcome {
+                *out.entry(b.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// The start of the first request `backend` answered at or after `from`.
+    pub fn first_answer_from(&self, backend: &str, from: Duration) -> Option<Duration> {
+        self.0
+            .iter()
+            .filter(|a| a.at >= from && a.outcome.as_deref() == Ok(backend))
+            .map(|a| a.at)
+            .min()
+    }
+}
+
+/// Closed loops of short HTTP requests (one per connection) from a client namespace,
+/// each request timestamped and bound to its source port first. A socket whose request
+/// failed is kept open until the loop ends, so no later request reuses its port and
+/// overwrites the flow entry `xlb explain` finds for it.
+pub struct Requests {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Requests {
+    /// `loops` loops to `vip`:80 from namespace `client_ns`, each pausing `pause` after a
+    /// request; connecting and each read give up after `timeout`. At most `max_requests`
+    /// per loop and `max_time` in all.
+    pub fn start(
+        client_ns: &str,
+        vip: IpAddr,
+        loops: usize,
+        pause: Duration,
+        timeout: Duration,
+        max_requests: u64,
+        max_time: Duration,
+    ) -> Requests {
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..loops)
+            .map(|_| {
+                let (ns, stop, attempts) = (client_ns.to_string(), stop.clone(), attempts.clone());
+                thread::spawn(move || {
+                    enter(&ns);
+                    let deadline = started + max_time;
+                    let mut kept = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed)
+                        && n < max_requests
+                        && Instant::now() < deadline
+                    {
+                        n += 1;
+                        let at = started.elapsed();
+                        let (port, outcome, failed) = bound_request(vip, timeout);
+                        kept.extend(failed);
+                        let took = started.elapsed() - at;
+                        lock(&attempts).push(Attempt {
+                            at,
+                            port,
+                            outcome,
+                            took,
+                        });
+                        thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        Requests {
+            started,
+            stop,
+            attempts,
+            threads,
+        }
+    }
+
+    /// The loop's clock: time since it started.
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A copy of the attempts so far.
+    pub fn attempts(&self) -> Attempts {
+        Attempts(lock(&self.attempts).clone())
+    }
+
+    /// Stops the loops and returns every attempt, in the order they ended.
+    pub fn finish(mut self) -> Attempts {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
+        self.attempts()
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The next source port a `Requests` loop tries, process-wide (1024 plus this, modulo
+/// the rest of the range).
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A TCP socket of `vip`'s family bound to a port of its own. The port is picked here,
+/// not by the kernel: a port bound by number stays bound while the socket is open, also
+/// after a refused connect, whereas one the kernel picked for `bind(0)` is released when
+/// the connect fails (it lacks `SOCK_BINDPORT_LOCK`) and could go to a later request.
+fn bound_socket(vip: IpAddr) -> io::Result<(u16, socket2::Socket)> {
+    use socket2::{Domain, Socket, Type};
+    let (domain, any): (Domain, IpAddr) = if vip.is_ipv4() {
+        (Domain::IPV4, [0u8; 4].into())
+    } else {
+        (Domain::IPV6, [0u8; 16].into())
+    };
+    let mut last = None;
+    // Ports in use (TIME_WAIT, a kept failure, another client's connection) are skipped.
+    for _ in 0..1000 {
+        let port = 1024 + (NEXT_PORT.fetch_add(1, Ordering::Relaxed) % (65536 - 1024)) as u16;
+        let sock = Socket::new(domain, Type::STREAM, None)?;
+        match sock.bind(&SocketAddr::new(any, port).into()) {
+            Ok(()) => return Ok((port, sock)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| bad("no free port".into())))
+}
+
+/// One GET on a new connection from a port bound first: (port, backend or error, the
+/// socket when the request failed).
+fn bound_request(
+    vip: IpAddr,
+    timeout: Duration,
+) -> (u16, Result<String, String>, Option<socket2::Socket>) {
+    let (port, sock) = match bound_socket(vip) {
+        Ok(p) => p,
+        Err(e) => return (0, Err(format!("socket: {e}")), None),
+    };
+    if let Err(e) = sock.connect_timeout(&SocketAddr::new(vip, HTTP_PORT).into(), timeout) {
+        // A connect that timed out is still trying: its retransmitted SYN would be a new
+        // flow that may reach another backend and overwrite the flow entry. A shutdown of
+        // a socket in SYN_SENT disconnects it (`inet_shutdown`), and the port stays bound.
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+        return (port, Err(format!("connect: {e}")), Some(sock));
+    }
+    let stream: TcpStream = sock.into();
+    let answer = stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_nodelay(true))
+        .and_then(|()| Http::over(stream.try_clone()?))
+        .and_then(|mut c| c.get(false));
+    match answer {
+        Ok(who) => (port, Ok(who), None),
+        Err(e) => (port, Err(format!("request: {e}")), Some(stream.into())),
+    }
 }

@@ -31,6 +31,49 @@ pub fn xlb_bin() -> PathBuf {
     );
 }
 
+/// A VIP's `[vip.health]`.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub port: u16,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+    pub slow_start_s: Option<u64>,
+    /// More lines, like `kind = "http"` (none: a TCP connect check).
+    pub keys: Vec<String>,
+}
+
+impl Check {
+    /// TCP connects to `port` every 200 ms (timeout 200 ms), rise 2, fall 3: short, so
+    /// that a scenario takes seconds.
+    pub fn tcp(port: u16) -> Check {
+        Check {
+            port,
+            interval_ms: 200,
+            timeout_ms: 200,
+            rise: 2,
+            fall: 3,
+            slow_start_s: None,
+            keys: Vec::new(),
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut text = format!(
+            "\n[vip.health]\nport = {}\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n",
+            self.port, self.interval_ms, self.timeout_ms, self.rise, self.fall
+        );
+        if let Some(s) = self.slow_start_s {
+            text += &format!("slow_start_s = {s}\n");
+        }
+        for line in &self.keys {
+            text += &format!("{line}\n");
+        }
+        text
+    }
+}
+
 /// One VIP of a lab config; its backends are the topology's b1..bN in order.
 #[derive(Clone, Debug)]
 pub struct VipSpec {
@@ -39,10 +82,8 @@ pub struct VipSpec {
     pub port: u16,
     pub udp: bool,
     pub weights: Vec<i64>,
-    /// `[vip.health]` port, if health checks are on (every 200 ms, timeout 200 ms).
-    pub health_port: Option<u16>,
-    /// More `[vip.health]` lines, like `kind = "http"` (none: a TCP connect check).
-    pub health_keys: Vec<String>,
+    /// `[vip.health]`, if health checks are on.
+    pub health: Option<Check>,
 }
 
 impl VipSpec {
@@ -53,8 +94,7 @@ impl VipSpec {
             port,
             udp: false,
             weights: weights.to_vec(),
-            health_port: None,
-            health_keys: Vec::new(),
+            health: None,
         }
     }
 
@@ -75,6 +115,8 @@ pub struct Daemon {
     pub metrics: Option<String>,
     /// Arguments of `xlb run` after `--config PATH`.
     pub run_args: Vec<String>,
+    /// Lines of the configs' `[guardrails]` table (`healthy_quorum = 0.9`), if any.
+    pub guardrails: String,
 }
 
 impl Daemon {
@@ -87,6 +129,7 @@ impl Daemon {
             child: None,
             metrics: None,
             run_args: Vec::new(),
+            guardrails: String::new(),
         }
     }
 
@@ -120,6 +163,9 @@ impl Daemon {
     /// The config text for `vips`.
     pub fn render(&self, vips: &[VipSpec]) -> String {
         let mut text = self.daemon_section();
+        if !self.guardrails.is_empty() {
+            text += &format!("\n[guardrails]\n{}\n", self.guardrails.trim_end());
+        }
         for v in vips {
             text += &format!(
                 "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
@@ -128,13 +174,8 @@ impl Daemon {
                 v.port,
                 if v.udp { "udp" } else { "tcp" }
             );
-            if let Some(port) = v.health_port {
-                text += &format!(
-                    "\n[vip.health]\nport = {port}\ninterval_ms = 200\ntimeout_ms = 200\n"
-                );
-                for line in &v.health_keys {
-                    text += &format!("{line}\n");
-                }
+            if let Some(check) = &v.health {
+                text += &check.render();
             }
             for (i, w) in v.weights.iter().enumerate() {
                 text += &format!(
@@ -383,6 +424,114 @@ impl Daemon {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `xlb history --json`: the generations, oldest first.
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(&self.xlb_ok(&["history", "--json"]))
+            .expect("history JSON")
+            .as_array()
+            .expect("history is an array")
+            .clone()
+    }
+
+    /// `xlb status`'s backend `backend` of VIP `vip`.
+    pub fn backend(&self, vip: &str, backend: &str) -> serde_json::Value {
+        self.backends(vip)
+            .into_iter()
+            .find(|b| b["backend"] == backend)
+            .unwrap_or_else(|| panic!("no backend {backend} in VIP {vip}"))
+    }
+
+    /// Polls `xlb status --json` every 50 ms until `done` holds for it (within `within`);
+    /// returns that status and how long it took.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> (serde_json::Value, Duration) {
+        let start = Instant::now();
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < within,
+                "{what}: not within {within:?}; status {status:#}\nlog: {}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `GET /metrics` (`[daemon] metrics` must be set) from inside the LB namespace.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self
+            .metrics
+            .clone()
+            .expect("the daemon has no metrics address");
+        crate::topology::in_ns(&self.lb_ns, move || {
+            let mut s = std::net::TcpStream::connect(&addr).expect("connect to /metrics");
+            s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+                .expect("send GET /metrics");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read /metrics");
+            out
+        })
+    }
+
+    /// `xlb explain VIP CLIENT --json`: which backend that flow gets (`why`: an existing
+    /// `flow-entry`, or the `table-slot` a new flow would take).
+    pub fn explain(&self, vip: &str, client: &str) -> serde_json::Value {
+        serde_json::from_str(&self.xlb_ok(&["explain", vip, client, "--json"]))
+            .expect("explain JSON")
+    }
+
+    /// Slots per backend name in VIP `vip`'s live table, read from the pinned maps (the
+    /// table the XDP program selects new flows from); a backend with no slot is absent.
+    pub fn table_slots(&self, vip: &str) -> std::collections::BTreeMap<String, u32> {
+        use aya::maps::{Array, ArrayOfMaps, Map, MapData};
+        let status = self.status();
+        let v = status["vips"]
+            .as_array()
+            .expect("vips")
+            .iter()
+            .find(|v| v["vip"] == vip)
+            .unwrap_or_else(|| panic!("no VIP {vip} in {status}"));
+        let vip_id = v["id"].as_u64().expect("VIP id") as u32;
+        let names: std::collections::BTreeMap<u32, String> = v["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|b| {
+                (
+                    b["id"].as_u64().expect("backend id") as u32,
+                    b["backend"].as_str().expect("name").to_string(),
+                )
+            })
+            .collect();
+        let path = self.pins.path().join(lb_common::maps::RINGS);
+        let data = MapData::from_pin(&path).expect("open the pinned xlb_rings");
+        let rings: ArrayOfMaps<MapData, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(Map::ArrayOfMaps(data)).expect("xlb_rings is an array of maps");
+        let table = rings.get(&vip_id, 0).expect("VIP's table");
+        let header = lb_common::maps::TABLE_HEADER;
+        let size = table
+            .get(&lb_common::maps::TABLE_HDR_SIZE, 0)
+            .expect("table size");
+        let mut slots = std::collections::BTreeMap::new();
+        for i in header..header + size {
+            let id = table.get(&i, 0).expect("table slot");
+            let name = names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("id {id}"));
+            *slots.entry(name).or_default() += 1;
+        }
+        slots
     }
 
     /// One raw request line to the socket (as a client other than the CLI could send

@@ -3,23 +3,24 @@
 //!   body is the backend's name;
 //! - a TCP line echo on port 7: the backend's name on connect, then `<name> <line>` per
 //!   line (for long-lived connections);
-//! - a UDP echo on port 7: `<name> <payload>`, on the VIPs and on the backend's own
-//!   addresses (where health probes go; those datagrams are not counted);
+//! - a UDP echo on port 7: `<name> <payload>`, on the VIPs (counted) and on the
+//!   backend's own addresses (for health checks; not counted);
 //! - a TCP discard on port 9 (RFC 863): reads until end of stream and counts the bytes,
 //!   then closes (the benchmarks' segment stream ends there).
+//!
+//! A backend's servers can be killed and restarted alone, as a process that dies (its
+//! listeners close and its open connections are cut) and comes back.
 //!
 //! TCP listens dual-stack on `[::]`, so one server answers both VIPs. UDP binds each VIP
 //! itself: a reply from a socket bound to `[::]` would leave from the backend's own
 //! address, and the client (which sent to the VIP) would discard it. Each server counts
 //! what it accepted, so tests can compare the servers' own counts with the load balancer's.
-//! One backend's servers can be stopped and started again (`stop_backend`), closing
-//! their listening sockets as a crashed service would.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
     sync::{
-        Arc,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
@@ -43,108 +44,141 @@ pub struct Counts {
     pub discarded_bytes: AtomicU64,
 }
 
-/// The servers of every backend; stopped and joined on drop.
+/// The servers of every backend; stopped and joined on drop. Each backend's servers can
+/// also be killed and restarted alone (`kill`, `restart`), as a backend process that dies
+/// and comes back.
 pub struct Servers {
     backends: Vec<Backend>,
-    /// Per backend, in topology order; kept across a stop and start.
+    /// Per backend, in topology order.
     pub counts: Vec<Arc<Counts>>,
 }
 
-/// One backend's server thread, while it runs.
+/// Open connections of one backend's servers, so that a kill can cut them.
+type Open = Arc<Mutex<Vec<Weak<TcpStream>>>>;
+
+/// One backend's servers: one thread with its listeners, stopped by its own flag.
 struct Backend {
     ns: String,
+    name: String,
+    /// The backend's own IPv4 and IPv6 addresses.
+    own: [String; 2],
+    counts: Arc<Counts>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+    open: Open,
+}
+
+impl Backend {
+    /// Starts the servers; returns when they listen.
+    fn start(&mut self) {
+        assert!(self.thread.is_none(), "{}'s servers already run", self.name);
+        self.stop = Arc::new(AtomicBool::new(false));
+        let (ns, name, stop) = (self.ns.clone(), self.name.clone(), self.stop.clone());
+        let own = self.own.clone();
+        let (counts, open) = (self.counts.clone(), self.open.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.thread = Some(thread::spawn(move || {
+            enter(&ns);
+            let http = TcpListener::bind(("::", HTTP_PORT)).expect("bind [::]:80");
+            let echo = TcpListener::bind(("::", ECHO_PORT)).expect("bind [::]:7");
+            let discard = TcpListener::bind(("::", DISCARD_PORT)).expect("bind [::]:9");
+            let udp = |addr: &str| {
+                let s = UdpSocket::bind((addr, ECHO_PORT)).expect("bind udp :7");
+                s.set_nonblocking(true).expect("nonblocking udp");
+                s
+            };
+            let vips = [VIP4, VIP6].map(udp);
+            let own = own.each_ref().map(|a| udp(a));
+            for l in [&http, &echo, &discard] {
+                l.set_nonblocking(true).expect("nonblocking listener");
+            }
+            let _ = tx.send(());
+            let sockets = ([&http, &echo, &discard], [&vips, &own]);
+            serve(&name, sockets, &counts, &open, &stop);
+        }));
+        rx.recv().expect("server thread started");
+    }
+
+    /// Stops the servers as a dying process would: the listeners close (new connections
+    /// are refused) and every open connection is cut.
+    fn kill(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for conn in lock(&self.open).drain(..).filter_map(|c| c.upgrade()) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 impl Servers {
     /// Starts the servers in every backend namespace of `topo`; returns when all listen.
     pub fn start(topo: &Topology) -> Servers {
-        let mut servers = Servers {
-            backends: topo
-                .backends
-                .iter()
-                .map(|ns| Backend {
-                    ns: ns.name.clone(),
-                    stop: Arc::new(AtomicBool::new(false)),
-                    thread: None,
-                })
-                .collect(),
-            counts: topo
-                .backends
-                .iter()
-                .map(|_| Arc::new(Counts::default()))
-                .collect(),
-        };
-        for i in 0..servers.backends.len() {
-            servers.start_backend(i);
-        }
-        servers
-    }
-
-    /// Starts backend `i`'s servers (again, after `stop_backend`); returns when they
-    /// listen.
-    pub fn start_backend(&mut self, i: usize) {
-        let b = &mut self.backends[i];
-        assert!(b.thread.is_none(), "backend {i}'s servers already run");
-        b.stop = Arc::new(AtomicBool::new(false));
-        let (ns, stop, c) = (b.ns.clone(), b.stop.clone(), self.counts[i].clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        b.thread = Some(thread::spawn(move || {
-            enter(&ns);
-            let http = TcpListener::bind(("::", HTTP_PORT)).expect("bind [::]:80");
-            let echo = TcpListener::bind(("::", ECHO_PORT)).expect("bind [::]:7");
-            let discard = TcpListener::bind(("::", DISCARD_PORT)).expect("bind [::]:9");
-            let udp = |addr: String| {
-                let s = UdpSocket::bind((addr.as_str(), ECHO_PORT)).expect("bind udp :7");
-                s.set_nonblocking(true).expect("nonblocking udp");
-                s
+        let mut backends = Vec::new();
+        for (i, ns) in topo.backends.iter().enumerate() {
+            let mut b = Backend {
+                ns: ns.name.clone(),
+                name: backend_name(i),
+                own: [backend4(i), backend6(i)],
+                counts: Arc::new(Counts::default()),
+                stop: Arc::new(AtomicBool::new(false)),
+                thread: None,
+                open: Open::default(),
             };
-            let vips = [VIP4, VIP6].map(|a| udp(a.into()));
-            let own = [backend4(i), backend6(i)].map(udp);
-            for l in [&http, &echo, &discard] {
-                l.set_nonblocking(true).expect("nonblocking listener");
-            }
-            let _ = tx.send(());
-            let name = backend_name(i);
-            serve(&name, [&http, &echo, &discard], [&vips, &own], &c, &stop);
-        }));
-        rx.recv().expect("server thread started");
-    }
-
-    /// Stops backend `i`'s servers: their listening and UDP sockets close, so connects
-    /// are refused and datagrams draw ICMP port unreachable. Connections already open
-    /// keep their own threads until the client closes them.
-    pub fn stop_backend(&mut self, i: usize) {
-        let b = &mut self.backends[i];
-        b.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = b.thread.take() {
-            let _ = t.join();
+            b.start();
+            backends.push(b);
         }
+        let counts = backends.iter().map(|b| b.counts.clone()).collect();
+        Servers { backends, counts }
     }
 
     /// HTTP connections backend `i` accepted.
     pub fn http_connections(&self, i: usize) -> u64 {
         self.counts[i].http_connections.load(Ordering::Relaxed)
     }
+
+    /// Kills backend `i`'s servers: connections to it are refused and the open ones cut,
+    /// until `restart`.
+    pub fn kill(&mut self, i: usize) {
+        self.backends[i].kill();
+    }
+
+    /// Starts backend `i`'s servers again after `kill`; returns when they listen.
+    pub fn restart(&mut self, i: usize) {
+        self.backends[i].start();
+    }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        for b in &self.backends {
-            b.stop.store(true, Ordering::Relaxed);
-        }
-        for i in 0..self.backends.len() {
-            self.stop_backend(i);
+        for b in &mut self.backends {
+            b.kill();
         }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps `conn` where a kill can cut it (dropping those already closed), and hands it
+/// to `serve` on a thread of its own.
+fn spawn_conn(conn: TcpStream, open: &Open, serve: impl FnOnce(&TcpStream) + Send + 'static) {
+    let conn = Arc::new(conn);
+    {
+        let mut open = lock(open);
+        open.retain(|c| c.strong_count() > 0);
+        open.push(Arc::downgrade(&conn));
+    }
+    thread::spawn(move || serve(&conn));
+}
+
 fn serve(
     name: &str,
-    [http, echo, discard]: [&TcpListener; 3],
-    [vips, own]: [&[UdpSocket; 2]; 2],
+    ([http, echo, discard], [vips, own]): ([&TcpListener; 3], [&[UdpSocket; 2]; 2]),
     counts: &Arc<Counts>,
+    open: &Open,
     stop: &AtomicBool,
 ) {
     let mut buf = [0u8; 2048];
@@ -154,18 +188,18 @@ fn serve(
             idle = false;
             counts.http_connections.fetch_add(1, Ordering::Relaxed);
             let (name, counts) = (name.to_string(), counts.clone());
-            thread::spawn(move || http_conn(&name, conn, &counts));
+            spawn_conn(conn, open, move |c| http_conn(&name, c, &counts));
         }
         if let Ok((conn, _)) = echo.accept() {
             idle = false;
             counts.echo_connections.fetch_add(1, Ordering::Relaxed);
             let name = name.to_string();
-            thread::spawn(move || echo_conn(&name, conn));
+            spawn_conn(conn, open, move |c| echo_conn(&name, c));
         }
         if let Ok((conn, _)) = discard.accept() {
             idle = false;
             let counts = counts.clone();
-            thread::spawn(move || discard_conn(conn, &counts));
+            spawn_conn(conn, open, move |c| discard_conn(c, &counts));
         }
         // Only what came through the load balancer (to a VIP) is counted.
         let udp = vips.iter().map(|s| (s, true));
@@ -186,11 +220,11 @@ fn serve(
     }
 }
 
-fn http_conn(name: &str, conn: TcpStream, counts: &Counts) {
+fn http_conn(name: &str, conn: &TcpStream, counts: &Counts) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
-    let Ok(mut w) = conn.try_clone() else { return };
+    let mut w = conn;
     let mut r = BufReader::new(conn);
     loop {
         let mut close = false;
@@ -227,11 +261,11 @@ fn http_conn(name: &str, conn: TcpStream, counts: &Counts) {
     }
 }
 
-fn echo_conn(name: &str, conn: TcpStream) {
+fn echo_conn(name: &str, conn: &TcpStream) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
-    let Ok(mut w) = conn.try_clone() else { return };
+    let mut w = conn;
     if w.write_all(format!("{name}\n").as_bytes()).is_err() {
         return;
     }
@@ -247,7 +281,7 @@ fn echo_conn(name: &str, conn: TcpStream) {
     }
 }
 
-fn discard_conn(mut conn: TcpStream, counts: &Counts) {
+fn discard_conn(mut conn: &TcpStream, counts: &Counts) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = vec![0u8; 1 << 16];

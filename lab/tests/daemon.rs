@@ -1,13 +1,12 @@
 //! The real `xlb` daemon and CLI in the lab topology: startup apply, socket permissions,
 //! rejected configs that change nothing, weight set, drain with established connections,
-//! rollback, SIGHUP reload, health checks feeding `healthy-quorum`, `/metrics` and
+//! rollback, SIGHUP reload, health checks (panic, `healthy-quorum`, `down-backend`), `/metrics` and
 //! `stats` rates against real traffic, SIGKILL during a loop of applies and a restart that
 //! reconciles with established flows intact, and teardown.
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{IpAddr, TcpListener, TcpStream},
+    net::{IpAddr, TcpListener},
     os::unix::{fs::PermissionsExt, process::CommandExt},
     process::Command,
     sync::{
@@ -19,8 +18,8 @@ use std::{
 };
 
 use xlb_lab::{
-    clients::{Echo, Load, http_many},
-    daemon::{Daemon, VipSpec, text, xlb_bin},
+    clients::{Echo, Load, follows, http_many},
+    daemon::{Check, Daemon, VipSpec, text, xlb_bin},
     netns::sh,
     require_root,
     servers::{ECHO_PORT, HTTP_PORT, Servers},
@@ -33,7 +32,7 @@ const METRICS: &str = "127.0.0.1:9100";
 
 fn specs(weights: [i64; 3]) -> [VipSpec; 2] {
     let mut web = VipSpec::tcp("web", VIP4, HTTP_PORT, &weights);
-    web.health_port = Some(HEALTH_PORT);
+    web.health = Some(Check::tcp(HEALTH_PORT));
     [web, VipSpec::tcp("echo", VIP4, ECHO_PORT, &[1, 1, 1])]
 }
 
@@ -57,32 +56,24 @@ fn health_listener(ns: &str, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
 
 /// `healthy` of web's backends in `xlb status`, once it equals `want` (10 s at most).
 fn wait_health(daemon: &Daemon, want: [bool; 3]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = daemon.status();
-        let got: Vec<bool> = status["vips"][0]["backends"]
+    daemon.wait_status(&format!("health {want:?}"), Duration::from_secs(10), |s| {
+        let got: Vec<bool> = s["vips"][0]["backends"]
             .as_array()
             .unwrap()
             .iter()
             .map(|b| b["healthy"].as_bool().unwrap())
             .collect();
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "health {got:?}, want {want:?}");
-        thread::sleep(Duration::from_millis(100));
-    }
+        got == want
+    });
 }
 
-/// `GET /metrics` from inside the LB namespace.
-fn scrape(lb_ns: &str) -> String {
-    in_ns(lb_ns, || {
-        let mut s = TcpStream::connect(METRICS).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
+/// Table shares of web's b1..b3, from the slots of the live table in the maps.
+fn map_shares(daemon: &Daemon) -> Vec<f64> {
+    let slots = daemon.table_slots("web");
+    let total: u32 = slots.values().sum();
+    ["b1", "b2", "b3"]
+        .map(|b| f64::from(slots.get(b).copied().unwrap_or(0)) / f64::from(total))
+        .to_vec()
 }
 
 #[test]
@@ -132,7 +123,7 @@ fn daemon_and_cli_end_to_end() {
     // /metrics and `xlb stats` report the same counters the servers produced.
     let stats: serde_json::Value =
         serde_json::from_str(&daemon.xlb_ok(&["stats", "--json"])).unwrap();
-    let metrics = scrape(&topo.lb.name);
+    let metrics = daemon.scrape();
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
     for b in stats["vips"][0]["backends"].as_array().unwrap() {
         let name = b["backend"].as_str().unwrap();
@@ -143,28 +134,90 @@ fn daemon_and_cli_end_to_end() {
         assert!(metrics.contains(&line), "no {line:?} in {metrics}");
     }
 
-    // Health: only b1 answers on the health port, so 1 of 3 weighted backends is healthy
-    // and `healthy-quorum` (0.5) refuses every change to web until b2 is back.
+    // Health: only b1 answers on the health port, so 1 of 3 weighted backends is up:
+    // below the panic threshold (0.5), so no backend is taken out and every table share
+    // stays where it was.
     wait_health(&daemon, [true, false, false]);
-    let metrics = scrape(&topo.lb.name);
+    let metrics = daemon.scrape();
     for line in [
-        "xlb_backend_healthy{vip=\"web\",backend=\"b1\"} 1\n",
-        "xlb_backend_healthy{vip=\"web\",backend=\"b2\"} 0\n",
+        "xlb_backend_up{vip=\"web\",backend=\"b1\"} 1\n",
+        "xlb_backend_up{vip=\"web\",backend=\"b2\"} 0\n",
+        "xlb_vip_panic{vip=\"web\"} 1\n",
     ] {
         assert!(metrics.contains(line), "no {line:?} in {metrics}");
     }
+    for absent in [
+        "xlb_backend_up{vip=\"echo\"",
+        "xlb_vip_panic{vip=\"echo\"",
+        "xlb_backend_healthy",
+    ] {
+        assert!(!metrics.contains(absent), "{absent:?} in {metrics}");
+    }
     assert!(
-        !metrics.contains("xlb_backend_healthy{vip=\"echo\""),
-        "a VIP without health checks has a health gauge: {metrics}"
+        daemon
+            .xlb_ok(&["status"])
+            .contains("PANIC: 1 of 3 weighted backends up"),
+        "{}",
+        daemon.xlb_ok(&["status"])
     );
+    for share in map_shares(&daemon) {
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.01,
+            "{:?}",
+            map_shares(&daemon)
+        );
+    }
+    // Moving weight towards the one healthy backend does not lower the healthy fraction:
+    // `healthy-quorum` lets it through, and the maps and new flows follow it.
     let out = daemon.xlb(&["weight", "set", "web", "b1", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(daemon.weights("web"), [2, 1, 1]);
+    let shares = map_shares(&daemon);
+    assert!((shares[0] - 0.5).abs() < 0.01, "{shares:?}");
+    let status_shares = daemon.table_shares("web");
+    assert!(
+        shares
+            .iter()
+            .zip(&status_shares)
+            .all(|(a, b)| (a - b).abs() < 1e-9),
+        "maps {shares:?} vs status {status_shares:?}"
+    );
+    let count = in_ns(&client, move || http_many(vip, 300));
+    follows(&count, &shares, 0.08).unwrap_or_else(|e| panic!("{e}: {count:?}"));
+    // Giving share to a backend that is down is refused, and changes nothing.
+    let before = (
+        daemon.routing_snapshot(),
+        daemon.table_slots("web"),
+        daemon.history_len(),
+        daemon.generation(),
+    );
+    let out = daemon.xlb(&["weight", "set", "web", "b2", "2"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("[healthy-quorum]"), "{}", text(&out));
-    health.push(health_listener(
-        &topo.backends[1].name,
-        healthy_stop.clone(),
-    ));
-    wait_health(&daemon, [true, true, false]);
+    assert!(
+        text(&out).contains("[down-backend] vip web, backend b2"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        (
+            daemon.routing_snapshot(),
+            daemon.table_slots("web"),
+            daemon.history_len(),
+            daemon.generation()
+        ),
+        before,
+        "a refused change altered state"
+    );
+    // All three up: panic over.
+    for ns in [&topo.backends[1].name, &topo.backends[2].name] {
+        health.push(health_listener(ns, healthy_stop.clone()));
+    }
+    wait_health(&daemon, [true, true, true]);
+    assert!(
+        daemon.scrape().contains("xlb_vip_panic{vip=\"web\"} 0\n"),
+        "{}",
+        daemon.scrape()
+    );
 
     // Rejected configs: rule id in the output, exit 1, nothing changes.
     let before = (
@@ -212,9 +265,8 @@ fn daemon_and_cli_end_to_end() {
         "a rejected change altered state"
     );
 
-    // weight set, then a drain the guardrails refuse, then one they accept with
-    // established connections to the drained backend kept.
-    daemon.xlb_ok(&["weight", "set", "web", "b1", "2"]);
+    // A drain the guardrails refuse (b1 has weight 2 from above), then one they accept
+    // with established connections to the drained backend kept.
     assert_eq!(daemon.weights("web"), [2, 1, 1]);
     let out = daemon.xlb(&["drain", "web", "b2"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -224,6 +276,13 @@ fn daemon_and_cli_end_to_end() {
         text(&out)
     );
     daemon.xlb_ok(&["weight", "set", "web", "b1", "1"]);
+    for share in map_shares(&daemon) {
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.01,
+            "{:?}",
+            map_shares(&daemon)
+        );
+    }
     let mut held: Vec<Echo> = in_ns(&client, move || {
         (0..12).map(|_| Echo::open(vip).unwrap()).collect()
     });
@@ -266,6 +325,10 @@ fn daemon_and_cli_end_to_end() {
         thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(daemon.weights("web"), [1, 2, 2]);
+    let shares = map_shares(&daemon);
+    for (got, want) in shares.iter().zip([0.2, 0.4, 0.4]) {
+        assert!((got - want).abs() < 0.01, "{shares:?}");
+    }
 
     // Rates: under a steady load, the sampler reports new flows per second.
     let load = Load::start(&client, vip, 100_000, Duration::from_secs(30));

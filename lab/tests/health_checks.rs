@@ -10,15 +10,17 @@ use std::{
 };
 
 use xlb_lab::{
-    daemon::{Daemon, VipSpec},
+    daemon::{Check, Daemon, VipSpec},
     require_root,
     servers::{DISCARD_PORT, ECHO_PORT, HTTP_PORT, Servers},
     topology::{Topology, VIP4, VIP6},
 };
 
 fn checked(mut vip: VipSpec, port: u16, keys: &[&str]) -> VipSpec {
-    vip.health_port = Some(port);
-    vip.health_keys = keys.iter().map(|k| k.to_string()).collect();
+    vip.health = Some(Check {
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        ..Check::tcp(port)
+    });
     vip
 }
 
@@ -91,13 +93,13 @@ fn http_and_udp_checks_follow_a_backend_that_stops_and_starts() {
     // that a round has run.
     until(&daemon, &all, &[up, up, down, down]);
 
-    servers.stop_backend(1);
+    servers.kill(1);
     let b2_down = [true, false, true];
     let took = until(&daemon, &all[..2], &[b2_down, b2_down]);
     eprintln!("b2 was seen down after {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 
-    servers.start_backend(1);
+    servers.restart(1);
     let took = until(&daemon, &all, &[up, up, down, down]);
     eprintln!("b2 was seen up again after {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");

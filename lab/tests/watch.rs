@@ -8,7 +8,7 @@ use std::{
 };
 
 use xlb_lab::{
-    daemon::{Daemon, VipSpec, text},
+    daemon::{Check, Daemon, VipSpec, text},
     require_root,
     servers::{HTTP_PORT, Servers},
     topology::{Topology, VIP4},
@@ -20,7 +20,7 @@ fn checked_web() -> (Topology, Daemon, Servers) {
     let topo = Topology::new(1, 3);
     let mut daemon = Daemon::new(&topo);
     let mut web = VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1]);
-    web.health_port = Some(HTTP_PORT);
+    web.health = Some(Check::tcp(HTTP_PORT));
     daemon.write_config(&[web]);
     daemon.start();
     let servers = Servers::start(&topo);
@@ -61,7 +61,7 @@ fn a_watched_change_that_breaches_is_rolled_back_by_the_daemon() {
             thread::sleep(Duration::from_millis(50));
         }
         assert!(daemon.table_shares("web")[0] > 0.6);
-        servers.stop_backend(0);
+        servers.kill(0);
         cli.join().unwrap()
     });
     let took = started.elapsed();
@@ -96,7 +96,7 @@ fn a_watched_change_that_breaches_is_rolled_back_by_the_daemon() {
         "{breach}"
     );
     // Once the server is back, b1 gets its share again: the rollback kept weight 1.
-    servers.start_backend(0);
+    servers.restart(0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.table_shares("web") != shares_before {
         assert!(Instant::now() < deadline, "b1 never came back");

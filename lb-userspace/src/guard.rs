@@ -21,6 +21,8 @@
 //! Health relief: a change to a checked VIP that only moves share away from backends that
 //! are down and towards backends that are up is better than running on, so
 //! `max-backend-share` does not block it (a drain of a dead backend needs no `--force`).
+//! Another down backend whose weight such a change leaves alone is given nothing, though
+//! its share of the weights grows: neither `down-backend` nor the relief count it.
 //!
 //! `structure`, `nonzero-total` and `table-fidelity` can never be forced: breaking them
 //! means there is no sane table to install. The others are policy, which `--force
@@ -983,7 +985,10 @@ fn healthy_fraction(vip: &Vip, health: &Health) -> f64 {
 /// - `healthy-quorum` blocks only a change that lowers the healthy fraction;
 /// - a change that moves share only away from down backends and towards up ones is not
 ///   blocked by `max-backend-share` (it is better than running on);
-/// - giving more share to a backend that is down breaks `down-backend`.
+/// - giving more share to a backend that is down breaks `down-backend`, except where the
+///   change only takes share from down backends and leaves that one's weight alone (its
+///   share of the weights grows, but nothing is given to it: draining one of two dead
+///   backends).
 fn health_relief(vip: &Vip, old: &Vip, plan: &VipPlan, health: &Health, out: &mut Vec<Violation>) {
     let before = healthy_fraction(old, health);
     out.retain(|x| {
@@ -1001,10 +1006,25 @@ fn health_relief(vip: &Vip, old: &Vip, plan: &VipPlan, health: &Health, out: &mu
         .iter()
         .filter(|r| r.share_after > r.share_before + EPS)
         .collect();
-    if !losers.is_empty() && losers.iter().all(|r| !up(r)) && gainers.iter().all(|r| up(r)) {
-        out.retain(|x| x.rule != Rule::MaxBackendShare);
+    let only_from_down = !losers.is_empty() && losers.iter().all(|r| !up(r));
+    // A down backend whose weight the change leaves alone gains share only because other
+    // down backends lose theirs (draining one of two dead backends): it is given nothing.
+    let passive = |r: &Row| only_from_down && !up(r) && r.weight_after <= r.weight_before;
+    if only_from_down && gainers.iter().all(|r| up(r) || passive(r)) {
+        // A passive backend's own share still counts: it gets it when it comes back.
+        let passive_over: Vec<&str> = gainers
+            .iter()
+            .filter(|r| passive(r))
+            .map(|r| r.backend.as_str())
+            .collect();
+        out.retain(|x| {
+            x.rule != Rule::MaxBackendShare
+                || x.backend
+                    .as_deref()
+                    .is_some_and(|b| passive_over.contains(&b))
+        });
     }
-    for r in gainers.iter().filter(|r| !up(r)) {
+    for r in gainers.iter().filter(|r| !up(r) && !passive(r)) {
         out.push(Violation {
             rule: Rule::DownBackend,
             vip: vip.name.clone(),

@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: xlb on an embedded lab topology (2 clients, the load balancer, 3
-//! backends), with the real daemon, CLI and traffic. Four steps, each checked; the exit
+//! backends), with the real daemon, CLI and traffic. Five steps, each checked; the exit
 //! status is non-zero if any step did not behave as shown.
 
 use std::{
@@ -13,8 +13,8 @@ use std::{
 
 use xlb_lab::{
     bpftool_sum,
-    clients::{Echo, Load, LoadReport, follows},
-    daemon::{Daemon, VipSpec, text},
+    clients::{Echo, Load, LoadReport, Requests, follows},
+    daemon::{Check, Daemon, VipSpec, text},
     servers::{ECHO_PORT, HTTP_PORT, Servers},
     topology::{Topology, VIP4, backend_name, in_ns},
 };
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     match run() {
         Ok(()) => {
-            println!("\nAll four steps behaved as shown. Everything is cleaned up.");
+            println!("\nAll five steps behaved as shown. Everything is cleaned up.");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -145,14 +145,19 @@ fn no_failures(loads: &[Load]) -> Step {
 fn run() -> Step {
     println!("xlb demo: building the lab (2 clients, load balancer, 3 backends on a bridge)");
     let topo = Topology::new(2, 3);
-    let _servers = Servers::start(&topo);
+    let mut servers = Servers::start(&topo);
     let mut daemon = Daemon::new(&topo);
-    let web = |w: &[i64]| VipSpec::tcp("web", VIP4, HTTP_PORT, w);
+    let web = |w: &[i64]| VipSpec {
+        health: Some(check()),
+        ..VipSpec::tcp("web", VIP4, HTTP_PORT, w)
+    };
     let echo = VipSpec::tcp("echo", VIP4, ECHO_PORT, &WEIGHTS);
     daemon.write_config(&[web(&WEIGHTS), echo.clone()]);
     println!(
         "  VIP {VIP4}: web on :80 (HTTP), echo on :7 (long-lived connections)\n  \
-         backends b1..b3 = 198.18.0.11..13, weights {WEIGHTS:?}; `xlb run` in the LB namespace"
+         backends b1..b3 = 198.18.0.11..13, weights {WEIGHTS:?}; `xlb run` in the LB namespace\n  \
+         web's backends are health-checked: TCP connect to :80 every 200 ms, down after 2 \
+         failures, up after 2 successes"
     );
     daemon.start();
     let vip: IpAddr = VIP4.parse().map_err(|e| format!("{e}"))?;
@@ -270,7 +275,159 @@ fn run() -> Step {
     if failed > 0 {
         return Err(format!("{failed} requests failed"));
     }
-    println!("\n  {served} requests over the whole demo, 0 failed");
+    println!("\n  {served} requests in steps 1 to 4, 0 failed");
     drop(held);
+
+    heading(
+        5,
+        "A backend's server dies under traffic: its flows move within a second, nothing \
+         piles up, and it comes back.",
+    );
+    failover(&topo, &mut servers, &daemon)
+}
+
+/// web's health checks: short, so that step 5 takes seconds.
+fn check() -> Check {
+    Check {
+        fall: 2,
+        ..Check::tcp(HTTP_PORT)
+    }
+}
+
+/// Polls `xlb status --json` until `done` holds for web's backend `name` (10 s at most);
+/// returns how long it took.
+fn until(
+    daemon: &Daemon,
+    name: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<Duration, String> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        if daemon
+            .backends("web")
+            .iter()
+            .any(|b| b["backend"] == name && done(b))
+        {
+            return Ok(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "{name} was not {what} within 10 s: {}",
+        daemon.log()
+    ))
+}
+
+/// Weight, effective weight, table share and share of new requests within `from..to`,
+/// per backend of web.
+fn shares_table(daemon: &Daemon, req: &Requests, from: Duration, to: Duration) -> Vec<f64> {
+    let answered = req.attempts().answered(from, to);
+    let total = answered.values().sum::<u64>().max(1);
+    println!(
+        "  {:<4} {:>6} {:>9} {:>8} {:>9}",
+        "", "weight", "effective", "table", "observed"
+    );
+    let mut table = Vec::new();
+    for (i, b) in daemon.backends("web").iter().enumerate() {
+        let name = backend_name(i);
+        let share = b["table_share"].as_f64().unwrap_or(0.0);
+        let observed = answered.get(&name).copied().unwrap_or(0) as f64 / total as f64;
+        println!(
+            "  {name:<4} {:>6} {:>9} {:>7.1}% {:>8.1}%  {}",
+            b["weight"].as_u64().unwrap_or(0),
+            b["effective_weight"].as_u64().unwrap_or(0),
+            share * 100.0,
+            observed * 100.0,
+            b["held"].as_str().unwrap_or("")
+        );
+        table.push(share);
+    }
+    table
+}
+
+/// Step 5: b2's server is killed under three loops of short requests and restarted.
+fn failover(topo: &Topology, servers: &mut Servers, daemon: &Daemon) -> Step {
+    let vip: IpAddr = VIP4.parse().map_err(|e| format!("{e}"))?;
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    let req = Requests::start(
+        &topo.clients[0].name,
+        vip,
+        3,
+        Duration::from_millis(5),
+        Duration::from_millis(500),
+        20_000,
+        Duration::from_secs(60),
+    );
+    sleep(Duration::from_secs(1))?;
+    println!("  three loops of short requests are running; now b2's server is killed");
+    let killed = req.now();
+    servers.kill(1);
+    let took = until(daemon, "b2", "held down", |b| b["held"] == "down")?;
+    println!(
+        "  {} after the kill, b2 is held down (2 failed probes), no operator involved:",
+        ms(took)
+    );
+    let history = daemon.history();
+    let last = history.last().ok_or("no history")?;
+    println!(
+        "  | generation {} (health): {}",
+        last["generation"],
+        last["source"]["changes"][0].as_str().unwrap_or("?")
+    );
+    // About 900 new requests: enough to compare with the table within 5 points.
+    sleep(Duration::from_secs(3))?;
+    let attempts = req.attempts();
+    let last_failure = attempts
+        .last_failure()
+        .ok_or("no request failed: b2 did not die")?;
+    let failed = attempts.failures().count();
+    println!(
+        "  {failed} requests failed; the last one started {} after the kill. New requests \
+         since, by backend:",
+        ms(last_failure.saturating_sub(killed))
+    );
+    let since = killed + took;
+    let table = shares_table(daemon, &req, since, req.now());
+    let answered = req.attempts().answered(since, req.now());
+    follows(&answered, &table, 0.05).map_err(|e| format!("step 5: {e}"))?;
+    if table[1] != 0.0 || answered.contains_key("b2") {
+        return Err(format!("b2 still gets new flows: {answered:?}"));
+    }
+    let w = daemon.weights("web");
+    println!(
+        "  ok: b2's share went to b1 and b3 in proportion to their weights ({}:{}), not to \
+         one of them; with fewer than half of the backends up, xlb would stop taking \
+         backends out at all (panic)",
+        w[0], w[2]
+    );
+
+    let restarted = req.now();
+    servers.restart(1);
+    let took = until(daemon, "b2", "back", |b| {
+        b["healthy"] == true && b["held"].is_null()
+    })?;
+    println!(
+        "  b2's server restarted: b2 is back {} later (2 good probes)",
+        ms(took)
+    );
+    sleep(Duration::from_secs(3))?;
+    let back = restarted + took;
+    let table = shares_table(daemon, &req, back, req.now());
+    let attempts = req.finish();
+    follows(
+        &attempts.answered(back, attempts.0.last().map_or(back, |a| a.at)),
+        &table,
+        0.05,
+    )
+    .map_err(|e| format!("step 5, after b2 came back: {e}"))?;
+    let late = attempts.failures_from(since);
+    if !late.is_empty() {
+        return Err(format!("requests failed after the failover: {late:?}"));
+    }
+    println!("  ok: no request failed after the failover, and b2 has its share again");
     Ok(())
 }

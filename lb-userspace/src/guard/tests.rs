@@ -698,6 +698,43 @@ fn health_check_settings_a_probe_cannot_act_on_are_structure() {
 }
 
 #[test]
+fn draining_one_of_two_down_backends_gives_the_other_nothing() {
+    // b2 and b3 are down in each case; `rules_after(running, new)` plans the change.
+    let rules_after = |running: &[i64], new: &[i64]| {
+        let (running, health) = checked(running, &["b2", "b3"]);
+        let p = plan(
+            &with_weights(&running, new),
+            Some(&running),
+            &health,
+            &Maglev,
+        );
+        rules(&p)
+            .into_iter()
+            .map(|(r, b)| (r, b.map(str::to_string)))
+            .collect::<Vec<_>>()
+    };
+    let b2 = Some("b2".to_string());
+    // Draining b3 raises b2's share of the weights (1/4 to 1/3) only because b3's goes:
+    // not a down-backend violation.
+    assert_eq!(rules_after(&[1, 1, 1, 1], &[1, 1, 1, 0]), []);
+    // With weights that put b0 over the limit once b3 goes, the relief still holds.
+    assert_eq!(rules_after(&[3, 1, 1, 1], &[3, 1, 1, 0]), []);
+    // But the down b2's own share over the limit counts: it gets it when it returns.
+    assert_eq!(
+        rules_after(&[1, 1, 3, 3], &[1, 1, 3, 0]),
+        [(Rule::MaxBackendShare, b2.clone())]
+    );
+    // Raising b2's weight while draining b3 gives b2 more: refused.
+    assert_eq!(
+        rules_after(&[1, 1, 1, 1], &[1, 1, 2, 0]),
+        [(Rule::DownBackend, b2.clone())]
+    );
+    // Draining a healthy backend gives the down ones its share: refused.
+    let r = rules_after(&[1, 1, 1, 1], &[0, 1, 1, 1]);
+    assert!(r.contains(&(Rule::DownBackend, b2)), "{r:?}");
+}
+
+#[test]
 fn fingerprint_is_stable_and_content_addressed() {
     let p = check(&config(vec![vip("web", &[1, 2, 3])]), None);
     let q = check(&config(vec![vip("web", &[1, 2, 3])]), None);

@@ -4,15 +4,18 @@
 //! same run; the forwarding rate through the lab topology against an XDP_TX reflector and
 //! nftables, and the connection rate against nftables and HAProxy (`forwarding`); the
 //! TCP segment rate through all of them (`segments`); the control plane (build, apply,
-//! validate, stats, memory); table quality. Every figure is a median of several runs,
-//! printed with its spread and method. `--only SECTION` (per-packet, forwarding,
-//! connections, segments, control-plane, quality) runs one section.
+//! validate, stats, memory); table quality; failover (a backend's death to the last
+//! failed request, and probe rounds of 1000 backends, `failover`). Every figure is a
+//! median of several runs, printed with its spread and method. `--only SECTION`
+//! (per-packet, forwarding, connections, segments, control-plane, quality, failover) runs
+//! one section.
 
 use std::{
     fmt::Write as _,
     time::{Duration, Instant},
 };
 
+mod failover;
 mod forwarding;
 mod segments;
 
@@ -226,6 +229,9 @@ fn main() {
     }
     if wanted("quality") {
         table_quality(&mut md, &mut missed);
+    }
+    if wanted("failover") {
+        failover::failover(&mode, &mut md);
     }
     if missed.is_empty() {
         let _ = writeln!(md, "## Targets\n\nEvery target checked above was met.");
