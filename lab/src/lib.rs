@@ -14,6 +14,35 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+/// `promtool check metrics` on a `/metrics` body: the exposition format is valid and
+/// lint-clean (promtool: Debian package prometheus, installed by `cargo xtask setup`).
+pub fn promtool_check_metrics(body: &str) {
+    use std::{
+        io::Write,
+        process::{Command, Stdio},
+    };
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether this test may run. Without root it panics when `CI` is set (a privileged test
 /// must never pass by skipping there) and otherwise says why it skips.
 pub fn require_root(test: &str) -> bool {

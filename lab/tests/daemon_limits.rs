@@ -21,7 +21,7 @@ use std::{
 
 use xlb_lab::{
     daemon::{Daemon, VipSpec, text, xlb_bin},
-    require_root,
+    promtool_check_metrics, require_root,
     servers::HTTP_PORT,
     topology::{Topology, VIP4, in_ns},
 };
@@ -154,25 +154,6 @@ fn scrape(lb_ns: &str) -> (String, String) {
     })
 }
 
-/// `promtool check metrics` on `body`: the exposition format is valid and lint-clean.
-fn promtool_check(body: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {}\n{body}", text(&out));
-}
-
 /// A raw API client that sends `bytes` and returns the daemon's answer line.
 fn raw_request(socket: &std::path::Path, bytes: Vec<u8>) -> String {
     let s = UnixStream::connect(socket).unwrap();
@@ -265,7 +246,7 @@ fn idle_and_trickling_clients_delay_nobody_and_memory_stays_bounded() {
     ] {
         assert!(body.contains(name), "no {name:?} in {body}");
     }
-    promtool_check(&body);
+    promtool_check_metrics(&body);
 
     // A request line over the cap is refused by name, without the daemon keeping it.
     let answer = raw_request(&socket, vec![b'x'; MAX_LINE + (1 << 20)]);

@@ -14,7 +14,7 @@ use std::{
 use xlb_lab::{
     clients::{Http, http_once},
     daemon::{Daemon, VipSpec, text},
-    require_root,
+    promtool_check_metrics, require_root,
     servers::{HTTP_PORT, Servers},
     topology::{Topology, VIP4, enter, in_ns},
 };
@@ -27,6 +27,7 @@ const POLICY: &str = "\n[guardrails]\nmax_backend_share = 0.9\n";
 fn web_at_234() -> (Topology, Daemon, Servers, std::path::PathBuf) {
     let topo = Topology::new(1, 3);
     let mut daemon = Daemon::new(&topo);
+    daemon.metrics = Some("127.0.0.1:9100".into());
     let with_policy = |weights: &[i64]| {
         let text = daemon.render(&[VipSpec::tcp("web", VIP4, HTTP_PORT, weights)]);
         text.replacen("\n[[vip]]", &format!("{POLICY}\n[[vip]]"), 1)
@@ -128,6 +129,24 @@ fn a_stepped_rollout_under_load_fails_no_request_and_moves_no_open_connection() 
     assert!((shares[0] - 9.0 / 11.0).abs() < 0.005, "{shares:?}");
     let status = daemon.xlb_ok(&["rollout", "status"]);
     assert!(status.contains("completed"), "{status}");
+    // Observed shares over the last 60 s, once the sampler has read past the last watch.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = daemon.scrape();
+        if m.contains("xlb_backend_observed_share{") || Instant::now() > deadline {
+            break m;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    for line in [
+        "xlb_rollouts_total{outcome=\"completed\"} 1\n",
+        "xlb_rollouts_total{outcome=\"rolled_back\"} 0\n",
+        "xlb_backend_observed_share{vip=\"web\",backend=\"b1\"} ",
+        "xlb_vip_share_drift{vip=\"web\"} ",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in {metrics}");
+    }
+    promtool_check_metrics(metrics.split_once("\r\n\r\n").unwrap().1);
 
     // The connections opened before are still served by the same backends.
     let again: Vec<String> = in_ns(&client, move || {

@@ -9,7 +9,7 @@ use std::{
 
 use xlb_lab::{
     daemon::{Check, Daemon, VipSpec, text},
-    require_root,
+    promtool_check_metrics, require_root,
     servers::{HTTP_PORT, Servers},
     topology::{Topology, VIP4},
 };
@@ -19,6 +19,7 @@ use xlb_lab::{
 fn checked_web() -> (Topology, Daemon, Servers) {
     let topo = Topology::new(1, 3);
     let mut daemon = Daemon::new(&topo);
+    daemon.metrics = Some("127.0.0.1:9100".into());
     let mut web = VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1]);
     web.health = Some(Check::tcp(HTTP_PORT));
     daemon.write_config(&[web]);
@@ -95,6 +96,16 @@ fn a_watched_change_that_breaches_is_rolled_back_by_the_daemon() {
         breach.contains("backend b1 gained share and is down"),
         "{breach}"
     );
+    let metrics = daemon.scrape();
+    for line in [
+        "xlb_auto_rollbacks_total 1\n",
+        "xlb_backend_up{vip=\"web\",backend=\"b1\"} 0\n",
+        "xlb_backend_effective_weight{vip=\"web\",backend=\"b1\"} 0\n",
+        "xlb_vip_panic{vip=\"web\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in {metrics}");
+    }
+    promtool_check_metrics(metrics.split_once("\r\n\r\n").unwrap().1);
     // Once the server is back, b1 gets its share again: the rollback kept weight 1.
     servers.restart(0);
     let deadline = Instant::now() + Duration::from_secs(10);
