@@ -623,8 +623,9 @@ fn rules_let_health_fixes_through_and_refuse_share_for_a_down_backend() {
     if !require_root("rules_let_health_fixes_through_and_refuse_share_for_a_down_backend") {
         return;
     }
-    // A strict quorum, so that it has something to say with one of three down.
-    let (topo, mut servers, daemon) = lab(&[2, 1, 1], None, "healthy_quorum = 0.9");
+    // A strict quorum, so that it has something to say with one of three down; slow start,
+    // which must not begin for a down backend that is drained.
+    let (topo, mut servers, daemon) = lab(&[2, 1, 1], Some(2), "healthy_quorum = 0.9");
     let client = topo.client().name.clone();
     let traffic_follows = |want: [f64; 3]| {
         let count = in_ns(&client, || http_many(vip(), 240));
@@ -645,6 +646,18 @@ fn rules_let_health_fixes_through_and_refuse_share_for_a_down_backend() {
     let out = daemon.xlb(&["drain", "web", "b3"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(daemon.weights("web"), [2, 1, 0]);
+    let drained = daemon.generation();
+    // Still dead, so it has not recovered: no slow start begins for it, and it shows
+    // as down, not as kept in the table.
+    thread::sleep(INTERVAL * 5);
+    assert_eq!(
+        daemon.generation(),
+        drained,
+        "{:#?}",
+        daemon.history().pop()
+    );
+    assert!(!state(&daemon.status(), "b3").0);
+    assert!(!daemon.xlb_ok(&["status"]).contains("DOWN (kept)"));
     let last = daemon.history().pop().unwrap();
     assert_eq!(
         (&last["source"]["command"], &last["force"]),

@@ -384,10 +384,10 @@ impl Controller {
             reason: req.reason,
             force: req.force,
             fingerprints: BTreeMap::new(),
+            // What --force really overrode: the violations that would have blocked.
             waived: if req.force {
-                plan.violations
-                    .iter()
-                    .filter(|v| v.rule.forceable())
+                plan.blocking(false, !rollback)
+                    .into_iter()
                     .cloned()
                     .collect()
             } else {

@@ -100,6 +100,12 @@ impl Rule {
         )
     }
 
+    /// Whether a rollback is exempt: it returns to weights that ran before (flows moving
+    /// back is its point), and a down backend's weight counts as 0 until it is up.
+    pub fn spares_rollbacks(self) -> bool {
+        matches!(self, Rule::MaxFlowShift | Rule::DownBackend)
+    }
+
     /// Whether `--force --reason` may override a violation of this rule.
     pub fn forceable(self) -> bool {
         !matches!(
@@ -411,12 +417,12 @@ pub struct Plan {
 
 impl Plan {
     /// Violations that stop an apply. `force` waives the forceable rules; a rollback
-    /// (`shift_blocks == false`) is not stopped by `max-flow-shift`.
+    /// (`shift_blocks == false`) is not stopped by `max-flow-shift` or `down-backend`.
     pub fn blocking(&self, force: bool, shift_blocks: bool) -> Vec<&Violation> {
         self.violations
             .iter()
             .filter(|v| !(force && v.rule.forceable()))
-            .filter(|v| shift_blocks || v.rule != Rule::MaxFlowShift)
+            .filter(|v| shift_blocks || !v.rule.spares_rollbacks())
             .collect()
     }
 
@@ -500,10 +506,11 @@ pub fn plan(
                     limit: Some(limit),
                     message: format!(
                         "{} of new flows would go to another backend; the limit is {}",
-                        pct(vip_plan.moved),
+                        pct_beside(vip_plan.moved, limit),
                         pct(limit)
                     ),
-                    hint: "change weights in smaller steps (each within the limit), or \
+                    hint: "change weights in smaller steps, each within the limit (`xlb \
+                           apply FILE --steps auto --interval 30s` does it for you), or \
                            apply with --force --reason if this move is intended"
                         .into(),
                 });
@@ -546,6 +553,21 @@ pub fn plan(
 
 fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
+}
+
+/// `x` as a percentage with as many decimals (up to 3) as it takes not to look equal to
+/// `limit`: 50.04% over a 50% limit is not "50.0%".
+fn pct_beside(x: f64, limit: f64) -> String {
+    for d in 1..=3 {
+        let (a, b) = (
+            format!("{:.d$}%", x * 100.0),
+            format!("{:.d$}%", limit * 100.0),
+        );
+        if a != b {
+            return a;
+        }
+    }
+    format!("{:.3}%", x * 100.0)
 }
 
 fn build(vip: &Vip, size: u32, builder: &dyn TableBuilder) -> Result<NamedTable, TableError> {
@@ -917,7 +939,8 @@ fn checked_table(
                 hint: format!(
                     "lower {}'s weight or raise the others' so that it gets at most {} \
                      (with health checks, moving share only from down backends to up ones \
-                     is allowed)",
+                     is allowed while no up backend gets more of the installed table than \
+                     it has now)",
                     b.name,
                     pct(policy.max_backend_share)
                 ),
@@ -1033,15 +1056,24 @@ fn health_relief(vip: &Vip, old: &Vip, plan: &VipPlan, health: &Health, out: &mu
             measured: Some(r.share_after),
             limit: Some(r.share_before),
             message: format!(
-                "is down (its health checks fail) and would get {} of the table (has {})",
+                "is down (its health checks fail) and would get {} of the table once up \
+                 (has {}; while down its weight counts as 0)",
                 pct(r.share_after),
                 pct(r.share_before)
             ),
-            hint: format!(
-                "leave {}'s weight until its checks pass (it gets its share back by \
-                 itself), or apply with --force --reason if the checks are wrong",
-                r.backend
-            ),
+            hint: if r.weight_before == Some(0) {
+                format!(
+                    "undrain {} once its checks pass (`xlb status` shows it up), or apply \
+                     with --force --reason if the checks are wrong",
+                    r.backend
+                )
+            } else {
+                format!(
+                    "leave {}'s weight until its checks pass (it gets its share back by \
+                     itself), or apply with --force --reason if the checks are wrong",
+                    r.backend
+                )
+            },
         });
     }
 }

@@ -92,6 +92,7 @@ enum Command {
     /// Check a config offline. Exit 0 valid, 1 violations, 2 unreadable or unparsable.
     Validate {
         file: PathBuf,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
         /// Also report guardrail limits looser than the built-in defaults (for config CI).
@@ -101,6 +102,7 @@ enum Command {
     /// Show what applying FILE would change, and every violation.
     Diff {
         file: PathBuf,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
         /// Exit 0 when nothing differs and 3 when something does (drift checks in CI).
@@ -109,6 +111,7 @@ enum Command {
     },
     /// Apply FILE's VIPs and guardrail policy through the guardrails.
     Apply {
+        /// The config file ([daemon] settings in it take effect at the next `xlb run`).
         file: PathBuf,
         #[command(flatten)]
         guard: GuardArgs,
@@ -120,6 +123,7 @@ enum Command {
         /// With --steps: how long each step is watched before the next (e.g. 30s).
         #[arg(long, value_parser = humantime::parse_duration, requires = "steps")]
         interval: Option<std::time::Duration>,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -139,16 +143,19 @@ enum Command {
         backend: String,
         #[command(flatten)]
         guard: GuardArgs,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// VIPs, backends, weights, health, table and observed shares, generation.
     Status {
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Per-backend packets, bytes, new flows and rates.
     Stats {
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
         /// Print again every INTERVAL seconds.
@@ -162,6 +169,7 @@ enum Command {
     },
     /// Applied generations, oldest first.
     History {
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
         /// Also list attempts that changed nothing (rejected, refused, failed).
@@ -179,6 +187,7 @@ enum Command {
         last_good: bool,
         #[command(flatten)]
         guard: GuardArgs,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -187,6 +196,7 @@ enum Command {
         vip: String,
         /// CLIENT_IP:PORT, e.g. 198.18.0.1:40000 or [2001:db8::1]:40000.
         client: String,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -203,11 +213,13 @@ enum Command {
 enum RolloutOp {
     /// Target, step, generations and outcome.
     Status {
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Stop the rollout in progress and return to the generation it started from.
     Abort {
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -242,6 +254,7 @@ enum WeightOp {
         weight: i64,
         #[command(flatten)]
         guard: GuardArgs,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -539,6 +552,13 @@ fn change(
     request: impl FnOnce(Guarded) -> Request,
 ) -> Result<u8, String> {
     let dry_run = guard.dry_run;
+    if let (Some(w), false) = (guard.watch, dry_run) {
+        eprintln!(
+            "xlb: the change is watched for {} once applied; the answer comes when the \
+             window ends (`xlb status` shows the watch meanwhile)",
+            humantime::format_duration(w)
+        );
+    }
     apply_result(call(socket, &request(guard.into()))?, json, dry_run, file)
 }
 
@@ -682,12 +702,14 @@ fn rollout_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8,
     } else if r.data.is_object() {
         let s = &r.data;
         say!(
-            "rollout to {}: {} (step {} of {}, every {} ms, from generation {}; generations {})",
+            "rollout to {}: {} (step {} of {}, each watched {}, from generation {}; generations {})",
             s["target"].as_str().unwrap_or("-"),
             s["outcome"].as_str().unwrap_or("-"),
             s["step"],
             s["steps"],
-            s["interval_ms"],
+            humantime::format_duration(std::time::Duration::from_millis(
+                s["interval_ms"].as_u64().unwrap_or(0)
+            )),
             s["from"],
             s["generations"]
                 .as_array()
@@ -719,7 +741,7 @@ fn rollout_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8,
 
 fn print_history(records: Vec<Record>, attempts: Vec<Attempt>) {
     say!(
-        "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  reason",
+        "{:>5}  {:<20}  {:<10}  {:<5}  {:<30}  REASON",
         "GEN",
         "TIME (UTC)",
         "USER",
@@ -878,6 +900,15 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
         data["interface"].as_str().unwrap_or("-"),
         data["xdp_mode"].as_str().unwrap_or("-")
     );
+    if let Some(w) = data["watch"].as_object() {
+        let secs = |k: &str| w[k].as_u64().unwrap_or(0) / 1000;
+        say!(
+            "watching generation {}: {} s of {} s, rolled back by itself on a breach",
+            w["generation"],
+            secs("elapsed_ms"),
+            secs("window_ms")
+        );
+    }
     for v in vips(data)? {
         let (observed, note) = observed_shares(data, &v);
         say!(
@@ -907,9 +938,9 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
             let health = match (b.healthy, &b.held) {
                 (Some(true), Some(h)) if h.starts_with("slow start") => h.clone(),
                 (Some(true), _) => "up".into(),
-                (Some(false), Some(h)) if h == "down" => "DOWN".into(),
-                // Down, but kept in the table: the VIP is in panic.
-                (Some(false), _) => "DOWN (kept)".into(),
+                // Down and still in the table: the VIP is in panic.
+                (Some(false), None) if v.panic.is_some() && b.weight > 0 => "DOWN (kept)".into(),
+                (Some(false), _) => "DOWN".into(),
                 (None, _) => "-".into(),
             };
             let mac = match &b.mac {

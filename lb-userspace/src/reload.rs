@@ -65,11 +65,41 @@ fn backend(v: Option<&Vip>, name: &str) -> Option<BackendSpec> {
     v?.backend(name).cloned()
 }
 
-fn describe(b: &Option<BackendSpec>) -> String {
-    match b {
-        None => "absent".into(),
-        Some(b) => format!("weight {}, address {}, mac {}", b.weight, b.address, b.mac),
-    }
+/// The fields of `a` and `b` that differ, as `key value, ...` each (every field when one
+/// side is absent): what an undo line shows.
+fn differing<T: serde::Serialize>(a: Option<&T>, b: Option<&T>, sep: &str) -> (String, String) {
+    let map = |v: Option<&T>| -> Option<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::to_value(v?) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => None,
+        }
+    };
+    let (ma, mb) = (map(a), map(b));
+    let show = |m: &Option<serde_json::Map<String, serde_json::Value>>,
+                other: &Option<serde_json::Map<String, serde_json::Value>>| {
+        let Some(m) = m else {
+            return "absent".to_string();
+        };
+        m.iter()
+            .filter(|(k, v)| other.as_ref().is_none_or(|o| o.get(*k) != Some(*v)))
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}{sep}{s}"),
+                v => format!("{k}{sep}{v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    (show(&ma, &mb), show(&mb, &ma))
+}
+
+/// A backend as an undo line shows it: what differs, in the order of its fields.
+fn describe(a: &Option<BackendSpec>, b: &Option<BackendSpec>) -> (String, String) {
+    let fields = |x: &Option<BackendSpec>| {
+        x.as_ref()
+            .map(|x| serde_json::json!({"weight": x.weight, "address": x.address, "mac": x.mac}))
+    };
+    let (fa, fb) = (fields(a), fields(b));
+    differing(fa.as_ref(), fb.as_ref(), " ")
 }
 
 /// Checks the file's config `file` against the running record `running` and the last
@@ -111,12 +141,13 @@ pub fn check(
             undo.push(format!("{what}: running {run}, the file says {file}"));
         }
     };
+    let (run_policy, file_policy) = differing(Some(&run.guardrails), Some(&file.guardrails), " = ");
     item(
         "[guardrails]".into(),
         base.as_ref().is_none_or(|b| b.guardrails != run.guardrails),
         file.guardrails != run.guardrails,
-        format!("{:?}", run.guardrails),
-        format!("{:?}", file.guardrails),
+        run_policy,
+        file_policy,
     );
     let mut names: Vec<&str> = run.vips.iter().map(|v| v.name.as_str()).collect();
     names.extend(file.vips.iter().map(|v| v.name.as_str()));
@@ -147,12 +178,13 @@ pub fn check(
                 backend(r.as_ref(), &be),
                 backend(f.as_ref(), &be),
             );
+            let (run_backend, file_backend) = describe(&rb, &fb);
             item(
                 format!("vip {name} backend {be}"),
                 base.is_none() || bb != rb,
                 fb != rb,
-                describe(&rb),
-                describe(&fb),
+                run_backend,
+                file_backend,
             );
         }
     }

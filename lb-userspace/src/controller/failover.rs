@@ -209,9 +209,12 @@ impl Controller {
                     self.ramp_started.remove(&key);
                     continue;
                 }
-                let was_held = held.contains(&key);
+                // Only a weighted backend that was held down and is now seen up comes back
+                // in steps (a down backend drained by the operator has not recovered).
+                let recovered = held.contains(&key) && !seen.contains(&key);
                 let ramping = self.current.as_ref().and_then(|r| r.ramp.get(&key));
-                if !was_held && ramping.is_none() {
+                if b.weight <= 0 || (!recovered && ramping.is_none()) {
+                    self.ramp_started.remove(&key);
                     continue;
                 }
                 let started = *self.ramp_started.entry(key.clone()).or_insert(now);

@@ -192,13 +192,26 @@ pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> R
     let req_kind = Watched::of(&req);
     let rates = lock(&d.rates).clone();
     let observed = lock(&d.observed).clone();
+    let watch = lock(&d.watching).map(|(generation, start, window)| {
+        serde_json::json!({
+            "generation": generation,
+            "elapsed_ms": start.elapsed().as_millis() as u64,
+            "window_ms": window.as_millis() as u64,
+        })
+    });
     let shared = d.clone();
     let who = user.clone();
     let response = turn
-        .run(move |c| execute(&shared, c, req, who, (rates, observed)))
+        .run(move |c| {
+            let readings = Readings {
+                rates,
+                observed,
+                watch,
+            };
+            execute(&shared, c, req, who, readings)
+        })
         .await
         .unwrap_or_else(Response::error);
-    let response = watch_after(d, &req_kind, &g, response).await;
     let result = outcome(&response);
     match (changes, response.ok) {
         (true, true) => info!(user, force = g.force, reason, "{what}: {result}"),
@@ -212,7 +225,8 @@ pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> R
             if response.ok { "ok" } else { &response.error }
         ),
     }
-    response
+    // The watch (if any) logs its own verdict.
+    watch_after(d, &req_kind, &g, response).await
 }
 
 /// Whether a request's change is watched (operator changes; not rollbacks, which return
@@ -409,17 +423,27 @@ fn history(c: &Controller, all: bool) -> Response {
     }
 }
 
+/// What the daemon's own tasks measured, for `status` and `stats`.
+struct Readings {
+    rates: std::collections::BTreeMap<(String, String), super::Rates>,
+    observed: std::collections::BTreeMap<String, crate::watch::Observed>,
+    /// The watch in progress.
+    watch: Option<serde_json::Value>,
+}
+
 /// `req` on the controller; runs on the blocking pool during the controller's turn.
 fn execute(
     d: &Shared,
     c: &mut Controller,
     req: Request,
     user: String,
-    (rates, observed): (
-        std::collections::BTreeMap<(String, String), super::Rates>,
-        std::collections::BTreeMap<String, crate::watch::Observed>,
-    ),
+    readings: Readings,
 ) -> Response {
+    let Readings {
+        rates,
+        observed,
+        watch,
+    } = readings;
     let daemon = d.settings.clone();
     match req {
         Request::Status | Request::Stats => match c.stats() {
@@ -432,6 +456,7 @@ fn execute(
                     "vip": v, "backend": b, "rates": r})).collect::<Vec<_>>(),
                 "observed": observed,
                 "min_flows": crate::watch::MIN_FLOWS,
+                "watch": watch,
             })),
             Err(e) => Response::error(e.to_string()),
         },

@@ -262,11 +262,21 @@ pub async fn checker(d: Arc<Shared>) {
             committed
         });
         match done.await {
-            Ok(Ok(Some(h))) => tracing::warn!(
-                "generation {} (health): {}",
-                h.generation,
-                h.changes.join("; ")
-            ),
+            // Backends going down is a warning; coming back is news.
+            Ok(Ok(Some(h))) if h.changes.iter().any(|c| c.contains(" down (")) => {
+                tracing::warn!(
+                    "generation {} (health): {}",
+                    h.generation,
+                    h.changes.join("; ")
+                )
+            }
+            Ok(Ok(Some(h))) => {
+                tracing::info!(
+                    "generation {} (health): {}",
+                    h.generation,
+                    h.changes.join("; ")
+                )
+            }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::error!("health: the generation could not be applied: {e}"),
             Err(e) => tracing::error!("health: {e}"),

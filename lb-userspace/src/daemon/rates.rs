@@ -73,7 +73,8 @@ const OBSERVE: Duration = Duration::from_secs(60);
 const KEEP: Duration = Duration::from_secs(600);
 
 /// Samples every second until the daemon stops; keeps the observed shares over the
-/// running watch's window (since it began), else over the last `OBSERVE`.
+/// running watch's window (since it began), else over the last `OBSERVE`, and never from
+/// before the running generation took over.
 pub async fn sampler(d: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,11 +102,13 @@ pub async fn sampler(d: Arc<Shared>) {
             Some((_, start, _)) => start.into_std(),
             None => t.checked_sub(OBSERVE).unwrap_or(t),
         };
-        // The oldest sample at or after `since` (the watch's first reading, or the one
-        // just before the window).
-        if let Some((_, base)) = ring.iter().find(|(at, _)| *at >= since).or(ring.front()) {
-            *lock(&d.observed) = crate::watch::observed(&base.vips, &now.vips);
-        }
+        // The oldest sample at or after `since` of the generation running now: shares are
+        // only compared with the table that was installed while the flows came.
+        let base = ring
+            .iter()
+            .find(|(at, s)| *at >= since && s.generation == now.generation)
+            .map_or(&now, |(_, s)| s);
+        *lock(&d.observed) = crate::watch::observed(&base.vips, &now.vips);
         prev = Some((t, now));
     }
 }

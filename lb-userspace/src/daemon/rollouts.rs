@@ -153,6 +153,7 @@ pub async fn run(
     for (k, (config, _)) in plan.into_iter().enumerate() {
         let k = k as u32 + 1;
         if abort.load(Ordering::Relaxed) {
+            state.detail = "`xlb rollout abort`".into();
             state.outcome = back(d, from, &user, "the rollout was aborted", "aborted").await;
             break;
         }
@@ -179,7 +180,7 @@ pub async fn run(
         let outcome = match applied {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
-                state.detail = format!("step {k} of {n} failed: {e}");
+                state.detail = format!("refused: {e}");
                 state.outcome = back(d, from, &user, &state.detail, "rolled_back").await;
                 break;
             }
@@ -206,17 +207,17 @@ pub async fn run(
         match verdict.outcome {
             WatchOutcome::Passed => {}
             WatchOutcome::Breached => {
-                state.detail = format!("step {k} of {n}: {}", verdict.detail);
+                state.detail = verdict.detail;
                 state.outcome = "rolled_back".into();
                 break;
             }
             WatchOutcome::Aborted => {
-                state.detail = format!("aborted during step {k} of {n}");
+                state.detail = "`xlb rollout abort`".into();
                 state.outcome = back(d, from, &user, "the rollout was aborted", "aborted").await;
                 break;
             }
             WatchOutcome::Superseded => {
-                state.detail = format!("step {k} of {n}: {}", verdict.detail);
+                state.detail = verdict.detail;
                 state.outcome = "aborted".into();
                 break;
             }

@@ -52,7 +52,8 @@ fn system(source: &Source) -> bool {
 }
 
 /// How a watch ends besides its window: where a breach rolls back to (default: the
-/// generation before the watched one) and a flag that aborts it.
+/// generation before the watched one) and a flag that aborts it. A rollout's watch has
+/// both; its breach counts as a rolled-back rollout, not in `xlb_auto_rollbacks_total`.
 #[derive(Default)]
 pub struct Ends {
     pub back_to: Option<u64>,
@@ -209,8 +210,9 @@ async fn roll_back(
         .await;
     match done {
         Ok(Ok((to, created))) => {
-            d.auto_rollbacks
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if back_to.is_none() {
+                d.auto_rollbacks.fetch_add(1, Ordering::Relaxed);
+            }
             let created =
                 created.map_or("nothing to change".into(), |g| format!("as generation {g}"));
             warn!("auto-rollback of generation {generation} to {to} ({created}): {breach}");

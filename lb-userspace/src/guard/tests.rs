@@ -822,3 +822,10 @@ fn example_config_in_the_repo_is_valid() {
     assert!(p.violations.is_empty(), "{:#?}", p.violations);
     assert_eq!(c.vips.len(), 2);
 }
+
+#[test]
+fn a_value_just_over_its_limit_does_not_print_as_the_limit() {
+    assert_eq!(pct_beside(0.5004, 0.5), "50.04%");
+    assert_eq!(pct_beside(0.62, 0.5), "62.0%");
+    assert_eq!(pct_beside(0.500_000_1, 0.5), "50.000%");
+}
