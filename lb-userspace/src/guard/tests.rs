@@ -3,7 +3,7 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::{self, BackendSpec};
+use crate::config::{self, BackendSpec, MAC_FROM_NEIGHBOUR, Vip};
 
 const SIZE: u32 = 65537;
 
