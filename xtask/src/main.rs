@@ -39,7 +39,7 @@ const PACKAGES: [(&str, &str); 7] = [
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("nftables", "nft"),
-    // `promtool check metrics` on a real scrape (lab/tests/daemon_limits.rs); check and
+    // `promtool check metrics` on a real scrape (tests/tests/daemon_limits.rs); check and
     // test of the example config and alert rules (`prometheus_examples`).
     ("prometheus", "promtool"),
     // The benchmarks' comparison (HAProxy in TCP mode); its service is not started.
