@@ -1,5 +1,5 @@
 //! Stage 1: parse Ethernet (plus one 802.1Q tag), IPv4 (any header length) or IPv6, and
-//! the TCP/UDP ports into a `FlowKey`. Nothing past `data_end` is ever read: every header
+//! the TCP/UDP ports into a `FlowKey`, with network-types' header structs. Nothing past `data_end` is ever read: every header
 //! access goes through `header`, which the verifier also requires. A packet that cannot
 //! be parsed fully is never forwarded; it is passed to the host unless it is aimed at a
 //! VIP address, in which case it is dropped under its own reason.
@@ -8,82 +8,24 @@ use core::{mem::MaybeUninit, ptr::addr_of};
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
 
 use crate::vip::is_vip_address;
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const IPV6_HLEN: usize = 40;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
 const IPV6_FRAGMENT: u8 = 44;
-/// More-fragments flag and fragment offset bits of the IPv4 `frag_off` field.
+/// More-fragments flag and fragment offset bits of the IPv4 `frags` field.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
-
-#[repr(C)]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    proto_be: u16,
-}
-
-#[repr(C)]
-struct VlanHdr {
-    tci_be: u16,
-    proto_be: u16,
-}
-
-#[repr(C)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len_be: u16,
-    id_be: u16,
-    frag_off_be: u16,
-    ttl: u8,
-    protocol: u8,
-    check: u16,
-    saddr: [u8; 4],
-    daddr: [u8; 4],
-}
-
-#[repr(C)]
-struct Ipv6Hdr {
-    vtc_flow: [u8; 4],
-    payload_len_be: u16,
-    next_header: u8,
-    hop_limit: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-}
-
-/// The fixed part of a TCP header.
-#[repr(C)]
-struct TcpHdr {
-    src_be: u16,
-    dst_be: u16,
-    seq: [u8; 4],
-    ack: [u8; 4],
-    data_offset: u8,
-    flags: u8,
-    window: [u8; 2],
-    check: [u8; 2],
-    urgent: [u8; 2],
-}
-
-#[repr(C)]
-struct UdpHdr {
-    src_be: u16,
-    dst_be: u16,
-    len_be: u16,
-    check: u16,
-}
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// What parsing learned beyond the flow key.
 pub struct Parsed {
@@ -130,13 +72,13 @@ pub fn zeroed_key(key: &mut MaybeUninit<FlowKey>) -> &mut FlowKey {
 pub fn parse(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, Reason> {
     let eth = header::<EthHdr>(ctx, 0).ok_or(Reason::PassTruncated)?;
     // SAFETY: `header` checked that the whole EthHdr lies inside the packet.
-    let mut proto = u16::from_be(unsafe { (*eth).proto_be });
-    let mut l3 = ETH_HLEN;
+    let mut proto = u16::from_be(unsafe { (*eth).ether_type });
+    let mut l3 = EthHdr::LEN;
     if proto == ETH_P_8021Q {
-        let vlan = header::<VlanHdr>(ctx, ETH_HLEN).ok_or(Reason::PassTruncated)?;
+        let vlan = header::<VlanHdr>(ctx, EthHdr::LEN).ok_or(Reason::PassTruncated)?;
         // SAFETY: bounds checked by `header`.
-        proto = u16::from_be(unsafe { (*vlan).proto_be });
-        l3 += VLAN_HLEN;
+        proto = u16::from_be(unsafe { (*vlan).ether_type });
+        l3 += VlanHdr::LEN;
     }
     match proto {
         ETH_P_IP => parse_ipv4(ctx, l3, key),
@@ -181,13 +123,9 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, 
     key.family = FAMILY_V4;
     // SAFETY: bounds checked by `header`; the address fields are inside the header.
     let (version_ihl, frag_off, protocol) = unsafe {
-        copy_addr::<1>(&mut key.src, addr_of!((*ip).saddr).cast());
-        copy_addr::<1>(&mut key.dst, addr_of!((*ip).daddr).cast());
-        (
-            (*ip).version_ihl,
-            u16::from_be((*ip).frag_off_be),
-            (*ip).protocol,
-        )
+        copy_addr::<1>(&mut key.src, addr_of!((*ip).src_addr).cast());
+        copy_addr::<1>(&mut key.dst, addr_of!((*ip).dst_addr).cast());
+        ((*ip).vihl, u16::from_be_bytes((*ip).frags), (*ip).proto)
     };
     let ihl = (version_ihl & 0x0f) as usize;
     if version_ihl >> 4 != 4 || ihl < 5 {
@@ -207,15 +145,15 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, 
     key.family = FAMILY_V6;
     // SAFETY: bounds checked by `header`.
     let next = unsafe {
-        copy_addr::<4>(&mut key.src, addr_of!((*ip).saddr));
-        copy_addr::<4>(&mut key.dst, addr_of!((*ip).daddr));
-        (*ip).next_header
+        copy_addr::<4>(&mut key.src, addr_of!((*ip).src_addr));
+        copy_addr::<4>(&mut key.dst, addr_of!((*ip).dst_addr));
+        (*ip).next_hdr
     };
     key.proto = next;
     match next {
         IPV6_FRAGMENT => Err(reject(key, Reason::DropFragment)),
         0 | 43 | 51 | 60 | 135 | 139 | 140 => Err(reject(key, Reason::DropIpv6ExtHeader)),
-        _ => parse_l4(ctx, l3 + IPV6_HLEN, key, PROTO_ICMPV6),
+        _ => parse_l4(ctx, l3 + Ipv6Hdr::LEN, key, PROTO_ICMPV6),
     }
 }
 
@@ -226,14 +164,14 @@ fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<
         PROTO_TCP => {
             let tcp =
                 header::<TcpHdr>(ctx, l4).ok_or_else(|| reject(key, Reason::DropTruncated))?;
-            // SAFETY: bounds checked by `header`.
-            let flags = unsafe {
-                key.sport_be = (*tcp).src_be;
-                key.dport_be = (*tcp).dst_be;
-                (*tcp).flags
+            // SAFETY: bounds checked by `header`. Ports stay in network byte order.
+            let (syn, ack) = unsafe {
+                key.sport_be = u16::from_ne_bytes((*tcp).source);
+                key.dport_be = u16::from_ne_bytes((*tcp).dest);
+                ((*tcp).syn(), (*tcp).ack())
             };
             Ok(Parsed {
-                syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+                syn: syn == 1 && ack == 0,
             })
         }
         PROTO_UDP => {
@@ -241,8 +179,8 @@ fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<
                 header::<UdpHdr>(ctx, l4).ok_or_else(|| reject(key, Reason::DropTruncated))?;
             // SAFETY: bounds checked by `header`.
             unsafe {
-                key.sport_be = (*udp).src_be;
-                key.dport_be = (*udp).dst_be;
+                key.sport_be = u16::from_ne_bytes((*udp).src);
+                key.dport_be = u16::from_ne_bytes((*udp).dst);
             }
             Ok(Parsed { syn: false })
         }
