@@ -1,0 +1,36 @@
+//! `xlb explain`: which backend a client's flow gets, and why.
+
+use std::path::Path;
+
+use xlb::{api::Request, controller::Explain};
+
+use super::{call, ok, output::print_json};
+
+pub fn explain(socket: &Path, vip: String, client: String, json: bool) -> Result<u8, String> {
+    let r = ok(call(socket, &Request::Explain { vip, client })?)?;
+    let e: Explain = serde_json::from_value(r.data).map_err(|e| e.to_string())?;
+    if json {
+        print_json(&e)?;
+    } else if e.why == "flow-entry" {
+        say!(
+            "{} -> vip {}: backend {} (id {}), from its flow entry (chosen by generation {})",
+            e.client,
+            e.vip,
+            e.backend,
+            e.backend_id,
+            e.generation
+        );
+    } else {
+        say!(
+            "{} -> vip {}: backend {} (id {}), new flow: hash {:#010x} -> slot {} of generation {}'s table",
+            e.client,
+            e.vip,
+            e.backend,
+            e.backend_id,
+            e.hash.unwrap_or(0),
+            e.slot.unwrap_or(0),
+            e.generation
+        );
+    }
+    Ok(0)
+}
