@@ -1,7 +1,8 @@
 //! `xlb`: the daemon (`xlb run`) and the CLI that talks to it. `validate` works offline.
 //! Exit codes: 0 success, 1 rejected by guardrails (or violations found), 2 anything
 //! else: unreadable or unparsable input, daemon unreachable, kernel errors; `diff
-//! --exit-code` exits 3 when something differs.
+//! --exit-code` exits 3 when something differs; 4 when a watched change or a rollout was
+//! rolled back or aborted.
 
 mod cli;
 

@@ -63,9 +63,6 @@ fn rate(data: &serde_json::Value, vip: &str, backend: &str, field: &str) -> f64 
         .unwrap_or(0.0)
 }
 
-/// Each backend's observed share of new flows: over the daemon's last one-second sample
-/// when that saw new flows (so a bad change shows within seconds), else since the
-/// counters started.
 /// Each backend's observed share of new flows over the daemon's observation window
 /// (the running watch's, else the last 60 s), and a note when there were too few flows
 /// for a share to mean anything.
