@@ -301,7 +301,18 @@ fn outage(
         let (healthy, held, effective, _) = state(s, "b2");
         healthy && held.is_none() && effective == daemon_weight(s, "b2")
     });
-    thread::sleep(Duration::from_millis(500));
+    // Until b2 has answered a new request (a loaded machine may take a while), then a
+    // little longer: none may fail any more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while req
+        .attempts()
+        .first_answer_from("b2", repaired_at)
+        .is_none()
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
     let attempts = req.finish();
     let up = health_generations(daemon, generation);
     assert!(
