@@ -377,7 +377,7 @@ impl Controller {
             !in_flows.contains(&id) && maps.backend(id).is_ok_and(|b| !b.is_live())
         })?;
         let mut record = Record {
-            generation: self.history.generations()?.last().copied().unwrap_or(0) + 1,
+            generation: self.next_generation()?,
             time: now(),
             source: req.source,
             user: req.user,
@@ -408,6 +408,40 @@ impl Controller {
             generation: Some(generation),
             dry_run: false,
         })
+    }
+
+    /// Generation `generation`'s VIPs and policy, to apply again, under the daemon's own
+    /// `settings` (which only `xlb run` changes).
+    pub fn config_of(
+        &self,
+        generation: u64,
+        settings: &crate::config::Daemon,
+    ) -> Result<Config, ApplyError> {
+        let mut config = self.history.get(generation)?.config.without_lines();
+        config.daemon = settings.clone();
+        Ok(config)
+    }
+
+    /// The number the next generation gets.
+    fn next_generation(&self) -> Result<u64, ApplyError> {
+        Ok(self.history.generations()?.last().copied().unwrap_or(0) + 1)
+    }
+
+    /// Commits `next`, the running record with only its holds or MACs changed, as the
+    /// daemon's own generation (`source`: health or neighbour). It moves share only between
+    /// weights the guardrails accepted before and a backend's absence, so it is not
+    /// planned against them; panic is what keeps health from concentrating traffic.
+    fn commit_followup(&mut self, mut next: Record, source: Source) -> Result<u64, ApplyError> {
+        next.generation = self.next_generation()?;
+        next.time = now();
+        next.source = source;
+        next.user = "xlb".into();
+        next.reason = None;
+        next.force = false;
+        next.waived.clear();
+        let install = installed(&next, self.current_plan.as_ref());
+        next.fingerprints = fingerprints(&install);
+        self.commit(next, install)
     }
 
     /// Writes `record` with the tables of `install` and commits it; on any failure the

@@ -63,6 +63,14 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// Whether the daemon made this generation itself, following the backends (health,
+    /// neighbour table) rather than an operator's change.
+    pub fn is_followup(&self) -> bool {
+        matches!(self, Source::Health { .. } | Source::Neighbour { .. })
+    }
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -16,10 +16,10 @@ use std::{
 use crate::{
     config::{Config, Policy, Vip},
     health::{Probes, Transition},
-    history::{Ids, Record, Source, now},
+    history::{Ids, Record, Source},
 };
 
-use super::{ApplyError, Controller, fingerprints, installed};
+use super::{ApplyError, Controller};
 
 /// Backends whose effective weight is not their configured one.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -247,10 +247,8 @@ impl Controller {
         &self.panic
     }
 
-    /// Commits a generation when the backends to hold out (health, panic, slow start)
-    /// differ from the running generation's. Such a generation moves share only between
-    /// the operator's accepted weights and a backend's absence, so it is not held back by
-    /// the guardrails; panic is what keeps it from concentrating traffic.
+    /// Commits a generation (`commit_followup`) when the backends to hold out (health,
+    /// panic, slow start) differ from the running generation's.
     pub fn refresh_health(
         &mut self,
         why: &[Transition],
@@ -302,18 +300,10 @@ impl Controller {
         let mut next = current.clone();
         next.down = holds.down;
         next.ramp = holds.ramp;
-        next.generation = self.history.generations()?.last().copied().unwrap_or(0) + 1;
-        next.time = now();
-        next.source = Source::Health {
+        let source = Source::Health {
             changes: changes.clone(),
         };
-        next.user = "xlb".into();
-        next.reason = None;
-        next.force = false;
-        next.waived.clear();
-        let install = installed(&next, self.current_plan.as_ref());
-        next.fingerprints = fingerprints(&install);
-        let generation = self.commit(next, install)?;
+        let generation = self.commit_followup(next, source)?;
         Ok(Some(HealthChange {
             generation,
             changes,

@@ -16,10 +16,10 @@ use std::{
 use crate::{
     config::{Config, MAC_FROM_NEIGHBOUR},
     guard,
-    history::{Ids, Record, Source, now},
+    history::{Ids, Record, Source},
 };
 
-use super::{ApplyError, Controller, Holds, addr16, fingerprints, installed};
+use super::{ApplyError, Controller, Holds, addr16};
 
 /// How long an apply waits for a new backend's neighbour entry.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
@@ -356,21 +356,11 @@ impl Controller {
             return Ok(None);
         }
         next.unresolved = unresolved.into_iter().collect();
-        next.generation = self.history.generations()?.last().copied().unwrap_or(0) + 1;
-        next.time = now();
-        next.source = Source::Neighbour {
+        // The operator's config is unchanged; only where its backends are reached is.
+        let source = Source::Neighbour {
             changes: changes.clone(),
         };
-        next.user = "xlb".into();
-        next.reason = None;
-        next.force = false;
-        next.waived.clear();
-        // The operator's config is unchanged; only where its backends are reached is.
-        // Moving share back to a backend that resolves is never held back by the
-        // guardrails: its weight was accepted by them before.
-        let install = installed(&next, self.current_plan.as_ref());
-        next.fingerprints = fingerprints(&install);
-        let generation = self.commit(next, install)?;
+        let generation = self.commit_followup(next, source)?;
         Ok(Some(MacRefresh {
             generation,
             changes,

@@ -397,11 +397,10 @@ fn rollback_target(
     }
     let gens = c.history().generations().map_err(|e| e.to_string())?;
     // The newest change that is the operator's: undo it.
-    let last_change = gens.iter().rev().find(|&&g| {
-        c.history()
-            .get(g)
-            .is_ok_and(|r| !matches!(r.source, Source::Health { .. } | Source::Neighbour { .. }))
-    });
+    let last_change = gens
+        .iter()
+        .rev()
+        .find(|&&g| c.history().get(g).is_ok_and(|r| !r.source.is_followup()));
     last_change
         .and_then(|&last| gens.iter().rev().find(|&&g| g < last).copied())
         .ok_or_else(|| "there is no previous generation to roll back to".to_string())
@@ -525,13 +524,10 @@ fn execute(
                 Ok(t) => t,
                 Err(e) => return Response::error(e),
             };
-            let record = match c.history().get(target) {
-                Ok(r) => r,
-                Err(e) => return Response::error(e.to_string()),
-            };
-            let mut config = record.config.without_lines();
-            config.daemon = daemon;
-            apply_as(c, config, Source::Rollback { to: target }, user, guarded)
+            match c.config_of(target, &daemon) {
+                Ok(config) => apply_as(c, config, Source::Rollback { to: target }, user, guarded),
+                Err(e) => Response::error(e.to_string()),
+            }
         }
         Request::Explain { vip, client } => {
             let Ok(client) = client.parse::<SocketAddr>() else {

@@ -45,12 +45,6 @@ pub fn expect(plan: &Plan) -> Expect {
     }
 }
 
-/// Whether `source` is the daemon's own follow-up (health, neighbour), which does not
-/// end a watch of the operator's change beneath it.
-fn system(source: &Source) -> bool {
-    matches!(source, Source::Health { .. } | Source::Neighbour { .. })
-}
-
 /// How a watch ends besides its window: where a breach rolls back to (default: the
 /// generation before the watched one) and a flag that aborts it. A rollout's watch has
 /// both; its breach counts as a rolled-back rollout, not in `xlb_auto_rollbacks_total`.
@@ -106,7 +100,7 @@ pub async fn watch(
                     .unwrap_or_default()
                     .into_iter()
                     .filter(|&g| g > generation)
-                    .find(|&g| c.history().get(g).is_ok_and(|r| !system(&r.source)));
+                    .find(|&g| c.history().get(g).is_ok_and(|r| !r.source.is_followup()));
                 if let Some(n) = newer {
                     return Err(format!("superseded by generation {n}"));
                 }
@@ -156,13 +150,7 @@ pub fn return_to(
     user: String,
     reason: String,
 ) -> Result<Option<u64>, String> {
-    let mut config = c
-        .history()
-        .get(to)
-        .map_err(|e| e.to_string())?
-        .config
-        .without_lines();
-    config.daemon = settings;
+    let config = c.config_of(to, &settings).map_err(|e| e.to_string())?;
     c.apply(controller::Request {
         config,
         source,
