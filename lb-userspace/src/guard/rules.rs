@@ -116,19 +116,15 @@ pub(super) fn checked_table(
         }
     }
     if vip.health.is_some() {
-        let weighted: Vec<_> = vip.backends.iter().filter(|b| b.weight() > 0).collect();
-        let healthy = weighted
-            .iter()
-            .filter(|b| is_healthy(health, &vip.name, &b.name))
-            .count();
-        let frac = healthy as f64 / weighted.len().max(1) as f64;
+        // `nonzero-total` passed above: some backend is weighted.
+        let (healthy, weighted) = healthy_counts(vip, health);
+        let frac = healthy as f64 / weighted as f64;
         if frac + 1e-12 < policy.healthy_quorum {
             out.push(Violation {
                 measured: Some(frac),
                 limit: Some(policy.healthy_quorum),
                 message: format!(
-                    "{healthy} of {} weighted backends are healthy; at least {} required",
-                    weighted.len(),
+                    "{healthy} of {weighted} weighted backends are healthy; at least {} required",
                     pct(policy.healthy_quorum)
                 ),
                 hint: "drain the down backends or move their weight to healthy ones (both \
@@ -144,15 +140,20 @@ pub(super) fn checked_table(
 
 /// Fraction of `vip`'s weighted backends that are healthy (1 with none weighted).
 fn healthy_fraction(vip: &Vip, health: &Health) -> f64 {
-    let weighted: Vec<_> = vip.backends.iter().filter(|b| b.weight() > 0).collect();
-    if weighted.is_empty() {
-        return 1.0;
+    match healthy_counts(vip, health) {
+        (_, 0) => 1.0,
+        (healthy, weighted) => healthy as f64 / weighted as f64,
     }
+}
+
+/// `vip`'s weighted backends that are healthy, and all of its weighted backends.
+fn healthy_counts(vip: &Vip, health: &Health) -> (usize, usize) {
+    let weighted = vip.backends.iter().filter(|b| b.weight() > 0);
     let healthy = weighted
-        .iter()
+        .clone()
         .filter(|b| is_healthy(health, &vip.name, &b.name))
         .count();
-    healthy as f64 / weighted.len() as f64
+    (healthy, weighted.count())
 }
 
 /// The health-aware side of the rules for a change to a checked VIP, `old` -> `vip`:
