@@ -25,7 +25,18 @@ pub const VIP_STATS: &str = "xlb_vip_stats";
 /// Reason -> per-CPU {packets, bytes}, for every verdict the program returns.
 pub const REASON_STATS: &str = "xlb_reasons";
 
-/// Every map the program defines, in one list for loaders and tests.
+/// What `xlb trace` asked to see (one entry; all zero: off).
+pub const TRACE: &str = "xlb_trace";
+/// Per CPU: the trace's rate-bound window and the records it held back.
+pub const TRACE_RATE: &str = "xlb_trace_rate";
+/// aya-log's ring buffer, which carries the trace records to the daemon.
+pub const TRACE_LOGS: &str = "AYA_LOGS";
+
+/// Maps every load creates afresh and never pins: the trace belongs to the program
+/// instance, so a new program starts with tracing off.
+pub const PROGRAM_LOCAL: [&str; 3] = [TRACE, TRACE_RATE, TRACE_LOGS];
+
+/// Every pinned map the program defines, in one list for loaders and tests.
 pub const ALL: [&str; 10] = [
     CONFIG,
     VIP_FILTER,

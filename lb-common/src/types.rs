@@ -184,6 +184,44 @@ pub struct ReasonStats {
     pub bytes: u64,
 }
 
+/// `TraceControl::backend_id` that traces packets of any backend (or of none).
+pub const TRACE_ANY_BACKEND: u32 = u32::MAX;
+
+/// Value of `xlb_trace` (one entry): which packet decisions the program reports through
+/// aya-log while `xlb trace` runs. All zero, the state of every freshly loaded program,
+/// means off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TraceControl {
+    /// Tracing is on until this `CLOCK_MONOTONIC` time in ns; 0: off. (The program reads
+    /// `bpf_ktime_get_coarse_ns`, which trails it by at most a tick.) The daemon renews it while a trace client is attached, so a trace outlives
+    /// neither its client nor the daemon by more than the lease.
+    pub until_ns: u64,
+    /// Only packets to this destination address; `family` 0: any address.
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Bit `Reason::index()` set: report packets with that verdict.
+    pub reasons: u32,
+    /// Only packets given this backend; [`TRACE_ANY_BACKEND`]: any.
+    pub backend_id: u32,
+    /// At most this many records per second on each CPU.
+    pub per_cpu_rate: u32,
+}
+
+/// Value of `xlb_trace_rate` (per CPU): the rate bound's one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TraceRate {
+    /// Start of the current window, `bpf_ktime_get_coarse_ns`.
+    pub window_ns: u64,
+    /// Records sent in the current window.
+    pub sent: u32,
+    pub _pad: u32,
+    /// Records the bound held back, ever (the daemon reports the increase).
+    pub suppressed: u64,
+}
+
 const _: () = {
     assert!(size_of::<VipKey>() == 20);
     assert!(size_of::<VipInfo>() == 8);
@@ -195,6 +233,8 @@ const _: () = {
     assert!(size_of::<BackendStats>() == 24);
     assert!(size_of::<VipStats>() == 32);
     assert!(size_of::<ReasonStats>() == 16);
+    assert!(size_of::<TraceControl>() == 40);
+    assert!(size_of::<TraceRate>() == 24);
 };
 
 #[cfg(feature = "user")]
@@ -222,4 +262,8 @@ mod user {
     unsafe impl aya::Pod for VipStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ReasonStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TraceControl {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TraceRate {}
 }

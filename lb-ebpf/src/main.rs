@@ -1,7 +1,7 @@
 //! The xlb XDP program: entry point only. The packet path is one stage per module:
 //! `parse` -> `vip` filter -> `select` (a known flow's backend; otherwise the `vip`
-//! lookup and the VIP's weighted table) -> `forward` -> `counters`. Every exit carries a
-//! named `Reason`.
+//! lookup and the VIP's weighted table) -> `forward` -> `counters` -> `trace`. Every exit
+//! carries a named `Reason`.
 #![no_std]
 #![no_main]
 // Map keys are passed by reference on purpose: by value, the 20- to 40-byte keys would be
@@ -13,28 +13,39 @@ mod forward;
 mod maps;
 mod parse;
 mod select;
+mod trace;
 mod vip;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use core::mem::MaybeUninit;
 
-use lb_common::Reason;
+use lb_common::{FlowKey, Reason};
 
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let reason = match process(&ctx, len) {
+    let mut key = MaybeUninit::uninit();
+    let flow = parse::zeroed_key(&mut key);
+    let mut decision = trace::Decision {
+        backend_id: 0,
+        new_flow: false,
+    };
+    let reason = match process(&ctx, flow, len, &mut decision) {
         Ok(()) => Reason::Forwarded,
         Err(reason) => reason,
     };
     counters::count_reason(reason, len);
+    trace::report(flow, reason, &decision);
     reason.action()
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext, len: u64) -> Result<(), Reason> {
-    let mut key = MaybeUninit::uninit();
-    let flow = parse::zeroed_key(&mut key);
+fn process(
+    ctx: &XdpContext,
+    flow: &mut FlowKey,
+    len: u64,
+    decision: &mut trace::Decision,
+) -> Result<(), Reason> {
     let parsed = parse::parse(ctx, flow)?;
     vip::screen(flow)?;
     // A SYN opens a connection: it is a new flow whatever entry its 5-tuple has left.
@@ -47,6 +58,8 @@ fn process(ctx: &XdpContext, len: u64) -> Result<(), Reason> {
         Some(chosen) => chosen,
         None => select::new_flow(flow, &vip::lookup_vip(flow)?, parsed.syn)?,
     };
+    decision.backend_id = chosen.backend_id;
+    decision.new_flow = chosen.new_flow;
     forward::l2_dsr(ctx, chosen.backend)?;
     counters::count_forwarded(&chosen, len);
     Ok(())

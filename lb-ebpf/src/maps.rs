@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, VipAddrKey, VipInfo, VipKey,
-    VipStats,
+    Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, TraceControl, TraceRate,
+    VipAddrKey, VipInfo, VipKey, VipStats,
     maps::{
         DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, TABLE_HEADER,
         TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
@@ -62,3 +62,11 @@ pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray
 /// Reason -> per-CPU packets, bytes.
 #[btf_map(name = "xlb_reasons")]
 pub static REASON_STATS: PerCpuArray<ReasonStats, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+/// What `xlb trace` asked to see; all zero (off) in every freshly loaded program.
+#[btf_map(name = "xlb_trace")]
+pub static TRACE: Array<TraceControl, 1> = Array::new();
+
+/// Per CPU: the trace's rate bound.
+#[btf_map(name = "xlb_trace_rate")]
+pub static TRACE_RATE: PerCpuArray<TraceRate, 1> = PerCpuArray::new();

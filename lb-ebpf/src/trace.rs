@@ -1,0 +1,100 @@
+//! Stage 6: report the decision to `xlb trace`. Off (the `xlb_trace` entry all zero), a
+//! packet pays one inlined array lookup and one compare. On, a packet that passes the
+//! filter and the per-CPU rate bound is sent to the daemon as one aya-log record, which
+//! `lb_userspace`'s `trace::Record::parse` reads back; the two sides share the format
+//! below.
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_log_ebpf::info;
+use lb_common::{FlowKey, Reason, TRACE_ANY_BACKEND, TraceControl};
+
+use crate::maps::{TRACE, TRACE_RATE};
+
+/// A window of the rate bound.
+const WINDOW_NS: u64 = 1_000_000_000;
+
+/// What selection decided, for the trace: the backend (0: none was chosen) and whether
+/// the packet created its flow's entry.
+pub struct Decision {
+    pub backend_id: u32,
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+pub fn report(flow: &FlowKey, reason: Reason, decision: &Decision) {
+    let Some(control) = TRACE.get(0) else {
+        return;
+    };
+    if control.until_ns == 0 {
+        return;
+    }
+    record(
+        control,
+        flow,
+        reason.index(),
+        decision.backend_id,
+        decision.new_flow,
+    );
+}
+
+/// Kept out of line: the packet path stays as short as it was while tracing is off.
+#[inline(never)]
+fn record(control: &TraceControl, flow: &FlowKey, reason: u32, backend_id: u32, new_flow: bool) {
+    // The filter first: it is cheaper than even the coarse clock (a tick of 1-10 ms is
+    // fine for a lease of seconds and a window of one second).
+    if control.reasons & (1 << reason) == 0 {
+        return;
+    }
+    if control.family != 0 && (control.family != flow.family || !same(&control.addr, &flow.dst)) {
+        return;
+    }
+    if control.backend_id != TRACE_ANY_BACKEND && control.backend_id != backend_id {
+        return;
+    }
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now >= control.until_ns {
+        return;
+    }
+    let Some(rate) = TRACE_RATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot from bpf_map_lookup_elem; only this CPU writes it now.
+    unsafe {
+        if now.wrapping_sub((*rate).window_ns) >= WINDOW_NS {
+            (*rate).window_ns = now;
+            (*rate).sent = 0;
+        }
+        if (*rate).sent >= control.per_cpu_rate {
+            (*rate).suppressed += 1;
+            return;
+        }
+        (*rate).sent += 1;
+    }
+    // family protocol source sport destination dport reason backend new
+    info!(
+        &(),
+        target: "xlb::trace",
+        "{} {} {:i} {} {:i} {} {} {} {}",
+        flow.family,
+        flow.proto,
+        flow.src,
+        u16::from_be(flow.sport_be),
+        flow.dst,
+        u16::from_be(flow.dport_be),
+        reason,
+        backend_id,
+        u8::from(new_flow)
+    );
+}
+
+#[inline(always)]
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut diff = 0;
+    let mut i = 0;
+    while i < 16 {
+        diff |= a[i] ^ b[i];
+        i += 1;
+    }
+    diff == 0
+}
