@@ -1,5 +1,6 @@
 //! The CLI <-> daemon protocol: one JSON request line, one JSON response line, over the
-//! daemon's Unix socket.
+//! daemon's Unix socket. `trace` alone streams: after its response line come
+//! [`TraceLine`]s until the trace ends or the client goes away.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -104,6 +105,18 @@ pub enum Request {
     RolloutStatus,
     /// Stop the rollout in progress and return to where it started.
     RolloutAbort,
+    /// `xlb trace`: stream the program's per-packet decisions.
+    Trace {
+        vip: Option<String>,
+        backend: Option<String>,
+        /// Verdict names; empty: every verdict of traffic to a VIP address.
+        #[serde(default)]
+        reasons: Vec<String>,
+        /// End after this many records.
+        count: Option<u64>,
+        /// Records per second per CPU (default `trace::DEFAULT_RATE`).
+        rate: Option<u32>,
+    },
 }
 
 impl Request {
@@ -122,7 +135,8 @@ impl Request {
             | Request::History { .. }
             | Request::Export
             | Request::Explain { .. }
-            | Request::RolloutStatus => false,
+            | Request::RolloutStatus
+            | Request::Trace { .. } => false,
         }
     }
 }
@@ -171,10 +185,33 @@ impl Response {
     }
 }
 
-/// Sends `req` to the daemon at `socket` and waits for its answer: without a time limit
-/// for a changing request (its outcome is what the caller reports), `READ_TIMEOUT` for
-/// the others.
-pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
+/// A line of a trace stream, after the response line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TraceLine {
+    /// One packet's decision, received at `time_us` (µs since the Unix epoch).
+    Record {
+        time_us: u64,
+        #[serde(flatten)]
+        event: crate::trace::Event,
+    },
+    /// `records` records that matched were not shown, and why.
+    Skipped { records: u64, why: String },
+    /// The trace is over.
+    End { why: String },
+}
+
+/// What a trace's response line carries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TraceStarted {
+    /// The generation whose names the records are shown with.
+    pub generation: u64,
+    /// The rate bound, records per second on each CPU.
+    pub per_cpu_rate: u32,
+}
+
+/// Connects to the daemon at `socket` and sends `req`.
+fn connect(socket: &Path, req: &Request) -> Result<(UnixStream, std::io::Result<()>), String> {
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     if line.len() > MAX_REQUEST_LINE {
         return Err(format!(
@@ -190,13 +227,57 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
             socket.display()
         )
     })?;
+    let sent = stream.write_all(&line);
+    Ok((stream, sent))
+}
+
+/// Starts a trace: the daemon's response, then `each` on every following line until the
+/// stream ends (`Ok`) or breaks (`Err`).
+pub fn trace(
+    socket: &Path,
+    req: &Request,
+    started: impl FnOnce(&Response),
+    mut each: impl FnMut(TraceLine),
+) -> Result<(), String> {
+    let (stream, sent) = connect(socket, req)?;
+    sent.map_err(|e| format!("sending to the daemon: {e}"))?;
+    let mut lines = BufReader::new(stream).lines();
+    let first = lines
+        .next()
+        .ok_or("the daemon closed the connection without answering")?
+        .map_err(|e| format!("reading the daemon's answer: {e}"))?;
+    let response: Response = serde_json::from_str(&first)
+        .map_err(|e| format!("the daemon's answer is not valid: {e}"))?;
+    let ok = response.ok;
+    started(&response);
+    if !ok {
+        return Ok(());
+    }
+    for line in lines {
+        let line = line.map_err(|e| format!("reading the trace: {e}"))?;
+        let parsed: TraceLine = serde_json::from_str(&line)
+            .map_err(|e| format!("the daemon sent an invalid trace line: {e}"))?;
+        let end = matches!(parsed, TraceLine::End { .. });
+        each(parsed);
+        if end {
+            return Ok(());
+        }
+    }
+    Err("the daemon closed the trace (stopped or restarted?)".into())
+}
+
+/// Sends `req` to the daemon at `socket` and waits for its answer: without a time limit
+/// for a changing request (its outcome is what the caller reports), `READ_TIMEOUT` for
+/// the others.
+pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
+    let (stream, sent) = connect(socket, req)?;
     let changes = req.changes_state();
     stream
         .set_read_timeout((!changes).then_some(READ_TIMEOUT))
         .map_err(|e| e.to_string())?;
     // A daemon that refuses the request (too many connections, the line too long) answers
-    // and closes without reading it all: its answer is still there to read.
-    let sent = stream.write_all(&line);
+    // and closes without reading it all: its answer is still there to read, so a failed
+    // send is reported only if no answer comes.
     let mut answer = String::new();
     let read = BufReader::new(stream).read_line(&mut answer);
     if answer.is_empty() {

@@ -145,6 +145,28 @@ pub struct Record {
 }
 
 impl Record {
+    /// A generation of `config` from `source` by root, for unit tests: nothing forced,
+    /// waived, down or unresolved; no ids, fingerprints or MACs.
+    #[cfg(test)]
+    pub fn fixture(generation: u64, source: Source, config: Config) -> Record {
+        Record {
+            generation,
+            time: generation,
+            source,
+            user: "root".into(),
+            reason: None,
+            force: false,
+            config,
+            ids: Ids::default(),
+            fingerprints: BTreeMap::new(),
+            waived: Vec::new(),
+            macs: BTreeMap::new(),
+            unresolved: Vec::new(),
+            down: Vec::new(),
+            ramp: BTreeMap::new(),
+        }
+    }
+
     /// The MAC this generation installed for `backend` of `vip`.
     pub fn mac(&self, vip: &str, backend: &str) -> Option<[u8; 6]> {
         self.macs
@@ -401,23 +423,15 @@ mod tests {
     use super::*;
 
     fn record(generation: u64) -> Record {
+        let source = Source::Cli {
+            command: "weight set web a 3".into(),
+        };
         Record {
-            generation,
             time: 1_700_000_000 + generation,
-            source: Source::Cli {
-                command: "weight set web a 3".into(),
-            },
-            user: "root".into(),
             reason: Some("test".into()),
             force: generation.is_multiple_of(2),
-            config: Config::default(),
-            ids: Ids::default(),
             fingerprints: BTreeMap::from([("web".into(), "00ff".into())]),
-            waived: Vec::new(),
-            macs: BTreeMap::new(),
-            unresolved: Vec::new(),
-            down: Vec::new(),
-            ramp: BTreeMap::new(),
+            ..Record::fixture(generation, source, Config::default())
         }
     }
 

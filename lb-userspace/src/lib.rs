@@ -15,4 +15,5 @@ pub mod object;
 pub mod reload;
 pub mod rollout;
 pub mod table;
+pub mod trace;
 pub mod watch;

@@ -17,7 +17,7 @@ use cli::{
     explain, history,
     output::ERROR,
     rollout::{self, RolloutOp, Steps, parse_steps},
-    status, teardown, validate,
+    status, teardown, trace, validate,
 };
 use xlb::{api::Request, config::DEFAULT_SOCKET};
 
@@ -157,6 +157,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stream the running program's per-packet decisions: flow, verdict, backend, and
+    /// whether the packet's flow was new or known. Off until a trace runs; bounded in rate.
+    /// Stream the running program's per-packet decisions: flow, verdict, backend, and
+    /// whether the packet's flow was new or known. Off until a trace runs; bounded in rate.
+    Trace(trace::Args),
     /// Detach XDP and unpin everything (stops a running daemon too).
     Teardown {
         /// Without a daemon answering on --socket, the pin directory to tear down (never
@@ -252,6 +257,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         Command::History { json, all } => history::history(&socket, json, all),
         Command::Export => history::export(&socket),
         Command::Explain { vip, client, json } => explain::explain(&socket, vip, client, json),
+        Command::Trace(args) => trace::trace(&socket, args),
         Command::Teardown { pin_dir } => teardown::teardown(&socket, pin_dir),
     }
 }

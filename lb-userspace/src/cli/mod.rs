@@ -11,6 +11,7 @@ pub mod history;
 pub mod rollout;
 pub mod status;
 pub mod teardown;
+pub mod trace;
 pub mod validate;
 
 use std::path::Path;

@@ -79,6 +79,7 @@ fn describe(req: &Request) -> String {
         ),
         Request::RolloutStatus => "rollout status".into(),
         Request::RolloutAbort => "rollout abort".into(),
+        Request::Trace { .. } => "trace".into(),
     }
 }
 
@@ -542,6 +543,9 @@ fn execute(
         }
         Request::Rollout { .. } | Request::RolloutStatus | Request::RolloutAbort => {
             Response::error("internal error: a rollout request reached the controller")
+        }
+        Request::Trace { .. } => {
+            Response::error("internal error: a trace request reached the controller")
         }
         Request::Teardown => match loader::teardown(&daemon.pin_dir) {
             Ok(removed) => {

@@ -6,7 +6,8 @@
 //! adopts it.
 //!
 //! One tokio runtime runs it all: the API socket (`socket`), `/metrics` (`metrics`),
-//! health probes (`health`), the 1 s sampler (`rates`) and signals (here). The controller
+//! health probes (`health`), the 1 s sampler (`rates`), `xlb trace` (`trace`) and
+//! signals (here). The controller
 //! does blocking map I/O, so it sits behind one first-come-first-served lock and runs on
 //! the blocking pool (`state`): changes apply one at a time in arrival order, and a long
 //! apply never stalls an accept loop.
@@ -24,6 +25,7 @@ mod rollouts;
 mod socket;
 mod state;
 mod sys;
+mod trace;
 mod watcher;
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -79,6 +81,8 @@ struct Started {
     daemon: config::Daemon,
     /// Held until the process ends: one daemon per state and pin directory.
     _locks: Locks,
+    tracer: trace::Tracer,
+    trace_records: aya_log::EbpfLogger<trace::Relay>,
 }
 
 /// Everything `xlb run` does before it serves: lock, load, attach, reconcile, then the
@@ -102,6 +106,7 @@ fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Starte
     })?;
     dp.attach(&iface, daemon.xdp_mode.into())?;
     dp.maps().set_hash_seed(daemon.hash_seed)?;
+    let (tracer, trace_records) = trace::Tracer::take(&mut dp)?;
     let mut controller = Controller::new(
         dp.into_maps(),
         history,
@@ -133,6 +138,8 @@ fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Starte
         controller,
         daemon,
         _locks: locks,
+        tracer,
+        trace_records,
     })
 }
 
@@ -148,6 +155,8 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
         controller,
         daemon,
         _locks,
+        tracer,
+        trace_records,
     } = started;
     let listener = socket::listen(&daemon.socket, daemon.socket_group.as_deref())?;
     let metrics = match &daemon.metrics {
@@ -169,10 +178,13 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
         controller,
         config_path.to_path_buf(),
         daemon.clone(),
+        tracer,
     ));
     let conns = Arc::new(Semaphore::new(socket::MAX_CONNECTIONS));
     tokio::spawn(socket::serve(listener, d.clone(), conns.clone()));
     tokio::spawn(rates::sampler(d.clone()));
+    tokio::spawn(trace::reader(d.clone(), trace_records));
+    tokio::spawn(trace::renewer(d.clone()));
     tokio::spawn(health::checker(d.clone()));
     if let Some(iface) = daemon.interface.clone() {
         tokio::spawn(neighbours::refresher(d.clone(), iface));

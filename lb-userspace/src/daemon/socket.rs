@@ -1,6 +1,7 @@
 //! The API server on the Unix socket: creates the socket with its permissions, accepts
 //! within a bound on connections, reads one request line within a size cap, a time limit
-//! and a daemon-wide memory budget, and writes one answer line.
+//! and a daemon-wide memory budget, and writes one answer line (a trace streams more:
+//! `trace::serve`).
 
 use std::{
     ffi::CString,
@@ -174,6 +175,12 @@ async fn connection(
     };
     // The line and its budget are released here: the parsed request is all that is kept.
     let response = match parsed {
+        Ok(req @ Request::Trace { .. }) => {
+            let user = tokio::task::spawn_blocking(move || sys::user(uid))
+                .await
+                .unwrap_or_else(|_| "unknown".into());
+            return super::trace::serve(stream, d, req, user).await;
+        }
         Ok(req) => {
             // NSS may be slow (LDAP): the lookup runs off the runtime's threads.
             let user = tokio::task::spawn_blocking(move || sys::user(uid))

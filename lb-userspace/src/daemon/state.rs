@@ -45,6 +45,8 @@ pub struct Shared {
     pub rollout: Mutex<Option<(super::rollouts::State, Arc<std::sync::atomic::AtomicBool>)>>,
     /// Finished rollouts by outcome (`completed`, `rolled_back`, `aborted`).
     pub rollouts: Mutex<BTreeMap<&'static str, u64>>,
+    /// `xlb trace` clients and the program's trace switch.
+    pub tracer: Arc<super::trace::Tracer>,
     stop: watch::Sender<Stop>,
 }
 
@@ -55,7 +57,12 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(controller: Controller, config_path: PathBuf, settings: config::Daemon) -> Self {
+    pub fn new(
+        controller: Controller,
+        config_path: PathBuf,
+        settings: config::Daemon,
+        tracer: super::trace::Tracer,
+    ) -> Self {
         Shared {
             controller: Arc::new(tokio::sync::Mutex::new(controller)),
             config_path,
@@ -68,6 +75,7 @@ impl Shared {
             auto_rollbacks: std::sync::atomic::AtomicU64::new(0),
             rollout: Mutex::new(None),
             rollouts: Mutex::new([("completed", 0), ("rolled_back", 0), ("aborted", 0)].into()),
+            tracer: Arc::new(tracer),
             stop: watch::Sender::new(Stop::Running),
         }
     }

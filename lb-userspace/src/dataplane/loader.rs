@@ -129,6 +129,10 @@ impl Dataplane {
         self.maps
     }
 
+    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The loaded program, for BPF_PROG_TEST_RUN.
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         program_mut(&mut self.ebpf)

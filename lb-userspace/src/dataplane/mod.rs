@@ -6,6 +6,7 @@ pub mod loader;
 pub mod maps;
 pub mod pins;
 mod table_mem;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -13,6 +14,7 @@ use thiserror::Error;
 
 pub use loader::{AttachMode, Dataplane, LoadOptions};
 pub use maps::{Maps, TableWrite};
+pub use trace::TraceSwitch;
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -27,6 +29,8 @@ pub enum DataplaneError {
     },
     #[error("loading the XDP object failed: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("reading the program's trace records: {0}")]
+    Log(#[from] aya_log::Error),
     #[error("the XDP object has no map or program named {name:?}: rebuild xlb")]
     Missing { name: &'static str },
     #[error("map {map}: {what}: {source}")]

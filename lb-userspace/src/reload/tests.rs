@@ -1,10 +1,7 @@
-use std::{collections::BTreeMap, path::PathBuf};
+use std::path::PathBuf;
 
 use super::*;
-use crate::{
-    config::{self, Protocol},
-    history::Ids,
-};
+use crate::config::{self, Protocol};
 
 const FILE: &str = "/etc/xlb/xlb.toml";
 
@@ -22,22 +19,7 @@ fn config(weights: &[i64]) -> Config {
 }
 
 fn record(generation: u64, source: Source, config: Config) -> Record {
-    Record {
-        generation,
-        time: generation,
-        source,
-        user: "root".into(),
-        reason: None,
-        force: false,
-        config,
-        ids: Ids::default(),
-        fingerprints: BTreeMap::new(),
-        waived: Vec::new(),
-        macs: BTreeMap::new(),
-        unresolved: Vec::new(),
-        down: Vec::new(),
-        ramp: BTreeMap::new(),
-    }
+    Record::fixture(generation, source, config)
 }
 
 fn startup() -> Source {

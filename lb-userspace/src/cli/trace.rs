@@ -1,0 +1,90 @@
+//! `xlb trace`: the running program's per-packet decisions, one line each, as they happen.
+
+use std::path::Path;
+
+use xlb::api::{self, Request, TraceLine, TraceStarted};
+
+use super::output::{ERROR, utc};
+
+/// What to trace.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only packets to this VIP (by name).
+    vip: Option<String>,
+    /// Only packets given this backend (BACKEND within VIP, or VIP/BACKEND).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Only packets with this verdict (as `xlb stats` names them, e.g. drop_no_backend);
+    /// repeatable. Default: every verdict of traffic to a VIP address.
+    #[arg(long = "reason", value_name = "REASON")]
+    reasons: Vec<String>,
+    /// Stop after this many records.
+    #[arg(long)]
+    count: Option<u64>,
+    /// At most this many records per second on each CPU (1 to 5000; default 1000).
+    #[arg(long)]
+    rate: Option<u32>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn trace(socket: &Path, args: Args) -> Result<u8, String> {
+    let req = Request::Trace {
+        vip: args.vip,
+        backend: args.backend,
+        reasons: args.reasons,
+        count: args.count,
+        rate: args.rate,
+    };
+    let json = args.json;
+    let mut refused = None;
+    api::trace(
+        socket,
+        &req,
+        |r| {
+            if !r.ok {
+                refused = Some(r.error.clone());
+            } else if let Ok(s) = serde_json::from_value::<TraceStarted>(r.data.clone()) {
+                eprintln!(
+                    "tracing with generation {}'s names, at most {} records/s per CPU; \
+                     Ctrl-C stops",
+                    s.generation, s.per_cpu_rate
+                );
+            }
+        },
+        |line| match line {
+            TraceLine::Record { time_us, event } if json => {
+                let mut v = serde_json::to_value(&event).unwrap_or_default();
+                v["time_us"] = time_us.into();
+                say!("{v}");
+            }
+            TraceLine::Record { time_us, event } => say!(
+                "{}.{:06} {} {} {} -> {} {} {}",
+                &utc(time_us / 1_000_000)[11..],
+                time_us % 1_000_000,
+                event.vip.as_deref().unwrap_or("-"),
+                event.protocol,
+                event.client,
+                event.destination,
+                event.reason,
+                match (&event.backend, &event.flow) {
+                    (Some(b), Some(f)) => format!("{b} ({f} flow)"),
+                    (Some(b), None) => b.clone(),
+                    (None, _) => "-".into(),
+                }
+            ),
+            TraceLine::Skipped { records, why } => {
+                eprintln!("xlb trace: {records} records not shown: {why}")
+            }
+            TraceLine::End { why } => eprintln!("xlb trace: ended: {why}"),
+        },
+    )?;
+    match refused {
+        Some(e) => {
+            eprintln!("xlb: {e}");
+            Ok(ERROR)
+        }
+        None => Ok(0),
+    }
+}

@@ -1,0 +1,247 @@
+//! `xlb trace` against the real daemon and real traffic: the records name the backend
+//! that really answered each connection, filters by VIP, backend and verdict hold, the
+//! rate bound holds and says what it held back, requests naming nothing running are
+//! refused, and the kernel's trace switch is off whenever no client is attached.
+
+use std::{
+    io::Read,
+    net::IpAddr,
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use xlb_lab::{
+    clients::{Http, http_many},
+    daemon::{Daemon, VipSpec, text, xlb_bin},
+    netns::sh,
+    require_root,
+    servers::{HTTP_PORT, Servers},
+    topology::{Topology, VIP4, client4, in_ns},
+};
+
+/// The `xlb_trace` entry of this daemon's program, as bpftool prints it.
+fn trace_switch(daemon: &Daemon) -> Value {
+    let prog: Value = serde_json::from_str(&sh(&format!(
+        "bpftool -j prog show pinned {}/prog",
+        daemon.pin_dir().display()
+    )))
+    .unwrap();
+    for id in prog["map_ids"].as_array().unwrap() {
+        let map: Value =
+            serde_json::from_str(&sh(&format!("bpftool -j map show id {id}"))).unwrap();
+        if map["name"] == "xlb_trace" {
+            let dump: Value =
+                serde_json::from_str(&sh(&format!("bpftool -j map dump id {id}"))).unwrap();
+            return dump[0]["formatted"]["value"].clone();
+        }
+    }
+    panic!("the program has no xlb_trace map: {prog}");
+}
+
+fn switch_on(daemon: &Daemon) -> bool {
+    trace_switch(daemon)["until_ns"].as_u64().unwrap() != 0
+}
+
+/// Waits (5 s at most) until the trace switch is `on`.
+fn wait_switch(daemon: &Daemon, on: bool) {
+    let start = Instant::now();
+    while switch_on(daemon) != on {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "trace switch not {on} after 5 s: {}",
+            trace_switch(daemon)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `xlb trace ARGS --json`, attached: the kernel's switch is on.
+fn attached(daemon: &Daemon, args: &[&str]) -> Child {
+    let mut child = trace(daemon, args);
+    let start = Instant::now();
+    while !switch_on(daemon) {
+        if start.elapsed() > Duration::from_secs(5) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("xlb trace {args:?} did not attach: {}", text(&out));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// `xlb trace ARGS --json`, running.
+fn trace(daemon: &Daemon, args: &[&str]) -> Child {
+    Command::new(xlb_bin())
+        .arg("--socket")
+        .arg(daemon.socket())
+        .arg("trace")
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The trace's output once it exits, within `within` (killed and failed otherwise).
+fn finish(mut child: Child, within: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > within {
+            child.kill().unwrap();
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("xlb trace still running after {within:?}: {err}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn records(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn trace_shows_real_decisions_and_is_off_without_a_client() {
+    if !require_root("trace_shows_real_decisions_and_is_off_without_a_client") {
+        return;
+    }
+    let topo = Topology::new(1, 3);
+    let _servers = Servers::start(&topo);
+    let mut daemon = Daemon::new(&topo);
+    daemon.write_config(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1])]);
+    daemon.start();
+    let client = topo.clients[0].name.clone();
+    let vip: IpAddr = VIP4.parse().unwrap();
+    assert!(
+        !switch_on(&daemon),
+        "trace on with no client: {}",
+        trace_switch(&daemon)
+    );
+
+    // Every packet of one connection, and the backend that really answered it.
+    let tracing = attached(&daemon, &["web", "--count", "6"]);
+    let (port, answered) = in_ns(&client, move || {
+        let mut http = Http::connect(vip).unwrap();
+        let port = http.local_addr().unwrap().port();
+        let mut answered = Vec::new();
+        for _ in 0..5 {
+            answered.push(http.get(false).unwrap());
+        }
+        (port, answered)
+    });
+    let out = finish(tracing, Duration::from_secs(10));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ended: 6 records, as asked"),
+        "{}",
+        text(&out)
+    );
+    let got = records(&out);
+    assert_eq!(got.len(), 6, "{got:?}");
+    let backend = format!("web/{}", answered[0]);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r["vip"], "web", "{r}");
+        assert_eq!(r["reason"], "forwarded", "{r}");
+        assert_eq!(r["client"], format!("{}:{port}", client4(0)), "{r}");
+        assert_eq!(r["destination"], format!("{VIP4}:{HTTP_PORT}"), "{r}");
+        assert_eq!(r["backend"], backend.as_str(), "{r}");
+        assert_eq!(r["flow"], if i == 0 { "new" } else { "known" }, "{r}");
+    }
+    // The last client gone, the kernel's switch is off again.
+    wait_switch(&daemon, false);
+
+    // --backend: only that backend's packets, over connections to all three.
+    let tracing = attached(&daemon, &["web", "--backend", "b2", "--count", "10"]);
+    let count = in_ns(&client, move || http_many(vip, 60));
+    assert!(count.get("b2").copied().unwrap_or(0) >= 3, "{count:?}");
+    let out = finish(tracing, Duration::from_secs(10));
+    assert!(out.status.success(), "{}", text(&out));
+    let got = records(&out);
+    assert_eq!(got.len(), 10, "{}", text(&out));
+    assert!(got.iter().all(|r| r["backend"] == "web/b2"), "{got:?}");
+
+    // --reason: a port of the VIP's address that is no VIP.
+    let tracing = attached(&daemon, &["--reason", "pass_not_vip", "--count", "1"]);
+    in_ns(&client, move || {
+        for _ in 0..3 {
+            let to = std::net::SocketAddr::new(vip, 81);
+            let _ = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(300));
+        }
+    });
+    let out = finish(tracing, Duration::from_secs(10));
+    let got = records(&out);
+    assert_eq!(got.len(), 1, "{}", text(&out));
+    assert_eq!(got[0]["reason"], "pass_not_vip");
+    assert_eq!(got[0]["destination"], format!("{VIP4}:81"));
+    assert_eq!(got[0]["vip"], Value::Null);
+    wait_switch(&daemon, false);
+
+    // The rate bound: 1 record per second per CPU while about a thousand packets pass.
+    let tracing = attached(&daemon, &["web", "--rate", "1"]);
+    let start = Instant::now();
+    let count = in_ns(&client, move || http_many(vip, 150));
+    assert_eq!(count.values().sum::<u32>(), 150, "{count:?}");
+    // The next second's notice of what was held back.
+    thread::sleep(Duration::from_millis(1200));
+    let seconds = start.elapsed().as_secs() + 1;
+    // SAFETY: kill sends a signal to our own child.
+    unsafe { libc::kill(tracing.id() as i32, libc::SIGINT) };
+    let out = finish(tracing, Duration::from_secs(5));
+    let cpus = thread::available_parallelism().unwrap().get() as u64;
+    let got = records(&out).len() as u64;
+    assert!(
+        got >= 1 && got <= cpus * seconds,
+        "{got} records in {seconds} s on {cpus} CPUs"
+    );
+    assert!(
+        text(&out).contains("not shown: held back by the rate bound (1 records/s per CPU"),
+        "{}",
+        text(&out)
+    );
+    // A client killed mid-trace detaches too.
+    wait_switch(&daemon, false);
+
+    // Requests naming nothing running: refused, switch untouched.
+    for (args, why) in [
+        (&["nosuch"][..], "no VIP named \"nosuch\": running are web"),
+        (&["web", "--backend", "b9"][..], "no backend named \"b9\""),
+        (
+            &["--reason", "dropped"][..],
+            "unknown reason \"dropped\": one of forwarded",
+        ),
+        (
+            &["--rate", "0"][..],
+            "--rate 0: records per second per CPU must be 1 to 5000",
+        ),
+    ] {
+        let out = finish(trace(&daemon, args), Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(why), "{args:?}: {}", text(&out));
+        assert!(!switch_on(&daemon));
+    }
+
+    // A daemon that stops ends the trace and says so.
+    let tracing = attached(&daemon, &["web"]);
+    daemon.stop_with(libc::SIGTERM);
+    let out = finish(tracing, Duration::from_secs(15));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ended: the daemon is stopping"),
+        "{}",
+        text(&out)
+    );
+    assert!(!switch_on(&daemon), "switch left on by a stopped daemon");
+}
