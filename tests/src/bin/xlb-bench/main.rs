@@ -21,6 +21,7 @@ mod forwarding;
 mod per_packet;
 mod quality;
 mod segments;
+mod trace;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use xlb::{
@@ -65,6 +66,26 @@ fn median_run<R: Clone>(runs: &[R], rate: impl Fn(&R) -> f64) -> R {
 /// (their namespaces) and the HAProxy child on the way out; the exit status is 101.
 fn fail(msg: String) -> ! {
     panic!("bench: {msg}")
+}
+
+/// The reference programs with the XDP_DROP floor (`xlb_drop`) loaded.
+fn load_floor() -> aya::Ebpf {
+    let mut refs = aya::Ebpf::load(xlb::object::PASS_OBJECT)
+        .unwrap_or_else(|e| fail(format!("load reference programs: {e}")));
+    let drop: &mut Xdp = refs
+        .program_mut(xlb::object::DROP_PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| fail("no xlb_drop program".into()));
+    drop.load()
+        .unwrap_or_else(|e| fail(format!("load xlb_drop: {e}")));
+    refs
+}
+
+/// The XDP_DROP floor of `load_floor`'s programs.
+fn floor(refs: &aya::Ebpf) -> &Xdp {
+    refs.program(xlb::object::DROP_PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| fail("no xlb_drop program".into()))
 }
 
 /// One BPF_PROG_TEST_RUN of `input`, `repeat` times: (return value, ns per run).
@@ -212,6 +233,9 @@ fn main() {
     let mut missed = Vec::new();
     if wanted("per-packet") {
         per_packet::per_packet(&mode, &mut md, &mut missed);
+    }
+    if wanted("per-packet") || wanted("trace") {
+        trace::trace_cost(&mode, &mut md);
     }
     if wanted("forwarding") {
         forwarding::packet_rate(&mode, &mut md, &mut missed);

@@ -15,8 +15,8 @@ use xlb::{
 use xlb_lab::packet::{ACK, SYN, tcp, udp, v4, v6};
 
 use crate::{
-    Bench, Mode, XDP_DROP, XDP_PASS, XDP_TX, fail, forwarding, profile, request, stats, test_run,
-    vip,
+    Bench, Mode, XDP_DROP, XDP_PASS, XDP_TX, fail, floor, forwarding, load_floor, profile, request,
+    stats, test_run, vip,
 };
 
 /// Section 1: ns per packet through BPF_PROG_TEST_RUN against the XDP_DROP floor.
@@ -35,15 +35,8 @@ pub fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     ctl.apply(request(config))
         .unwrap_or_else(|e| fail(format!("apply: {e}")));
     let mut dp = Dataplane::load(&bench.opts).unwrap_or_else(|e| fail(format!("load: {e}")));
-    let mut refs = aya::Ebpf::load(xlb::object::PASS_OBJECT)
-        .unwrap_or_else(|e| fail(format!("load reference programs: {e}")));
-    let drop: &mut Xdp = refs
-        .program_mut(xlb::object::DROP_PROGRAM_NAME)
-        .and_then(|p| p.try_into().ok())
-        .unwrap_or_else(|| fail("no xlb_drop program".into()));
-    drop.load()
-        .unwrap_or_else(|e| fail(format!("load xlb_drop: {e}")));
-    let drop: &Xdp = drop;
+    let refs = load_floor();
+    let drop = floor(&refs);
     let lookup_obj = lookup_program();
     let lookup: &Xdp = lookup_obj
         .program("xlb_lookup")
