@@ -4,9 +4,11 @@
 //! named `Reason`.
 #![no_std]
 #![no_main]
-// Map keys are passed by reference on purpose: by value, the 20- to 40-byte keys would be
-// copied once more on the 512-byte BPF stack.
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys are passed by reference on purpose: by value, the 20- to 40-byte keys \
+              would be copied once more on the 512-byte BPF stack"
+)]
 
 mod counters;
 mod forward;
@@ -21,7 +23,7 @@ use core::mem::MaybeUninit;
 use lb_common::Reason;
 
 #[xdp]
-pub fn xlb(ctx: XdpContext) -> u32 {
+pub(crate) fn xlb(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let reason = match process(&ctx, len) {
         Ok(()) => Reason::Forwarded,

@@ -505,10 +505,9 @@ impl Controller {
                 let id = ids.backend(&vip.name, &b.name).ok_or_else(|| {
                     ApplyError::NotFound(format!("no id for backend {}/{}", vip.name, b.name))
                 })?;
-                let addr: IpAddr = b
-                    .address
-                    .parse()
-                    .map_err(|_| ApplyError::NotFound(format!("bad address {}", b.address)))?;
+                let addr: IpAddr = b.address.parse().map_err(|_not_an_ip| {
+                    ApplyError::NotFound(format!("bad address {}", b.address))
+                })?;
                 // A backend without a MAC has no slot (effective weight 0) and is not
                 // live, so flows that had it re-home instead of going nowhere.
                 let mac = record.mac(&vip.name, &b.name);
@@ -692,8 +691,9 @@ impl Controller {
                 .ids
                 .backends
                 .iter()
-                .find(|&(k, &bid)| bid == id && k.starts_with(&format!("{}/", v.name)))
-                .map(|(k, _)| k[v.name.len() + 1..].to_string())
+                .filter(|&(_, &bid)| bid == id)
+                .find_map(|(k, _)| k.strip_prefix(v.name.as_str())?.strip_prefix('/'))
+                .map(str::to_string)
         };
         if let Some(entry) = self.maps.flow(&flow)
             && self

@@ -11,6 +11,8 @@
 //! run in parallel. Checks are short (`interval_ms` 200, `timeout_ms` 200, rise 2, fall 2)
 //! so that each scenario takes seconds.
 
+#![cfg(test)]
+
 use std::{
     cell::RefCell,
     collections::BTreeMap,
@@ -337,7 +339,7 @@ fn outage(
         failed_at,
         last_failure: last.saturating_sub(failed_at),
         detected,
-        first_answer: first - repaired_at,
+        first_answer: first.saturating_sub(repaired_at),
         attempts,
     }
 }

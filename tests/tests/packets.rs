@@ -2,6 +2,8 @@
 //! verdict, expected output bytes, expected counter deltas}, run against the real program
 //! with maps filled by the real control-plane code (table builder and map writer).
 
+#![cfg(test)]
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions};

@@ -33,7 +33,7 @@ pub struct MacRefresh {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
-pub fn show_mac(mac: [u8; 6]) -> String {
+pub(crate) fn show_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 

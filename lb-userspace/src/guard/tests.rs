@@ -375,7 +375,7 @@ impl TableBuilder for Counting {
 fn running_tables_are_reused_and_only_changed_tables_are_built() {
     let mut api = vip("api", &[1, 1]);
     api.address = "198.18.0.101".into();
-    let before = config(vec![vip("web", &[1, 2, 3]), api.clone()]);
+    let before = config(vec![vip("web", &[1, 2, 3]), api]);
     let running = check(&before, None);
     let mut after = before.clone();
     after.vips[0].backends[0].weight = 2;

@@ -14,7 +14,6 @@
 //! round.
 
 use std::{
-    fmt::Write as _,
     net::IpAddr,
     process::{Child, Command, Stdio},
     thread,
@@ -42,10 +41,10 @@ const FLOWS: u32 = 4096;
 /// UDP port of the benchmark VIP.
 const PORT: u16 = 7;
 /// Backends behind the VIP.
-pub const BACKENDS: usize = 3;
+pub(crate) const BACKENDS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Forwarder {
+pub(crate) enum Forwarder {
     Reflector,
     Xlb,
     Nft,
@@ -53,7 +52,7 @@ pub enum Forwarder {
 }
 
 impl Forwarder {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Forwarder::Reflector => "XDP_TX reflector (the path's limit)",
             Forwarder::Xlb => "xlb",
@@ -64,7 +63,7 @@ impl Forwarder {
 }
 
 /// Sets entry 0 of the array map `name` of `ebpf` to `value`.
-pub fn set_first<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) {
+pub(crate) fn set_first<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) {
     let mut map: Array<_, V> = ebpf
         .map_mut(name)
         .and_then(|m| Array::try_from(m).ok())
@@ -92,7 +91,7 @@ fn mac_of(ns: &str, iface: &'static str) -> [u8; 6] {
 }
 
 /// Busy CPU time of the whole machine so far, in seconds (/proc/stat, USER_HZ = 100).
-pub fn busy_cpu_secs() -> f64 {
+pub(crate) fn busy_cpu_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
         .lines()
@@ -113,7 +112,7 @@ pub fn busy_cpu_secs() -> f64 {
 }
 
 /// What one forwarder does to the lab's load balancer; dropped after its run.
-pub enum Lb {
+pub(crate) enum Lb {
     Xdp(Ebpf),
     Daemon(Box<Daemon>),
     Nft,
@@ -127,7 +126,15 @@ pub enum Lb {
 impl Drop for Lb {
     fn drop(&mut self) {
         if let Lb::Haproxy { child, .. } = self {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "HAProxy may have exited already"
+            )]
             let _ = child.kill();
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "only reaps the process; its status was not asked for"
+            )]
             let _ = child.wait();
         }
     }
@@ -161,7 +168,7 @@ fn nft_rules(proto: &str, port: u16) -> String {
     )
 }
 
-pub fn setup_nft(topo: &Topology, proto: &str, port: u16) {
+pub(crate) fn setup_nft(topo: &Topology, proto: &str, port: u16) {
     let lb = &topo.lb;
     lb.sh("sysctl -qw net.ipv4.ip_forward=1");
     // The LB forwards out of the interface it received on: no ICMP redirects.
@@ -178,6 +185,10 @@ fn resolve_backends(topo: &Topology) {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0")
             .unwrap_or_else(|e| fail(format!("UDP socket: {e}")));
         for i in 0..BACKENDS {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "the datagram only starts ARP; the wait below checks the result"
+            )]
             let _ = sock.send_to(b"arp", (backend4(i).as_str(), 9));
         }
     });
@@ -220,7 +231,7 @@ fn nft_forwarded(topo: &Topology) -> u64 {
 
 /// HAProxy in TCP mode on the LB, holding the VIP on `lo` and balancing `port` round
 /// robin over the backends' same port; returns once it accepts connections.
-pub fn setup_haproxy(topo: &Topology, port: u16) -> Lb {
+pub(crate) fn setup_haproxy(topo: &Topology, port: u16) -> Lb {
     topo.lb.sh(&format!("ip addr add {VIP4}/32 dev lo"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
     let servers: String = (0..BACKENDS)
@@ -265,7 +276,7 @@ pub fn setup_haproxy(topo: &Topology, port: u16) -> Lb {
 
 /// The XDP_TX reflector on the LB's eth0: every frame goes to the first backend with
 /// only its MACs rewritten.
-pub fn reflector(topo: &Topology) -> Lb {
+pub(crate) fn reflector(topo: &Topology) -> Lb {
     let b1 = mac_of(&topo.backends[0].name, "eth0");
     let lb_mac = mac_of(&topo.lb.name, "eth0");
     Lb::Xdp(attach_xdp(
@@ -283,7 +294,7 @@ pub fn reflector(topo: &Topology) -> Lb {
 }
 
 /// Starts the real daemon with one VIP on the LB's eth0.
-pub fn setup_xlb(topo: &Topology, spec: VipSpec) -> Lb {
+pub(crate) fn setup_xlb(topo: &Topology, spec: VipSpec) -> Lb {
     let mut d = Daemon::new(topo);
     d.write_config(&[spec]);
     d.start();
@@ -442,7 +453,7 @@ fn generate(ns: &str, frame: Vec<u8>, count: u32) -> f64 {
 }
 
 /// Section 2 and the packet half of section 3.
-pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
+pub(crate) fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     eprintln!("bench: forwarding rate");
     let count = if mode.runs > 3 { 2_000_000 } else { 300_000 };
     let forwarders = [Forwarder::Reflector, Forwarder::Xlb, Forwarder::Nft];
@@ -460,7 +471,7 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
             runs[i].push(r);
         }
     }
-    let _ = writeln!(
+    push_line!(
         md,
         "## 2. Forwarding rate on veth, and 3a. against nftables\n\n\
          Method: the lab topology (one client, the load balancer, {BACKENDS} backends on one \
@@ -499,7 +510,7 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         // Counts of the median run.
         let r = median_run(&runs[i], PacketRun::rate);
         cpus.push(cpu);
-        let _ = writeln!(
+        push_line!(
             md,
             "| {} | {m:.0} | {lo:.0}..{hi:.0} | {:.2} | {cpu:.2} | {} | {} | {} | {} | {} |",
             f.name(),
@@ -513,7 +524,7 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     }
     let xlb = medians[1] / medians[0];
     let vs_nft = medians[1] / medians[2];
-    let _ = writeln!(
+    push_line!(
         md,
         "\nLost frames are accounted by stage in the columns: sent - at LB were dropped on \
          the way to the load balancer (veth queues full: the generator outruns the path), \
@@ -612,7 +623,7 @@ fn connection_run(fwd: Forwarder, secs: u64) -> (u64, f64, f64) {
 }
 
 /// The connection half of section 3.
-pub fn connection_rate(mode: &Mode, md: &mut String) {
+pub(crate) fn connection_rate(mode: &Mode, md: &mut String) {
     eprintln!("bench: connection rate");
     let secs = if mode.runs > 3 { 5 } else { 2 };
     let forwarders = [Forwarder::Xlb, Forwarder::Nft, Forwarder::Haproxy];
@@ -628,7 +639,7 @@ pub fn connection_rate(mode: &Mode, md: &mut String) {
             rates[i].push((n as f64 / s, cpu / (n.max(1) as f64 / 1000.0)));
         }
     }
-    let _ = writeln!(
+    push_line!(
         md,
         "## 3b. Connection rate against nftables and HAProxy\n\n\
          Method: a fresh lab topology per run with two clients and {BACKENDS} backends \
@@ -647,14 +658,14 @@ pub fn connection_rate(mode: &Mode, md: &mut String) {
     for (i, f) in forwarders.iter().enumerate() {
         let (m, lo, hi) = stats(rates[i].iter().map(|r| r.0).collect());
         let (cpu, _, _) = stats(rates[i].iter().map(|r| r.1).collect());
-        let _ = writeln!(
+        push_line!(
             md,
             "| {} | {m:.0} | {lo:.0}..{hi:.0} | {:.2} | {cpu:.3} |",
             f.name(),
             m / xlb
         );
     }
-    let _ = writeln!(
+    push_line!(
         md,
         "\nThe clients (blocking sockets, one connection at a time) and the backends share \
          the two CPUs with the forwarder, so these rates bound what this VM can do end to \

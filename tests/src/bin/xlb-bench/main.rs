@@ -10,10 +10,16 @@
 //! (per-packet, forwarding, connections, segments, control-plane, quality, failover) runs
 //! one section.
 
-use std::{
-    fmt::Write as _,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+/// `writeln!` into a report `String`, without the `fmt::Result` that appending to a
+/// `String` never fails with.
+macro_rules! push_line {
+    ($md:expr, $($arg:tt)*) => {{
+        $md.push_str(&format!($($arg)*));
+        $md.push('\n');
+    }};
+}
 
 mod control_plane;
 mod failover;
@@ -127,7 +133,7 @@ fn backends(n: usize, prefix: &str) -> Vec<BackendSpec> {
                 format!("198.18.{}.{}", 16 + i / 250, 1 + i % 250)
             },
             mac: format!("02:00:00:00:{:02x}:{:02x}", i / 256, i % 256),
-            weight: 1 + (i % 3) as i64,
+            weight: [1, 2, 3][i % 3],
             line: None,
         })
         .collect()
@@ -193,7 +199,7 @@ fn main() {
         );
     }
     let mut md = String::new();
-    let _ = writeln!(
+    push_line!(
         md,
         "# Benchmarks\n\nWritten by `cargo xtask bench{}` on {}. Mode: {}; \
          `kernel.bpf_stats_enabled` was 0.\n",
@@ -232,11 +238,11 @@ fn main() {
         failover::failover(&mode, &mut md);
     }
     if missed.is_empty() {
-        let _ = writeln!(md, "## Targets\n\nEvery target checked above was met.");
+        push_line!(md, "## Targets\n\nEvery target checked above was met.");
     } else {
-        let _ = writeln!(md, "## Notes on the targets marked MISSED above\n");
+        push_line!(md, "## Notes on the targets marked MISSED above\n");
         for note in &missed {
-            let _ = writeln!(md, "- {note}");
+            push_line!(md, "- {note}");
         }
     }
     let path = std::env::args()
@@ -266,7 +272,7 @@ fn profile<T>(scope: &[&str], work: impl FnOnce() -> T) -> (T, Vec<(f64, String)
     std::thread::sleep(Duration::from_millis(500));
     let out = work();
     // SAFETY: plain kill(2) on the child we spawned; SIGINT makes perf write its data.
-    unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+    unsafe { libc::kill(perf.id().cast_signed(), libc::SIGINT) };
     let status = perf
         .wait()
         .unwrap_or_else(|e| fail(format!("perf record: {e}")));
