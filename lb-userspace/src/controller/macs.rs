@@ -19,7 +19,7 @@ use crate::{
     history::{Ids, Record, Source},
 };
 
-use super::{ApplyError, Controller, Holds, addr16};
+use super::{ApplyError, Controller, Holds, install::addr16};
 
 /// How long an apply waits for a new backend's neighbour entry.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
