@@ -551,16 +551,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            #[expect(
-                clippy::let_underscore_must_use,
-                reason = "the daemon may have exited already"
-            )]
-            let _ = child.kill();
-            #[expect(
-                clippy::let_underscore_must_use,
-                reason = "only reaps the process; its status was not asked for"
-            )]
-            let _ = child.wait();
+            crate::kill_and_reap(&mut child);
         }
     }
 }

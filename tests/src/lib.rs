@@ -19,6 +19,21 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+/// Kills `child` and reaps it, as a drop does: the process may have exited already, and
+/// its status is not asked for.
+pub fn kill_and_reap(child: &mut std::process::Child) {
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "the process may have exited already"
+    )]
+    let _ = child.kill();
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "only reaps the process; its status was not asked for"
+    )]
+    let _ = child.wait();
+}
+
 /// `promtool check metrics` on a `/metrics` body: the exposition format is valid and
 /// lint-clean (promtool: Debian package prometheus, installed by `cargo xtask setup`).
 pub fn promtool_check_metrics(body: &str) {

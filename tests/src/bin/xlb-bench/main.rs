@@ -2,10 +2,11 @@
 //!
 //! Sections: the cost per packet in the kernel against an XDP_DROP floor measured in the
 //! same run; the forwarding rate through the lab topology against an XDP_TX reflector and
-//! nftables, and the connection rate against nftables and HAProxy (`forwarding`); the
-//! TCP segment rate through all of them (`segments`); the control plane (build, apply,
-//! validate, stats, memory); table quality; failover (a backend's death to the last
-//! failed request, and probe rounds of 1000 backends, `failover`). Every figure is a
+//! nftables (`forwarding`), and the connection rate against nftables and HAProxy
+//! (`connections`), each forwarder set up by `forwarders`; the TCP segment rate through
+//! all of them (`segments`); the control plane (build, apply, validate, stats, memory);
+//! table quality; failover (a backend's death to the last failed request, and probe
+//! rounds of 1000 backends, `failover`). Every figure is a
 //! median of several runs, printed with its spread and method. `--only SECTION`
 //! (per-packet, forwarding, connections, segments, control-plane, quality, failover) runs
 //! one section.
@@ -21,8 +22,10 @@ macro_rules! push_line {
     }};
 }
 
+mod connections;
 mod control_plane;
 mod failover;
+mod forwarders;
 mod forwarding;
 mod per_packet;
 mod quality;
@@ -223,7 +226,7 @@ fn main() {
         forwarding::packet_rate(&mode, &mut md, &mut missed);
     }
     if wanted("connections") {
-        forwarding::connection_rate(&mode, &mut md);
+        connections::connection_rate(&mode, &mut md);
     }
     if wanted("segments") {
         segments::segment_rate(&mode, &mut md, &mut missed);

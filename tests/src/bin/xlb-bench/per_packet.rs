@@ -12,7 +12,7 @@ use xlb::{
 use xlb_lab::packet::{ACK, SYN, tcp, udp, v4, v6};
 
 use crate::{
-    Bench, Mode, XDP_DROP, XDP_PASS, XDP_TX, fail, forwarding, profile, request, stats, test_run,
+    Bench, Mode, XDP_DROP, XDP_PASS, XDP_TX, fail, forwarders, profile, request, stats, test_run,
     vip,
 };
 
@@ -291,7 +291,7 @@ fn lookup_program() -> aya::Ebpf {
     let mut ebpf = aya::Ebpf::load(xlb::object::BENCH_OBJECT)
         .unwrap_or_else(|e| fail(format!("load the bench programs: {e}")));
     let key = lb_common::FlowKey::default();
-    forwarding::set_first(&mut ebpf, "lookup_key", key);
+    forwarders::set_first(&mut ebpf, "lookup_key", key);
     let mut flows: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::FlowValue> = ebpf
         .map_mut("lookup_flows")
         .and_then(|m| aya::maps::HashMap::try_from(m).ok())

@@ -24,7 +24,7 @@ use xlb_lab::{
 
 use crate::{
     Mode, fail,
-    forwarding::{
+    forwarders::{
         BACKENDS, Forwarder, Lb, busy_cpu_secs, reflector, setup_haproxy, setup_nft, setup_xlb,
     },
     median_run, profile, stats,
