@@ -9,7 +9,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn count_reason(reason: Reason, len: u64) {
+pub(crate) fn count_reason(reason: Reason, len: u64) {
     if let Some(s) = REASON_STATS.get_ptr_mut(reason.index()) {
         // SAFETY: per-CPU slot from bpf_map_lookup_elem; only this CPU writes it now.
         unsafe {
@@ -20,7 +20,7 @@ pub fn count_reason(reason: Reason, len: u64) {
 }
 
 #[inline(always)]
-pub fn count_forwarded(chosen: &Chosen, len: u64) {
+pub(crate) fn count_forwarded(chosen: &Chosen, len: u64) {
     let new = u64::from(chosen.new_flow);
     if let Some(s) = VIP_STATS.get_ptr_mut(chosen.backend.vip_id) {
         // SAFETY: as in `count_reason`.
@@ -41,7 +41,7 @@ pub fn count_forwarded(chosen: &Chosen, len: u64) {
 }
 
 #[inline(always)]
-pub fn count_vip_drop(vip_id: u32) {
+pub(crate) fn count_vip_drop(vip_id: u32) {
     if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: as in `count_reason`.
         unsafe { (*s).drops += 1 };

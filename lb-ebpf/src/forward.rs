@@ -16,7 +16,7 @@ struct Macs {
 }
 
 #[inline(always)]
-pub fn l2_dsr(ctx: &XdpContext, backend: &Backend) -> Result<(), Reason> {
+pub(crate) fn l2_dsr(ctx: &XdpContext, backend: &Backend) -> Result<(), Reason> {
     // Verifier: parse checked the Ethernet header, but this is a new packet pointer.
     let macs = header::<Macs>(ctx, 0).ok_or(Reason::PassTruncated)?;
     // SAFETY: `header` checked that both MAC fields are inside the packet; the sources

@@ -4,9 +4,11 @@
 //! carries a named `Reason`.
 #![no_std]
 #![no_main]
-// Map keys are passed by reference on purpose: by value, the 20- to 40-byte keys would be
-// copied once more on the 512-byte BPF stack.
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys are passed by reference on purpose: by value, the 20- to 40-byte keys \
+              would be copied once more on the 512-byte BPF stack"
+)]
 
 mod counters;
 mod forward;
@@ -22,7 +24,7 @@ use core::mem::MaybeUninit;
 use lb_common::{FlowKey, Reason};
 
 #[xdp]
-pub fn xlb(ctx: XdpContext) -> u32 {
+pub(crate) fn xlb(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let mut key = MaybeUninit::uninit();
     let flow = parse::zeroed_key(&mut key);

@@ -19,54 +19,56 @@ const TEMPLATE_TABLE_ENTRIES: usize = (DEFAULT_TABLE_SIZE + TABLE_HEADER) as usi
 
 /// Hash seed and this interface's MAC (one entry).
 #[btf_map(name = "xlb_config")]
-pub static CONFIG: Array<Config, 1> = Array::new();
+pub(crate) static CONFIG: Array<Config, 1> = Array::new();
 
 /// Bit `vip_filter_bit(address, port, protocol)` is set for every VIP; a packet whose bit
 /// is clear is not for a VIP.
 #[btf_map(name = "xlb_vip_filter")]
-pub static VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
+pub(crate) static VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
 
 /// (VIP address, port, protocol) -> VIP id and forwarding method.
 #[btf_map(name = "xlb_vips")]
-pub static VIPS: HashMap<VipKey, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
+pub(crate) static VIPS: HashMap<VipKey, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
 
 /// Addresses used by any VIP; consulted only for packets the program cannot parse fully.
 #[btf_map(name = "xlb_vip_addrs")]
-pub static VIP_ADDRS: HashMap<VipAddrKey, u32, { MAX_VIPS as usize }> = HashMap::new();
+pub(crate) static VIP_ADDRS: HashMap<VipAddrKey, u32, { MAX_VIPS as usize }> = HashMap::new();
 
 /// VIP id -> the VIP's live table: `[size, generation, slot 0 .. slot size-1]` of backend
 /// ids. The control plane builds a complete new inner map and swaps it in with one update.
 #[btf_map(name = "xlb_rings")]
-pub static RINGS: ArrayOfMaps<
+pub(crate) static RINGS: ArrayOfMaps<
     Array<u32, TEMPLATE_TABLE_ENTRIES, { TABLE_MAP_FLAGS as usize }>,
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
 
 /// Backend id -> MAC, address, live flag, the VIP it serves (id and key).
 #[btf_map(name = "xlb_backends")]
-pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+pub(crate) static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
 /// Connection 5-tuple -> pinned backend (capacity set by the loader).
 #[btf_map(name = "xlb_flows")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOW_CAPACITY as usize }> =
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOW_CAPACITY as usize }> =
     LruHashMap::new();
 
 /// Backend id -> per-CPU packets, bytes, new flows.
 #[btf_map(name = "xlb_be_stats")]
-pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+pub(crate) static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
 
 /// VIP id -> per-CPU packets, bytes, new flows, drops.
 #[btf_map(name = "xlb_vip_stats")]
-pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray::new();
+pub(crate) static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray::new();
 
 /// Reason -> per-CPU packets, bytes.
 #[btf_map(name = "xlb_reasons")]
-pub static REASON_STATS: PerCpuArray<ReasonStats, { REASON_COUNT as usize }> = PerCpuArray::new();
+pub(crate) static REASON_STATS: PerCpuArray<ReasonStats, { REASON_COUNT as usize }> =
+    PerCpuArray::new();
 
 /// What `xlb trace` asked to see; all zero (off) in every freshly loaded program.
 #[btf_map(name = "xlb_trace")]
-pub static TRACE: Array<TraceControl, 1> = Array::new();
+pub(crate) static TRACE: Array<TraceControl, 1> = Array::new();
 
 /// Per CPU: the trace's rate bound.
 #[btf_map(name = "xlb_trace_rate")]
-pub static TRACE_RATE: PerCpuArray<TraceRate, 1> = PerCpuArray::new();
+pub(crate) static TRACE_RATE: PerCpuArray<TraceRate, 1> = PerCpuArray::new();

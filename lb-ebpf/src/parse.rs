@@ -28,7 +28,7 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV4_FRAG_MASK: u16 = 0x3fff;
 
 /// What parsing learned beyond the flow key.
-pub struct Parsed {
+pub(crate) struct Parsed {
     /// A TCP SYN without ACK: a client opening a connection, which starts a new flow
     /// even if an entry for its 5-tuple is left from an earlier connection.
     pub syn: bool,
@@ -36,7 +36,7 @@ pub struct Parsed {
 
 /// A pointer to a `T` at `offset`, or `None` if the packet is shorter than that.
 #[inline(always)]
-pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub(crate) fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     // Verifier: this comparison against data_end is what makes the access legal.
     if start + offset + size_of::<T>() > ctx.data_end() {
@@ -49,7 +49,7 @@ pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// way (`FlowKey::default()`) compiles to a call of a `memset` subprogram, and on hosts
 /// with return-thunk mitigations every call and return on the packet path is dear.
 #[inline(always)]
-pub fn zeroed_key(key: &mut MaybeUninit<FlowKey>) -> &mut FlowKey {
+pub(crate) fn zeroed_key(key: &mut MaybeUninit<FlowKey>) -> &mut FlowKey {
     const WORDS: usize = size_of::<FlowKey>() / 8;
     const { assert!(size_of::<FlowKey>() == WORDS * 8 && align_of::<FlowKey>() == 8) };
     let words = key.as_mut_ptr().cast::<u64>();
@@ -69,7 +69,7 @@ pub fn zeroed_key(key: &mut MaybeUninit<FlowKey>) -> &mut FlowKey {
 /// a 40-byte key passed around by value is split by the compiler into single bytes, each
 /// moved through a register.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, Reason> {
+pub(crate) fn parse(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, Reason> {
     let eth = header::<EthHdr>(ctx, 0).ok_or(Reason::PassTruncated)?;
     // SAFETY: `header` checked that the whole EthHdr lies inside the packet.
     let mut proto = u16::from_be(unsafe { (*eth).ether_type });

@@ -15,13 +15,13 @@ const WINDOW_NS: u64 = 1_000_000_000;
 
 /// What selection decided, for the trace: the backend (0: none was chosen) and whether
 /// the packet created its flow's entry.
-pub struct Decision {
-    pub backend_id: u32,
-    pub new_flow: bool,
+pub(crate) struct Decision {
+    pub(crate) backend_id: u32,
+    pub(crate) new_flow: bool,
 }
 
 #[inline(always)]
-pub fn report(flow: &FlowKey, reason: Reason, decision: &Decision) {
+pub(crate) fn report(flow: &FlowKey, reason: Reason, decision: &Decision) {
     let Some(control) = TRACE.get(0) else {
         return;
     };
@@ -39,6 +39,12 @@ pub fn report(flow: &FlowKey, reason: Reason, decision: &Decision) {
 
 /// Kept out of line: the packet path stays as short as it was while tracing is off.
 #[inline(never)]
+#[expect(
+    clippy::large_stack_frames,
+    reason = "the estimate counts aya-log's argument values before optimisation; the \
+              verifier, which bounds the whole call chain's stack to 512 bytes, accepts the \
+              program (tests/tests/load.rs)"
+)]
 fn record(control: &TraceControl, flow: &FlowKey, reason: u32, backend_id: u32, new_flow: bool) {
     // The filter first: it is cheaper than even the coarse clock (a tick of 1-10 ms is
     // fine for a lease of seconds and a window of one second).

@@ -9,7 +9,7 @@ use crate::maps::{VIP_ADDRS, VIP_FILTER, VIPS};
 
 /// `Err(PassNotVip)` unless the filter says the packet may be for a VIP.
 #[inline(always)]
-pub fn screen(flow: &FlowKey) -> Result<(), Reason> {
+pub(crate) fn screen(flow: &FlowKey) -> Result<(), Reason> {
     let bit = vip_filter_bit(&flow.dst, flow.dport_be, flow.proto, flow.family);
     match VIP_FILTER.get(bit / 64) {
         Some(word) if word >> (bit % 64) & 1 != 0 => Ok(()),
@@ -18,7 +18,7 @@ pub fn screen(flow: &FlowKey) -> Result<(), Reason> {
 }
 
 #[inline(always)]
-pub fn lookup_vip(flow: &FlowKey) -> Result<VipInfo, Reason> {
+pub(crate) fn lookup_vip(flow: &FlowKey) -> Result<VipInfo, Reason> {
     let key = vip_key(flow);
     let info = VIPS.get_ptr(&key).ok_or(Reason::PassNotVip)?;
     // SAFETY: a non-null pointer from bpf_map_lookup_elem to a plain-data value.
@@ -37,7 +37,7 @@ fn vip_key(flow: &FlowKey) -> VipKey {
 
 /// Whether any VIP uses `addr`. Only packets the program cannot parse fully ask this.
 #[inline(always)]
-pub fn is_vip_address(addr: &[u8; 16], family: u8) -> bool {
+pub(crate) fn is_vip_address(addr: &[u8; 16], family: u8) -> bool {
     let key = VipAddrKey {
         addr: *addr,
         family,

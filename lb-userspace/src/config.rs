@@ -5,6 +5,9 @@
 //! job (`guard`), so that a config built by a CLI verb is checked by the same code as a
 //! file. The model keeps each VIP's and backend's line for those reports.
 //!
+//! The model is here; `daemon` holds the `[daemon]` settings, `health_check` the
+//! `[vip.health]` checks, and `parse` reads the TOML (with lines) and writes it back.
+//!
 //! ```toml
 //! [daemon]
 //! interface = "eth0"
@@ -22,16 +25,18 @@
 //! weight = 100
 //! ```
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use toml::Spanned;
 
-use crate::dataplane::AttachMode;
+mod daemon;
+mod health_check;
+mod parse;
+
+pub use daemon::{Daemon, XdpMode};
+pub use health_check::{CheckKind, HealthCheck};
+pub use parse::{load, parse, to_toml};
 
 /// Where the daemon listens when the config does not say.
 pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
@@ -98,99 +103,6 @@ impl Config {
     /// Line of global key `key` (`"guardrails.max_flow_shift"`), when the file has it.
     pub fn line_of(&self, key: &str) -> Option<usize> {
         self.key_lines.get(key).copied()
-    }
-}
-
-/// Settings of `xlb run`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Daemon {
-    /// Interface the XDP program attaches to; required by `xlb run`, not by `validate`.
-    pub interface: Option<String>,
-    /// `native`, `generic` or `auto` (native, falling back to generic).
-    pub xdp_mode: XdpMode,
-    /// Unix socket of the CLI.
-    pub socket: PathBuf,
-    /// Group allowed to use the socket besides root (mode 0660); none means 0600.
-    pub socket_group: Option<String>,
-    /// History and id assignments.
-    pub state_dir: PathBuf,
-    /// bpffs directory of the pinned program, link and maps.
-    pub pin_dir: PathBuf,
-    /// Address of the Prometheus text endpoint (`GET /metrics`); none disables it.
-    pub metrics: Option<String>,
-    /// Flow hash seed; every host behind one ECMP group must use the same.
-    pub hash_seed: u32,
-    /// Slots per VIP table: a prime; more slots give finer shares.
-    pub table_size: u32,
-    /// Entries of the flow table (LRU); only takes effect when the maps are created.
-    pub flow_capacity: u32,
-}
-
-impl Default for Daemon {
-    fn default() -> Self {
-        Daemon {
-            interface: None,
-            xdp_mode: XdpMode::Native,
-            socket: PathBuf::from(DEFAULT_SOCKET),
-            socket_group: None,
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-            pin_dir: PathBuf::from(crate::dataplane::pins::DEFAULT_PIN_DIR),
-            metrics: None,
-            hash_seed: 0,
-            table_size: lb_common::maps::DEFAULT_TABLE_SIZE,
-            flow_capacity: lb_common::maps::DEFAULT_FLOW_CAPACITY,
-        }
-    }
-}
-
-impl Daemon {
-    /// Every setting of `new` that differs from `self`, as `key: old -> new`. Daemon
-    /// settings take effect when `xlb run` starts, never through an apply.
-    pub fn differences(&self, new: &Daemon) -> Vec<String> {
-        let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
-        [
-            ("interface", show(&self.interface), show(&new.interface)),
-            ("xdp_mode", show(&self.xdp_mode), show(&new.xdp_mode)),
-            ("socket", show(&self.socket), show(&new.socket)),
-            (
-                "socket_group",
-                show(&self.socket_group),
-                show(&new.socket_group),
-            ),
-            ("state_dir", show(&self.state_dir), show(&new.state_dir)),
-            ("pin_dir", show(&self.pin_dir), show(&new.pin_dir)),
-            ("metrics", show(&self.metrics), show(&new.metrics)),
-            ("hash_seed", show(&self.hash_seed), show(&new.hash_seed)),
-            ("table_size", show(&self.table_size), show(&new.table_size)),
-            (
-                "flow_capacity",
-                show(&self.flow_capacity),
-                show(&new.flow_capacity),
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .map(|(key, a, b)| format!("daemon.{key}: {a} -> {b}"))
-        .collect()
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    Native,
-    Generic,
-    Auto,
-}
-
-impl From<XdpMode> for AttachMode {
-    fn from(mode: XdpMode) -> Self {
-        match mode {
-            XdpMode::Native => AttachMode::Native,
-            XdpMode::Generic => AttachMode::Generic,
-            XdpMode::Auto => AttachMode::Auto,
-        }
     }
 }
 
@@ -281,147 +193,6 @@ pub enum Forwarding {
     L2Dsr,
 }
 
-/// Health checks of a VIP's backends (`[vip.health]`). A backend is marked down after
-/// `fall` failed probes in a row and up again after `rise` good ones; while down it gets
-/// no new flows (see `health`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthCheck {
-    /// `tcp` (connect), `http` (GET `path`, status in `status`) or `udp` (send `send`,
-    /// expect a reply, containing `expect` if set).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub kind: CheckKind,
-    /// Port probed on each backend's own address.
-    pub port: u16,
-    #[serde(default = "HealthCheck::default_interval_ms")]
-    pub interval_ms: u64,
-    #[serde(default = "HealthCheck::default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Good probes in a row that bring a down backend back.
-    #[serde(default = "HealthCheck::default_rise")]
-    pub rise: u32,
-    /// Failed probes in a row that take a backend down.
-    #[serde(default = "HealthCheck::default_fall")]
-    pub fall: u32,
-    /// Seconds over which a recovered backend is brought back to its weight in steps.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slow_start_s: Option<u64>,
-    /// `http`: the path requested (default `/`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// `http`: accepted status codes, `200-399` (default) or one code like `204`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// `udp`: the datagram sent (required for `udp`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub send: Option<String>,
-    /// `udp`: text the reply must contain (default: any reply).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<String>,
-}
-
-/// What a health probe does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckKind {
-    #[default]
-    Tcp,
-    Http,
-    Udp,
-}
-
-impl CheckKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckKind::Tcp => "tcp",
-            CheckKind::Http => "http",
-            CheckKind::Udp => "udp",
-        }
-    }
-}
-
-impl HealthCheck {
-    /// A TCP connect check of `port` with every other setting at its default.
-    pub fn tcp(port: u16) -> Self {
-        HealthCheck {
-            kind: CheckKind::Tcp,
-            port,
-            interval_ms: Self::default_interval_ms(),
-            timeout_ms: Self::default_timeout_ms(),
-            rise: Self::default_rise(),
-            fall: Self::default_fall(),
-            slow_start_s: None,
-            path: None,
-            status: None,
-            send: None,
-            expect: None,
-        }
-    }
-
-    /// One line: `tcp port 8080 every 1000 ms, timeout 500 ms, rise 2, fall 3`, with
-    /// the kind's own settings.
-    pub fn describe(&self) -> String {
-        let what = match self.kind {
-            CheckKind::Tcp => format!("tcp port {}", self.port),
-            CheckKind::Http => format!(
-                "http GET {} port {} expecting {}",
-                self.path.as_deref().unwrap_or("/"),
-                self.port,
-                self.status_text()
-            ),
-            CheckKind::Udp => format!(
-                "udp port {} sending {:?} expecting {}",
-                self.port,
-                self.send.as_deref().unwrap_or(""),
-                self.expect
-                    .as_deref()
-                    .map_or("any reply".into(), |e| format!("{e:?}"))
-            ),
-        };
-        let slow = self
-            .slow_start_s
-            .map_or(String::new(), |s| format!(", slow start {s} s"));
-        format!(
-            "{what} every {} ms, timeout {} ms, rise {}, fall {}{slow}",
-            self.interval_ms, self.timeout_ms, self.rise, self.fall
-        )
-    }
-
-    /// `http`: `status` as written, or its default `200-399`.
-    pub fn status_text(&self) -> &str {
-        self.status.as_deref().unwrap_or("200-399")
-    }
-
-    /// `http`: the status codes a probe accepts, from `status_text`; `None` when it is
-    /// neither `NNN` nor `NNN-NNN` with 100 <= first <= last <= 599. The `structure`
-    /// rule and the probe both read it here, so they cannot disagree.
-    pub fn statuses(&self) -> Option<std::ops::RangeInclusive<u16>> {
-        let text = self.status_text();
-        let code = |s: &str| {
-            let n: u16 = s.parse().ok()?;
-            (s.len() == 3 && (100..=599).contains(&n)).then_some(n)
-        };
-        let (first, last) = match text.split_once('-') {
-            Some((a, b)) => (code(a)?, code(b)?),
-            None => (code(text)?, code(text)?),
-        };
-        (first <= last).then_some(first..=last)
-    }
-
-    fn default_interval_ms() -> u64 {
-        1000
-    }
-    fn default_timeout_ms() -> u64 {
-        500
-    }
-    fn default_rise() -> u32 {
-        2
-    }
-    fn default_fall() -> u32 {
-        3
-    }
-}
-
 /// How changes are watched after they take effect (`[rollout]`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -503,167 +274,6 @@ impl BackendSpec {
     /// The weight as the table sees it; only meaningful once `structure` passed.
     pub fn weight(&self) -> u32 {
         u32::try_from(self.weight).unwrap_or(0)
-    }
-}
-
-/// `config` as a config file: what `xlb export` prints. `vip = []` stands for an
-/// intentionally empty VIP list.
-pub fn to_toml(config: &Config) -> Result<String, toml::ser::Error> {
-    let mut c = config.without_lines();
-    c.allow_empty = false;
-    let text = toml::to_string(&c)?;
-    // A top-level key must come before the first table header.
-    Ok(if config.vips.is_empty() {
-        format!("vip = []\n{text}")
-    } else {
-        text
-    })
-}
-
-/// Reads and parses `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&text, path)
-}
-
-/// Parses `text`; `path` only names the file in errors.
-pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(&e, text, path, ""))?;
-    let spanned: Spanned<SpannedConfig> = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        toml_error(e.inner(), text, path, &key)
-    })?;
-    let mut config = spanned.into_inner().into_config(text);
-    config.key_lines = key_lines(text);
-    Ok(config)
-}
-
-/// Line of every top-level key and of every key of the `[daemon]` and `[guardrails]`
-/// tables. The text already
-/// parsed, so a second parse cannot fail; if it did, reports just go without lines.
-fn key_lines(text: &str) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    let Ok(doc) = toml::de::DeTable::parse(text) else {
-        return out;
-    };
-    for (table, value) in doc.get_ref() {
-        let table = table.get_ref().as_ref();
-        out.insert(table.to_string(), line_of(text, value.span().start));
-        if !matches!(table, "daemon" | "guardrails" | "rollout") {
-            continue;
-        }
-        for (key, _) in value.get_ref().as_table().into_iter().flatten() {
-            out.insert(
-                format!("{table}.{}", key.get_ref()),
-                line_of(text, key.span().start),
-            );
-        }
-    }
-    out
-}
-
-fn toml_error(e: &toml::de::Error, text: &str, path: &Path, key: &str) -> ConfigError {
-    let line = e.span().map_or(1, |s| line_of(text, s.start));
-    // Spans are read through a private serde field; it is not part of the user's path.
-    let key = key
-        .replace("$__serde_spanned_private_value.", "")
-        .replace(".$__serde_spanned_private_value", "");
-    let key = if key == "." { "" } else { key.as_str() };
-    ConfigError::Parse {
-        path: path.to_path_buf(),
-        line,
-        key: if key.is_empty() {
-            "(top level)".to_string()
-        } else {
-            key.to_string()
-        },
-        message: e.message().trim().to_string(),
-    }
-}
-
-/// 1-based line of byte offset `at`.
-fn line_of(text: &str, at: usize) -> usize {
-    text.as_bytes()[..at.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-// The file as serde reads it: the same shape as `Config`, with spans on VIPs and
-// backends so that later reports can name their lines.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpannedConfig {
-    #[serde(default)]
-    daemon: Daemon,
-    #[serde(default)]
-    guardrails: Policy,
-    #[serde(default)]
-    rollout: Rollout,
-    #[serde(default)]
-    vip: Option<Vec<Spanned<SpannedVip>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpannedVip {
-    name: String,
-    address: String,
-    port: u16,
-    protocol: Protocol,
-    #[serde(default = "Vip::default_forwarding")]
-    forwarding: Forwarding,
-    #[serde(default)]
-    guardrails: PolicyOverride,
-    #[serde(default)]
-    health: Option<HealthCheck>,
-    #[serde(default)]
-    backend: Vec<Spanned<BackendSpec>>,
-}
-
-impl SpannedConfig {
-    fn into_config(self, text: &str) -> Config {
-        Config {
-            daemon: self.daemon,
-            guardrails: self.guardrails,
-            rollout: self.rollout,
-            allow_empty: self.vip.as_ref().is_some_and(Vec::is_empty),
-            key_lines: BTreeMap::new(),
-            vips: self
-                .vip
-                .into_iter()
-                .flatten()
-                .map(|v| {
-                    let line = line_of(text, v.span().start);
-                    let v = v.into_inner();
-                    Vip {
-                        name: v.name,
-                        address: v.address,
-                        port: v.port,
-                        protocol: v.protocol,
-                        forwarding: v.forwarding,
-                        guardrails: v.guardrails,
-                        health: v.health,
-                        backends: v
-                            .backend
-                            .into_iter()
-                            .map(|b| {
-                                let line = line_of(text, b.span().start);
-                                BackendSpec {
-                                    line: Some(line),
-                                    ..b.into_inner()
-                                }
-                            })
-                            .collect(),
-                        line: Some(line),
-                    }
-                })
-                .collect(),
-        }
     }
 }
 

@@ -163,6 +163,10 @@ pub fn solicit(addr: IpAddr) {
         SocketAddr::from(([0u16; 8], 0))
     };
     if let Ok(sock) = UdpSocket::bind(bind) {
+        #[expect(
+            clippy::let_underscore_must_use,
+            reason = "the datagram only makes the kernel resolve the neighbour; the neighbour table shows the result"
+        )]
         let _ = sock.send_to(b"xlb", (addr, 9));
     }
 }

@@ -241,7 +241,11 @@ impl Load {
     pub fn start(client_ns: &str, vip: IpAddr, max_requests: u64, max_time: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoadReport::default()));
-        let (ns, s, r) = (client_ns.to_string(), stop.clone(), report.clone());
+        let (ns, s, r) = (
+            client_ns.to_string(),
+            Arc::clone(&stop),
+            Arc::clone(&report),
+        );
         let thread = thread::spawn(move || {
             enter(&ns);
             let deadline = Instant::now() + max_time;
@@ -301,6 +305,10 @@ impl Drop for Load {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "dropped while unwinding or early: a client thread's panic must not abort the test; `finish` re-raises it"
+            )]
             let _ = t.join();
         }
     }
@@ -393,7 +401,11 @@ impl Requests {
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..loops)
             .map(|_| {
-                let (ns, stop, attempts) = (client_ns.to_string(), stop.clone(), attempts.clone());
+                let (ns, stop, attempts) = (
+                    client_ns.to_string(),
+                    Arc::clone(&stop),
+                    Arc::clone(&attempts),
+                );
                 thread::spawn(move || {
                     enter(&ns);
                     let deadline = started + max_time;
@@ -407,7 +419,7 @@ impl Requests {
                         let at = started.elapsed();
                         let (port, outcome, failed) = bound_request(vip, timeout);
                         kept.extend(failed);
-                        let took = started.elapsed() - at;
+                        let took = started.elapsed().saturating_sub(at);
                         lock(&attempts).push(Attempt {
                             at,
                             port,
@@ -451,6 +463,10 @@ impl Drop for Requests {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "dropped while unwinding or early: a client thread's panic must not abort the test; `finish` re-raises it"
+            )]
             let _ = t.join();
         }
     }
@@ -498,6 +514,10 @@ fn bound_request(
         // A connect that timed out is still trying: its retransmitted SYN would be a new
         // flow that may reach another backend and overwrite the flow entry. A shutdown of
         // a socket in SYN_SENT disconnects it (`inet_shutdown`), and the port stays bound.
+        #[expect(
+            clippy::let_underscore_must_use,
+            reason = "a socket that is no longer connecting has nothing to shut down"
+        )]
         let _ = sock.shutdown(std::net::Shutdown::Both);
         return (port, Err(format!("connect: {e}")), Some(sock));
     }

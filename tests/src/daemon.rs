@@ -251,7 +251,7 @@ impl Daemon {
     pub fn stop_with(&mut self, signal: i32) {
         if let Some(child) = &self.child {
             // SAFETY: kill on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, signal) };
+            unsafe { libc::kill(child.id().cast_signed(), signal) };
         }
         self.wait_exit(Duration::from_secs(10));
     }
@@ -410,7 +410,7 @@ impl Daemon {
     pub fn sighup(&self) {
         let pid = self.pid().expect("daemon running");
         // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+        unsafe { libc::kill(pid.cast_signed(), libc::SIGHUP) };
     }
 
     /// Waits until the daemon's log holds `what` `times` times (10 s at most).
@@ -551,8 +551,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::kill_and_reap(&mut child);
         }
     }
 }

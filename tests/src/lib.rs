@@ -1,6 +1,11 @@
 //! Helpers shared by the integration tests: privilege checks that fail under CI instead
 //! of skipping, per-run unique names, a scratch pin directory that cleans up after
 //! itself, and a small packet builder.
+#![expect(
+    clippy::expect_used,
+    reason = "test support: a setup step that fails stops the test that asked for it, with \
+              its message, as `expect` in a test does"
+)]
 
 pub mod clients;
 pub mod daemon;
@@ -13,6 +18,21 @@ use std::{
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
+
+/// Kills `child` and reaps it, as a drop does: the process may have exited already, and
+/// its status is not asked for.
+pub fn kill_and_reap(child: &mut std::process::Child) {
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "the process may have exited already"
+    )]
+    let _ = child.kill();
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "only reaps the process; its status was not asked for"
+    )]
+    let _ = child.wait();
+}
 
 /// `promtool check metrics` on a `/metrics` body: the exposition format is valid and
 /// lint-clean (promtool: Debian package prometheus, installed by `cargo xtask setup`).
@@ -99,9 +119,17 @@ impl PinDir {
     fn remove(path: &Path) {
         if let Ok(entries) = std::fs::read_dir(path) {
             for entry in entries.flatten() {
+                #[expect(
+                    clippy::let_underscore_must_use,
+                    reason = "best-effort cleanup of a scratch directory"
+                )]
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+        #[expect(
+            clippy::let_underscore_must_use,
+            reason = "best-effort cleanup of a scratch directory"
+        )]
         let _ = std::fs::remove_dir(path);
     }
 

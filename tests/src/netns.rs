@@ -55,6 +55,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        #[expect(
+            clippy::let_underscore_must_use,
+            reason = "a namespace left behind is deleted by a later run, its process being dead"
+        )]
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

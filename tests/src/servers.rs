@@ -73,9 +73,9 @@ impl Backend {
     fn start(&mut self) {
         assert!(self.thread.is_none(), "{}'s servers already run", self.name);
         self.stop = Arc::new(AtomicBool::new(false));
-        let (ns, name, stop) = (self.ns.clone(), self.name.clone(), self.stop.clone());
+        let (ns, name, stop) = (self.ns.clone(), self.name.clone(), Arc::clone(&self.stop));
         let own = self.own.clone();
-        let (counts, open) = (self.counts.clone(), self.open.clone());
+        let (counts, open) = (Arc::clone(&self.counts), Arc::clone(&self.open));
         let (tx, rx) = std::sync::mpsc::channel();
         self.thread = Some(thread::spawn(move || {
             enter(&ns);
@@ -92,6 +92,10 @@ impl Backend {
             for l in [&http, &echo, &discard] {
                 l.set_nonblocking(true).expect("nonblocking listener");
             }
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "the receiver waits right after the spawn; it is gone only if that caller panicked"
+            )]
             let _ = tx.send(());
             let sockets = ([&http, &echo, &discard], [&vips, &own]);
             serve(&name, sockets, &counts, &open, &stop);
@@ -104,9 +108,17 @@ impl Backend {
     fn kill(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "a server thread that panicked has printed why; killing the servers goes on"
+            )]
             let _ = t.join();
         }
         for conn in lock(&self.open).drain(..).filter_map(|c| c.upgrade()) {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "a connection the client closed already is as cut as this wants"
+            )]
             let _ = conn.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -129,7 +141,7 @@ impl Servers {
             b.start();
             backends.push(b);
         }
-        let counts = backends.iter().map(|b| b.counts.clone()).collect();
+        let counts = backends.iter().map(|b| Arc::clone(&b.counts)).collect();
         Servers { backends, counts }
     }
 
@@ -187,7 +199,7 @@ fn serve(
         if let Ok((conn, _)) = http.accept() {
             idle = false;
             counts.http_connections.fetch_add(1, Ordering::Relaxed);
-            let (name, counts) = (name.to_string(), counts.clone());
+            let (name, counts) = (name.to_string(), Arc::clone(counts));
             spawn_conn(conn, open, move |c| http_conn(&name, c, &counts));
         }
         if let Ok((conn, _)) = echo.accept() {
@@ -198,7 +210,7 @@ fn serve(
         }
         if let Ok((conn, _)) = discard.accept() {
             idle = false;
-            let counts = counts.clone();
+            let counts = Arc::clone(counts);
             spawn_conn(conn, open, move |c| discard_conn(c, &counts));
         }
         // Only what came through the load balancer (to a VIP) is counted.
@@ -211,6 +223,10 @@ fn serve(
                 }
                 let mut reply = format!("{name} ").into_bytes();
                 reply.extend_from_slice(&buf[..n]);
+                #[expect(
+                    clippy::let_underscore_must_use,
+                    reason = "a lost reply is for the client to notice, as a timeout"
+                )]
                 let _ = sock.send_to(&reply, from);
             }
         }
@@ -220,10 +236,22 @@ fn serve(
     }
 }
 
-fn http_conn(name: &str, conn: &TcpStream, counts: &Counts) {
+/// Makes an accepted connection blocking, with `read_timeout` and, with `nodelay`, no
+/// Nagle delay.
+#[expect(
+    clippy::let_underscore_must_use,
+    reason = "accepted sockets are blocking already, and a missing option only slows a test"
+)]
+fn set_options(conn: &TcpStream, nodelay: bool, read_timeout: Duration) {
     let _ = conn.set_nonblocking(false);
-    let _ = conn.set_nodelay(true);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
+    if nodelay {
+        let _ = conn.set_nodelay(true);
+    }
+    let _ = conn.set_read_timeout(Some(read_timeout));
+}
+
+fn http_conn(name: &str, conn: &TcpStream, counts: &Counts) {
+    set_options(conn, true, Duration::from_secs(120));
     let mut w = conn;
     let mut r = BufReader::new(conn);
     loop {
@@ -262,9 +290,7 @@ fn http_conn(name: &str, conn: &TcpStream, counts: &Counts) {
 }
 
 fn echo_conn(name: &str, conn: &TcpStream) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_nodelay(true);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
+    set_options(conn, true, Duration::from_secs(300));
     let mut w = conn;
     if w.write_all(format!("{name}\n").as_bytes()).is_err() {
         return;
@@ -282,8 +308,7 @@ fn echo_conn(name: &str, conn: &TcpStream) {
 }
 
 fn discard_conn(mut conn: &TcpStream, counts: &Counts) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    set_options(conn, false, Duration::from_secs(30));
     let mut buf = vec![0u8; 1 << 16];
     while let Ok(n @ 1..) = conn.read(&mut buf) {
         counts

@@ -82,7 +82,7 @@ pub struct Topology {
 /// once in 50000 short connections, with or without xlb changing anything). Receive
 /// packet steering on the backends' eth0 keeps each flow on one CPU, as a NIC's RSS does.
 fn all_cpus_mask() -> String {
-    let cpus = std::thread::available_parallelism()
+    let cpus = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(32);
     format!("{:x}", (1u64 << cpus) - 1)

@@ -5,6 +5,8 @@
 //! for want of a live backend) to a backend of the set that belongs to the generation its
 //! flow entry records: the generation of the one table that packet read.
 
+#![cfg(test)]
+
 use std::{
     collections::BTreeMap,
     sync::{
@@ -82,7 +84,7 @@ fn switching_disjoint_backend_sets_never_mixes_generations() {
         Dataplane::load(&opts).unwrap().into_maps(),
         History::open(state.path()).unwrap(),
         // No neighbour lookups here: every MAC is explicit.
-        Box::new(|_, _| std::collections::BTreeMap::new()),
+        Box::new(|_, _| BTreeMap::new()),
     )
     .unwrap();
     // Set A's MACs end in 0x0a, set B's in 0x0b.
@@ -109,8 +111,8 @@ fn switching_disjoint_backend_sets_never_mixes_generations() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let senders: Vec<_> = (0..SENDERS)
         .map(|t| {
-            let runner = runner.clone();
-            let stop = stop.clone();
+            let runner = Arc::clone(&runner);
+            let stop = Arc::clone(&stop);
             thread::spawn(move || {
                 // (mac set byte, generation) per packet.
                 let mut seen = Vec::new();

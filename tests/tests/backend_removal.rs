@@ -2,6 +2,8 @@
 //! TCP connections end, reset by a backend that never knew them), and every other flow is
 //! untouched. `xlb explain` shows where each re-homed flow goes now, and why.
 
+#![cfg(test)]
+
 use std::net::IpAddr;
 
 use xlb_lab::{

@@ -4,6 +4,8 @@
 //! MAC, health settings and a per-VIP guardrail, each alone, even where the VIP's table
 //! stays the same.
 
+#![cfg(test)]
+
 use std::net::IpAddr;
 
 use xlb_lab::{

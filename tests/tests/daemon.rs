@@ -4,6 +4,8 @@
 //! `stats` rates against real traffic, SIGKILL during a loop of applies and a restart that
 //! reconciles with established flows intact, and teardown.
 
+#![cfg(test)]
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, TcpListener},
@@ -48,6 +50,10 @@ fn health_listener(ns: &str, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
         let l = TcpListener::bind(("::", HEALTH_PORT)).unwrap();
         l.set_nonblocking(true).unwrap();
         while !stop.load(Ordering::Relaxed) {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "an accepted connection is closed at once; only the open port matters"
+            )]
             let _ = l.accept();
             thread::sleep(Duration::from_millis(5));
         }
@@ -92,7 +98,7 @@ fn daemon_and_cli_end_to_end() {
     let healthy_stop = Arc::new(AtomicBool::new(false));
     let mut health = vec![health_listener(
         &topo.backends[0].name,
-        healthy_stop.clone(),
+        Arc::clone(&healthy_stop),
     )];
 
     // Socket: root only, never world-accessible; a non-root user is refused.
@@ -210,7 +216,7 @@ fn daemon_and_cli_end_to_end() {
     );
     // All three up: panic over.
     for ns in [&topo.backends[1].name, &topo.backends[2].name] {
-        health.push(health_listener(ns, healthy_stop.clone()));
+        health.push(health_listener(ns, Arc::clone(&healthy_stop)));
     }
     wait_health(&daemon, [true, true, true]);
     assert!(
@@ -357,6 +363,10 @@ fn daemon_and_cli_end_to_end() {
         thread::spawn(move || {
             for i in 0..40 {
                 let w = if i % 2 == 0 { "1" } else { "2" };
+                #[expect(
+                    clippy::let_underscore_must_use,
+                    reason = "the loop is killed with the daemon; the history afterwards is what is checked"
+                )]
                 let _ = Command::new(xlb_bin())
                     .arg("--socket")
                     .arg(&socket)

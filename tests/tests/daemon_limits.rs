@@ -6,6 +6,8 @@
 //! SIGTERM lets the apply in progress answer and refuses what is queued. Accept failures
 //! at the open-files limit back off instead of spinning.
 
+#![cfg(test)]
+
 use std::{
     io::{ErrorKind, Read, Write},
     net::TcpStream,
@@ -64,7 +66,7 @@ fn rss_mb(pid: u32) -> u64 {
 /// CPU time (user + system) the process has used, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
     // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the comm.
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
@@ -78,7 +80,7 @@ fn daemon_nofile(pid: u32, soft: Option<u64>) -> u64 {
     // SAFETY: prlimit on our own child, reading into a valid struct.
     let rc = unsafe {
         libc::prlimit(
-            pid as libc::pid_t,
+            pid.cast_signed(),
             libc::RLIMIT_NOFILE,
             std::ptr::null(),
             &mut old,
@@ -93,7 +95,7 @@ fn daemon_nofile(pid: u32, soft: Option<u64>) -> u64 {
         // SAFETY: as above, with a valid new limit below the hard one.
         let rc = unsafe {
             libc::prlimit(
-                pid as libc::pid_t,
+                pid.cast_signed(),
                 libc::RLIMIT_NOFILE,
                 &new,
                 std::ptr::null_mut(),
@@ -159,7 +161,10 @@ fn raw_request(socket: &std::path::Path, bytes: Vec<u8>) -> String {
     let s = UnixStream::connect(socket).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = thread::spawn(move || {
-        // The daemon stops reading at the cap and closes: the rest fails to send.
+        #[expect(
+            clippy::let_underscore_must_use,
+            reason = "the daemon stops reading at the cap and closes: the rest fails to send"
+        )]
         let _ = w.write_all(&bytes);
     });
     let mut answer = String::new();
@@ -262,7 +267,7 @@ fn idle_and_trickling_clients_delay_nobody_and_memory_stays_bounded() {
     let holders: Vec<_> = (0..16)
         .map(|_| {
             let mut s = UnixStream::connect(&socket).unwrap();
-            let sent = sent.clone();
+            let sent = Arc::clone(&sent);
             thread::spawn(move || {
                 let chunk = vec![b' '; 1 << 20];
                 for _ in 0..15 {
@@ -271,7 +276,7 @@ fn idle_and_trickling_clients_delay_nobody_and_memory_stays_bounded() {
                     }
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
-                // Keep the connection until the daemon cuts it off.
+                #[expect(clippy::let_underscore_must_use, reason = "keeps the connection until the daemon cuts it off, which ends the read either way")]
                 let _ = s.read_to_end(&mut Vec::new());
             })
         })

@@ -2,6 +2,8 @@
 //! guesses which load balancer to remove, a restart that cleans up what a crash or a lost
 //! history left in the maps, and one that will not drop the flow table unasked.
 
+#![cfg(test)]
+
 use std::{
     net::IpAddr,
     process::{Command, Output},

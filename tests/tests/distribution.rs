@@ -5,6 +5,8 @@
 //! the backends' counters saw equal the packets the clients sent to the VIP (nftables
 //! counters in the client namespaces).
 
+#![cfg(test)]
+
 use std::{collections::BTreeMap, net::IpAddr};
 
 use xlb_lab::{

@@ -4,6 +4,8 @@
 //! new backends and the new VIP's table have already been written. Both cases: a failed
 //! first apply (back to nothing) and a failed later one (back to the committed generation).
 
+#![cfg(test)]
+
 use std::collections::BTreeMap;
 
 use lb_common::{Backend, FAMILY_V4, PROTO_TCP, VipInfo, VipKey};
@@ -118,7 +120,7 @@ fn a_map_write_failing_mid_apply_restores_the_previous_generation() {
         Dataplane::load(&opts).unwrap().into_maps(),
         History::open(state.path()).unwrap(),
         // No neighbour lookups here: every MAC is explicit.
-        Box::new(|_, _| std::collections::BTreeMap::new()),
+        Box::new(|_, _| BTreeMap::new()),
     )
     .unwrap();
     let mut intruder = Dataplane::load(&opts).unwrap().into_maps();

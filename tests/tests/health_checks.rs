@@ -4,6 +4,8 @@
 //! status or reply the servers never give sees every backend down (so the checks read
 //! the answer, not just the connection).
 
+#![cfg(test)]
+
 use std::{
     thread,
     time::{Duration, Instant},

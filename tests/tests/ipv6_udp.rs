@@ -2,6 +2,8 @@
 //! both families. New flows follow the table shares, a flow stays on its backend, and the
 //! load balancer's new-flow counters equal what the servers received.
 
+#![cfg(test)]
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, UdpSocket},

@@ -4,6 +4,8 @@
 //! no long-lived connection may move or reset, and new connections follow the final
 //! weights.
 
+#![cfg(test)]
+
 use std::{net::IpAddr, time::Duration};
 
 use xlb_lab::{
@@ -77,7 +79,7 @@ fn twenty_weight_changes_under_load_fail_nothing() {
         daemon
             .weights("web")
             .iter()
-            .map(|&w| w as i64)
+            .map(|&w| i64::try_from(w).unwrap())
             .collect::<Vec<_>>(),
         weights
     );

@@ -1,6 +1,8 @@
 //! The verifier accepts the program, every map is pinned under the pin directory, and a
 //! second load adopts the pinned maps with their contents instead of replacing them.
 
+#![cfg(test)]
+
 use lb_common::{BACKEND_LIVE, Backend, maps};
 use xlb::dataplane::{Dataplane, LoadOptions};
 use xlb_lab::{PinDir, require_root};

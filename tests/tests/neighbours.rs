@@ -4,6 +4,8 @@
 //! points backends at addresses nobody answers is held to the rules on the table that
 //! would really be installed.
 
+#![cfg(test)]
+
 use std::{
     net::IpAddr,
     thread,

@@ -2,6 +2,8 @@
 //! (as a file through `xlb apply`, and as the CLI verb that would produce it), and the
 //! maps, the history and the traffic distribution do not move.
 
+#![cfg(test)]
+
 use std::{net::IpAddr, time::Duration};
 
 use xlb_lab::{

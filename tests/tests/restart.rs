@@ -4,6 +4,8 @@
 //! (the same map objects, no new generation). Its own copy of the program is swapped into
 //! the pinned XDP link atomically: that is how an upgraded binary updates the program.
 
+#![cfg(test)]
+
 use std::{net::IpAddr, time::Duration};
 
 use xlb_lab::{

@@ -1,6 +1,8 @@
 //! Stepped rollouts under load: every step within max-flow-shift, no failed request, and
 //! connections already open stay on their backends; an abort returns to the start.
 
+#![cfg(test)]
+
 use std::{
     net::IpAddr,
     sync::{
@@ -104,7 +106,7 @@ fn a_stepped_rollout_under_load_fails_no_request_and_moves_no_open_connection() 
     });
     let held: Vec<String> = open.iter().map(|(_, who)| who.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load(&client, stop.clone());
+    let traffic = load(&client, Arc::clone(&stop));
     let before = daemon.generation();
     let out = daemon.xlb(&["apply", target, "--steps", "auto", "--interval", "1s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

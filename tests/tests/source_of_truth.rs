@@ -4,6 +4,8 @@
 //! Real daemon, CLI, servers and clients on the lab topology; every check reads the maps
 //! (bpftool) or the traffic afterwards.
 
+#![cfg(test)]
+
 use std::{net::IpAddr, process::Command};
 
 use xlb_lab::{
@@ -224,7 +226,7 @@ fn empty_and_truncated_configs_are_refused_by_apply_and_by_reload() {
         ),
         (
             "truncated.toml",
-            full[..second].to_string(),
+            full.get(..second).unwrap().to_string(),
             "[vip-removal] vip echo",
         ),
     ];

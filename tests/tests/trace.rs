@@ -3,6 +3,8 @@
 //! rate bound holds and says what it held back, requests naming nothing running are
 //! refused, and the kernel's trace switch is off whenever no client is attached.
 
+#![cfg(test)]
+
 use std::{
     io::Read,
     net::IpAddr,
@@ -63,9 +65,15 @@ fn attached(daemon: &Daemon, args: &[&str]) -> Child {
     let start = Instant::now();
     while !switch_on(daemon) {
         if start.elapsed() > Duration::from_secs(5) || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("xlb trace {args:?} did not attach: {}", text(&out));
+            xlb_lab::kill_and_reap(&mut child);
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("xlb trace {args:?} did not attach: {err}");
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -178,7 +186,11 @@ fn trace_shows_real_decisions_and_is_off_without_a_client() {
     in_ns(&client, move || {
         for _ in 0..3 {
             let to = std::net::SocketAddr::new(vip, 81);
-            let _ = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(300));
+            // Whether anything answers does not matter: the trace shows the verdict.
+            drop(std::net::TcpStream::connect_timeout(
+                &to,
+                Duration::from_millis(300),
+            ));
         }
     });
     let out = finish(tracing, Duration::from_secs(10));
@@ -198,7 +210,7 @@ fn trace_shows_real_decisions_and_is_off_without_a_client() {
     thread::sleep(Duration::from_millis(1200));
     let seconds = start.elapsed().as_secs() + 1;
     // SAFETY: kill sends a signal to our own child.
-    unsafe { libc::kill(tracing.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(tracing.id().cast_signed(), libc::SIGINT) };
     let out = finish(tracing, Duration::from_secs(5));
     let cpus = thread::available_parallelism().unwrap().get() as u64;
     let got = records(&out).len() as u64;

@@ -2,6 +2,8 @@
 //! and one that runs its window out becomes the generation `rollback --last-good` returns
 //! to.
 
+#![cfg(test)]
+
 use std::{
     thread,
     time::{Duration, Instant},

@@ -65,7 +65,7 @@ static LOOKUP_FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOW_CAPACITY as u
     LruHashMap::new();
 
 #[xdp]
-pub fn xlb_gen(ctx: XdpContext) -> u32 {
+pub(crate) fn xlb_gen(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     if start + HEADERS > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
@@ -90,7 +90,7 @@ pub fn xlb_gen(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
-pub fn xlb_reflect(ctx: XdpContext) -> u32 {
+pub(crate) fn xlb_reflect(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     if start + 14 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
@@ -112,7 +112,7 @@ pub fn xlb_reflect(ctx: XdpContext) -> u32 {
 const IPV4_PROTO: usize = 14 + 9;
 
 #[xdp]
-pub fn xlb_sink(ctx: XdpContext) -> u32 {
+pub(crate) fn xlb_sink(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     if start + IPV4_PROTO + 1 > ctx.data_end() {
         return xdp_action::XDP_PASS;
@@ -132,7 +132,7 @@ pub fn xlb_sink(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
-pub fn xlb_lookup(_ctx: XdpContext) -> u32 {
+pub(crate) fn xlb_lookup(_ctx: XdpContext) -> u32 {
     let Some(key) = LOOKUP_KEY.get(0) else {
         return xdp_action::XDP_ABORTED;
     };

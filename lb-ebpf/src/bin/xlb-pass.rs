@@ -9,12 +9,12 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 #[xdp]
-pub fn xlb_pass(_ctx: XdpContext) -> u32 {
+pub(crate) fn xlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 #[xdp]
-pub fn xlb_drop(_ctx: XdpContext) -> u32 {
+pub(crate) fn xlb_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 

@@ -47,7 +47,7 @@ impl From<GuardArgs> for Guarded {
 }
 
 #[derive(Subcommand)]
-pub enum WeightOp {
+pub(crate) enum WeightOp {
     /// xlb weight set VIP BACKEND WEIGHT
     Set {
         vip: String,
@@ -62,7 +62,7 @@ pub enum WeightOp {
 }
 
 /// `xlb diff`: a dry-run apply of `file`; with `exit_code`, exit 3 when something differs.
-pub fn diff(socket: &Path, file: &Path, json: bool, exit_code: bool) -> Result<u8, String> {
+pub(crate) fn diff(socket: &Path, file: &Path, json: bool, exit_code: bool) -> Result<u8, String> {
     let (text, file) = read_config(file)?;
     let r = call(
         socket,
@@ -88,7 +88,7 @@ pub fn diff(socket: &Path, file: &Path, json: bool, exit_code: bool) -> Result<u
 }
 
 /// `xlb apply`: at once, or with `steps` and `interval` as a stepped rollout.
-pub fn apply(
+pub(crate) fn apply(
     socket: &Path,
     file: &Path,
     guard: GuardArgs,
@@ -126,7 +126,7 @@ pub fn apply(
 }
 
 /// Sends a changing request built with `guard`'s options and prints its outcome.
-pub fn change(
+pub(crate) fn change(
     socket: &Path,
     guard: GuardArgs,
     json: bool,
@@ -154,7 +154,7 @@ fn read_config(path: &Path) -> Result<(String, PathBuf), String> {
     ))
 }
 
-pub fn print_violations(violations: &[Violation], file: &Path) {
+pub(crate) fn print_violations(violations: &[Violation], file: &Path) {
     for v in violations {
         say!("{}", v.located(file));
     }

@@ -6,7 +6,12 @@ use xlb::{api::Request, controller::Explain};
 
 use super::{call, ok, output::print_json};
 
-pub fn explain(socket: &Path, vip: String, client: String, json: bool) -> Result<u8, String> {
+pub(crate) fn explain(
+    socket: &Path,
+    vip: String,
+    client: String,
+    json: bool,
+) -> Result<u8, String> {
     let r = ok(call(socket, &Request::Explain { vip, client })?)?;
     let e: Explain = serde_json::from_value(r.data).map_err(|e| e.to_string())?;
     if json {

@@ -13,7 +13,7 @@ use super::{
     output::{print_json, utc},
 };
 
-pub fn history(socket: &Path, json: bool, all: bool) -> Result<u8, String> {
+pub(crate) fn history(socket: &Path, json: bool, all: bool) -> Result<u8, String> {
     let r = ok(call(socket, &Request::History { all })?)?;
     let (records, attempts): (Vec<Record>, Vec<Attempt>) = if all {
         (
@@ -38,7 +38,7 @@ pub fn history(socket: &Path, json: bool, all: bool) -> Result<u8, String> {
     Ok(0)
 }
 
-pub fn export(socket: &Path) -> Result<u8, String> {
+pub(crate) fn export(socket: &Path) -> Result<u8, String> {
     let r = ok(call(socket, &Request::Export)?)?;
     say!(
         "# xlb export: the running generation {} as a config file",

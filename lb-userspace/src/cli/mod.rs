@@ -3,16 +3,16 @@
 //! work is in the library.
 
 #[macro_use]
-pub mod output;
+pub(crate) mod output;
 
-pub mod change;
-pub mod explain;
-pub mod history;
-pub mod rollout;
-pub mod status;
-pub mod teardown;
-pub mod trace;
-pub mod validate;
+pub(crate) mod change;
+pub(crate) mod explain;
+pub(crate) mod history;
+pub(crate) mod rollout;
+pub(crate) mod status;
+pub(crate) mod teardown;
+pub(crate) mod trace;
+pub(crate) mod validate;
 
 use std::path::Path;
 

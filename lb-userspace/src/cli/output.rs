@@ -15,14 +15,14 @@ macro_rules! say {
     }};
 }
 
-pub const REJECTED: u8 = 1;
-pub const ERROR: u8 = 2;
+pub(crate) const REJECTED: u8 = 1;
+pub(crate) const ERROR: u8 = 2;
 /// `diff --exit-code`: the file differs from the running state.
-pub const DIFFERS: u8 = 3;
+pub(crate) const DIFFERS: u8 = 3;
 /// A watched change breached its watch and was rolled back.
-pub const ROLLED_BACK: u8 = 4;
+pub(crate) const ROLLED_BACK: u8 = 4;
 
-pub fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     say!(
         "{}",
         serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
@@ -30,13 +30,14 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     Ok(())
 }
 
-pub fn pct(x: f64) -> String {
+pub(crate) fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC (civil-from-days, no time zone database needed).
-pub fn utc(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
+pub(crate) fn utc(secs: u64) -> String {
+    // Below 2^48: no sign to lose.
+    let days = (secs / 86400).cast_signed();
     let rem = secs % 86400;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

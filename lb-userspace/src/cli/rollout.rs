@@ -13,7 +13,7 @@ use super::{
 };
 
 #[derive(Subcommand)]
-pub enum RolloutOp {
+pub(crate) enum RolloutOp {
     /// Target, step, generations and outcome.
     Status {
         /// Print the answer as JSON.
@@ -30,12 +30,12 @@ pub enum RolloutOp {
 
 /// `--steps`: a number or `auto`.
 #[derive(Clone, Copy, Debug)]
-pub enum Steps {
+pub(crate) enum Steps {
     Auto,
     N(u32),
 }
 
-pub fn parse_steps(s: &str) -> Result<Steps, String> {
+pub(crate) fn parse_steps(s: &str) -> Result<Steps, String> {
     match s {
         "auto" => Ok(Steps::Auto),
         n => match n.parse::<u32>() {
@@ -49,7 +49,7 @@ pub fn parse_steps(s: &str) -> Result<Steps, String> {
 }
 
 /// `xlb rollout status` and `xlb rollout abort`.
-pub fn rollout(socket: &Path, op: RolloutOp) -> Result<u8, String> {
+pub(crate) fn rollout(socket: &Path, op: RolloutOp) -> Result<u8, String> {
     let (req, json) = match op {
         RolloutOp::Status { json } => (Request::RolloutStatus, json),
         RolloutOp::Abort { json } => (Request::RolloutAbort, json),
@@ -58,7 +58,12 @@ pub fn rollout(socket: &Path, op: RolloutOp) -> Result<u8, String> {
 }
 
 /// Prints a rollout's state (or a refusal); exit 4 when it rolled back or was aborted.
-pub fn rollout_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8, String> {
+pub(crate) fn rollout_result(
+    r: Response,
+    json: bool,
+    dry: bool,
+    file: &Path,
+) -> Result<u8, String> {
     if json {
         print_json(&r)?;
     } else if !r.violations.is_empty() || (dry && r.ok) {

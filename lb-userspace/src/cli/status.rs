@@ -10,7 +10,7 @@ use super::{
     output::{pct, print_json},
 };
 
-pub fn status(socket: &Path, json: bool) -> Result<u8, String> {
+pub(crate) fn status(socket: &Path, json: bool) -> Result<u8, String> {
     let r = ok(call(socket, &Request::Status)?)?;
     if json {
         print_json(&r.data)?;
@@ -20,7 +20,7 @@ pub fn status(socket: &Path, json: bool) -> Result<u8, String> {
     Ok(0)
 }
 
-pub fn stats(
+pub(crate) fn stats(
     socket: &Path,
     json: bool,
     watch: bool,

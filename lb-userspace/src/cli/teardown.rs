@@ -11,7 +11,7 @@ use super::ok;
 
 /// Through the daemon when one answers on `socket`; otherwise only the pin directory the
 /// operator names, never a default.
-pub fn teardown(socket: &Path, pin_dir: Option<PathBuf>) -> Result<u8, String> {
+pub(crate) fn teardown(socket: &Path, pin_dir: Option<PathBuf>) -> Result<u8, String> {
     let report = match (api::call(socket, &Request::Teardown), pin_dir) {
         (Ok(r), _) => ok(r)?.data,
         (Err(e), None) => {

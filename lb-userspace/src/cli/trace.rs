@@ -8,7 +8,7 @@ use super::output::{ERROR, utc};
 
 /// What to trace.
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Only packets to this VIP (by name).
     vip: Option<String>,
     /// Only packets given this backend (BACKEND within VIP, or VIP/BACKEND).
@@ -29,7 +29,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn trace(socket: &Path, args: Args) -> Result<u8, String> {
+pub(crate) fn trace(socket: &Path, args: Args) -> Result<u8, String> {
     let req = Request::Trace {
         vip: args.vip,
         backend: args.backend,
@@ -61,7 +61,7 @@ pub fn trace(socket: &Path, args: Args) -> Result<u8, String> {
             }
             TraceLine::Record { time_us, event } => say!(
                 "{}.{:06} {} {} {} -> {} {} {}",
-                &utc(time_us / 1_000_000)[11..],
+                clock(time_us / 1_000_000),
                 time_us % 1_000_000,
                 event.vip.as_deref().unwrap_or("-"),
                 event.protocol,
@@ -87,4 +87,11 @@ pub fn trace(socket: &Path, args: Args) -> Result<u8, String> {
         }
         None => Ok(0),
     }
+}
+
+/// `HH:MM:SS` in UTC.
+fn clock(secs: u64) -> String {
+    let full = utc(secs);
+    full.split_once(' ')
+        .map_or(full.clone(), |(_, time)| time.to_string())
 }

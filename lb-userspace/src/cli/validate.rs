@@ -12,7 +12,7 @@ use super::{
     output::{ERROR, REJECTED, print_json},
 };
 
-pub fn validate(file: &Path, json: bool, strict: bool) -> Result<u8, String> {
+pub(crate) fn validate(file: &Path, json: bool, strict: bool) -> Result<u8, String> {
     let config = match config::load(file) {
         Ok(c) => c,
         Err(e) => {

@@ -92,7 +92,7 @@ const MAX_RAMP_STEPS: u32 = 20;
 
 /// The backends of `vip` to hold down, given those the checks see down (`seen_down`) and
 /// those held now (`held`), and whether that is a panic. Pure.
-pub fn vip_down(
+pub(crate) fn vip_down(
     vip: &Vip,
     policy: &Policy,
     unresolved: &[String],
@@ -132,7 +132,11 @@ pub fn vip_down(
 
 /// Percent of its weight a backend in slow start has `elapsed` into a ramp of `total`
 /// in `steps` steps: the first step at once, 100 (done) after the last.
-pub fn ramp_percent(elapsed: Duration, total: Duration, steps: u32) -> u32 {
+#[expect(
+    clippy::cast_sign_loss,
+    reason = "elapsed time over a positive step length is not negative"
+)]
+pub(crate) fn ramp_percent(elapsed: Duration, total: Duration, steps: u32) -> u32 {
     let steps = steps.max(1);
     let step_len = total.as_secs_f64() / f64::from(steps);
     let done = if step_len <= 0.0 {
@@ -144,7 +148,11 @@ pub fn ramp_percent(elapsed: Duration, total: Duration, steps: u32) -> u32 {
 }
 
 /// Ramp steps for a backend with `share` of its VIP's weight: each within `max_shift`.
-pub fn ramp_steps(share: f64, max_shift: f64) -> u32 {
+#[expect(
+    clippy::cast_sign_loss,
+    reason = "a share over a positive limit is not negative"
+)]
+pub(crate) fn ramp_steps(share: f64, max_shift: f64) -> u32 {
     let needed = if max_shift > 0.0 {
         (share / max_shift).ceil() as u32
     } else {

@@ -19,7 +19,7 @@ use crate::{
     history::{Ids, Record, Source},
 };
 
-use super::{ApplyError, Controller, Holds, addr16};
+use super::{ApplyError, Controller, Holds, install::addr16};
 
 /// How long an apply waits for a new backend's neighbour entry.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
@@ -33,7 +33,7 @@ pub struct MacRefresh {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
-pub fn show_mac(mac: [u8; 6]) -> String {
+pub(crate) fn show_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 

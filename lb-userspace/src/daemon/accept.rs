@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 /// How long to wait after a failed accept. The listener stays readable while the
 /// pending connection cannot be taken, so retrying at once would spin a core.
-pub const BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF: Duration = Duration::from_millis(100);
 
 /// A burst ends after this long without an event. At the open-files limit, accepts
 /// alternate between success and failure as connections come and go: that is one burst,
@@ -16,7 +16,7 @@ pub const BACKOFF: Duration = Duration::from_millis(100);
 const QUIET: Duration = Duration::from_secs(1);
 
 /// Counts a burst of like events so that only its start and end are logged.
-pub struct Burst {
+pub(crate) struct Burst {
     /// What the events are, for the log (`API socket`).
     what: &'static str,
     count: u64,
@@ -24,7 +24,7 @@ pub struct Burst {
 }
 
 impl Burst {
-    pub fn new(what: &'static str) -> Self {
+    pub(crate) fn new(what: &'static str) -> Self {
         Burst {
             what,
             count: 0,
@@ -33,7 +33,7 @@ impl Burst {
     }
 
     /// One more event; logs `detail` if it starts a burst.
-    pub fn hit(&mut self, detail: impl std::fmt::Display) {
+    pub(crate) fn hit(&mut self, detail: impl std::fmt::Display) {
         self.clear();
         if self.last.is_none() {
             warn!(
@@ -47,7 +47,7 @@ impl Burst {
     }
 
     /// Things went well: if the burst is over, says how long it was.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         if self.last.is_some_and(|t| t.elapsed() >= QUIET) {
             info!("{}: recovered after {} in a burst", self.what, self.count);
             self.count = 0;
@@ -57,7 +57,7 @@ impl Burst {
 }
 
 /// A failed accept: logged once per burst, then a pause.
-pub async fn failed(burst: &mut Burst, e: &std::io::Error) {
+pub(crate) async fn failed(burst: &mut Burst, e: &std::io::Error) {
     burst.hit(format_args!(
         "accept failed: {e}; retrying every {} ms",
         BACKOFF.as_millis()

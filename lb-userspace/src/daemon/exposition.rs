@@ -13,11 +13,11 @@ use prometheus_client::{
 use super::rates::Sample;
 use crate::{controller::BackendStatsView, watch::Observed};
 
-pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// What the daemon itself keeps, besides the counters.
 #[derive(Clone, Debug, Default)]
-pub struct Daemon {
+pub(crate) struct Daemon {
     /// Per VIP, new flows over the observation window (`watch::observed`).
     pub observed: BTreeMap<String, Observed>,
     /// Watches that rolled their change back.
@@ -29,11 +29,14 @@ pub struct Daemon {
 }
 
 /// The `/metrics` body for `sample` and the daemon's own state `daemon`.
-pub fn render(sample: Arc<Sample>, daemon: Daemon) -> String {
+pub(crate) fn render(sample: Arc<Sample>, daemon: Daemon) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Metrics(sample, daemon)));
     let mut out = String::new();
-    // Writing to a String cannot fail, and every value here encodes.
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "writing to a String cannot fail, and every value here encodes"
+    )]
     let _ = prometheus_text::encode(&mut out, &registry);
     out
 }
@@ -105,12 +108,14 @@ const BACKEND_METRICS: [(&str, &str, MetricType, PerBackend); 8] = [
 impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
         let s = &self.0;
-        ConstGauge::new(s.generation as i64).encode(enc.encode_descriptor(
-            "xlb_generation",
-            "The generation the data plane runs (0 before the first).",
-            None,
-            MetricType::Gauge,
-        )?)?;
+        ConstGauge::new(i64::try_from(s.generation).unwrap_or(i64::MAX)).encode(
+            enc.encode_descriptor(
+                "xlb_generation",
+                "The generation the data plane runs (0 before the first).",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
         for (name, help, kind, value) in BACKEND_METRICS {
             let rows: Vec<_> = s
                 .vips

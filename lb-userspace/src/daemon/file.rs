@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Why the file was not applied.
-pub enum FileError {
+pub(crate) enum FileError {
     /// The guardrails rejected it.
     Rejected,
     /// Applying it would undo changes made since it was last applied.
@@ -25,7 +25,7 @@ pub enum FileError {
 }
 
 /// Applies the daemon's config file `config`, read from `path`, for `trigger`.
-pub fn apply(
+pub(crate) fn apply(
     controller: &mut Controller,
     config: config::Config,
     path: &Path,

@@ -103,7 +103,7 @@ fn guarded(req: &Request) -> Guarded {
 }
 
 /// The outcome of a change, for the log.
-pub fn outcome(r: &Response) -> String {
+pub(crate) fn outcome(r: &Response) -> String {
     if r.ok {
         return match r.generation {
             Some(g) => format!("applied as generation {g}"),
@@ -120,7 +120,7 @@ pub fn outcome(r: &Response) -> String {
 }
 
 /// The distinct rule ids of `violations`, sorted: `max-backend-share, min-active-backends`.
-pub fn rule_ids(violations: &[crate::guard::Violation]) -> String {
+pub(crate) fn rule_ids(violations: &[crate::guard::Violation]) -> String {
     let mut rules: Vec<&str> = violations.iter().map(|v| v.rule.id()).collect();
     rules.sort_unstable();
     rules.dedup();
@@ -128,7 +128,7 @@ pub fn rule_ids(violations: &[crate::guard::Violation]) -> String {
 }
 
 /// Answers `req` from `user`, whose connection is `peer` (a raw fd, checked for hangup).
-pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> Response {
+pub(crate) async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> Response {
     let what = describe(&req);
     let changes = req.changes_state();
     let g = guarded(&req);
@@ -200,7 +200,7 @@ pub async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i32) -> R
             "window_ms": window.as_millis() as u64,
         })
     });
-    let shared = d.clone();
+    let shared = Arc::clone(d);
     let who = user.clone();
     let response = turn
         .run(move |c| {
@@ -286,7 +286,7 @@ async fn watch_after(
 
 /// Logs each backend of `plan` that has no MAC (accepted or not), and what that breaks
 /// when it could not be refused (a first generation).
-pub fn warn_unresolved(plan: &crate::guard::Plan) {
+pub(crate) fn warn_unresolved(plan: &crate::guard::Plan) {
     for v in &plan.vips {
         for d in v.details.iter().filter(|d| d.contains("UNRESOLVED")) {
             warn!("vip {}: {d}", v.vip);
@@ -565,7 +565,7 @@ fn execute(
                 // Still during this turn: changes queued behind it are refused, not
                 // applied to maps that are no longer pinned.
                 d.stop(Stop::Teardown);
-                let _ = std::fs::remove_file(&daemon.socket);
+                super::socket::remove(&daemon.socket);
                 Response::data(removed)
             }
             Err(e) => Response::error(e.to_string()),

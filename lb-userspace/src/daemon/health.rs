@@ -37,7 +37,7 @@ const MAX_PROBES: usize = 1024;
 const UDP_REPLY_BYTES: usize = 4096;
 
 /// One round: every probe's outcome, and how long the whole round took.
-pub struct Round {
+pub(crate) struct Round {
     pub probes: Probes,
     pub took: Duration,
 }
@@ -176,7 +176,7 @@ fn hyper_reason(e: &hyper::Error) -> String {
 }
 
 /// One round over `vips`: every probe runs concurrently.
-pub async fn round(vips: &[config::Vip]) -> Round {
+pub(crate) async fn round(vips: &[config::Vip]) -> Round {
     let start = Instant::now();
     let slots = Arc::new(Semaphore::new(MAX_PROBES));
     let mut probes = JoinSet::new();
@@ -189,7 +189,7 @@ pub async fn round(vips: &[config::Vip]) -> Round {
             };
             let key = (v.name.clone(), b.name.clone());
             let addr = SocketAddr::new(ip, h.port);
-            let (slots, check) = (slots.clone(), check.clone());
+            let (slots, check) = (Arc::clone(&slots), Arc::clone(&check));
             probes.spawn(async move {
                 let _slot = slots.acquire_owned().await;
                 (key, probe(addr, &check).await)
@@ -212,7 +212,7 @@ pub async fn round(vips: &[config::Vip]) -> Round {
 /// checks, so that a new generation's checks start within a second). Each round goes
 /// through rise/fall (`health::Tracker`); when that changes which backends are held out,
 /// the controller commits a `health` generation.
-pub async fn checker(d: Arc<Shared>) {
+pub(crate) async fn checker(d: Arc<Shared>) {
     let started = tokio::time::Instant::now();
     loop {
         // The checks of the running generation, read during one short turn.
@@ -230,7 +230,7 @@ pub async fn checker(d: Arc<Shared>) {
                     .collect()
             })
             .unwrap_or_default();
-        let checks: BTreeMap<String, config::HealthCheck> = vips
+        let checks: BTreeMap<String, HealthCheck> = vips
             .iter()
             .filter_map(|v| Some((v.name.clone(), v.health.clone()?)))
             .collect();

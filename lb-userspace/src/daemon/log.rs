@@ -19,7 +19,7 @@ use tracing_subscriber::{
 };
 
 /// Installs the subscriber; a second call (tests) leaves the first in place.
-pub fn init() {
+pub(crate) fn init() {
     let journal = stderr_is_journal();
     let time = match std::env::var("XLB_LOG_TIME").as_deref() {
         Ok("0") => false,
@@ -29,6 +29,10 @@ pub fn init() {
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "it fails only when a subscriber is installed already (tests), which then stays"
+    )]
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -34,7 +34,7 @@ const FRESH_WAIT: Duration = Duration::from_millis(250);
 /// Listens on `addr` (`host:port`) with a backlog as long as the connection bound, so
 /// that a burst of connections waits there instead of being dropped (a dropped SYN costs
 /// the client a second or more before it retries).
-pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await? {
         let socket = if a.is_ipv4() {
@@ -55,7 +55,7 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `listener` until the daemon stops.
-pub async fn serve(listener: TcpListener, d: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, d: Arc<Shared>) {
     let conns = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut stop = d.subscribe();
     let mut failures = Burst::new("/metrics");
@@ -64,7 +64,7 @@ pub async fn serve(listener: TcpListener, d: Arc<Shared>) {
             a = async {
                 // Waiting for a slot before accepting leaves the excess in the backlog,
                 // where it costs the daemon nothing.
-                let permit = conns.clone().acquire_owned().await;
+                let permit = Arc::clone(&conns).acquire_owned().await;
                 (permit, listener.accept().await)
             } => a,
             _ = stopped(&mut stop) => return,
@@ -80,11 +80,11 @@ pub async fn serve(listener: TcpListener, d: Arc<Shared>) {
             }
         };
         failures.clear();
-        let d = d.clone();
+        let d = Arc::clone(&d);
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
-                let d = d.clone();
+                let d = Arc::clone(&d);
                 async move { Ok::<_, Infallible>(respond(&d, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -92,6 +92,10 @@ pub async fn serve(listener: TcpListener, d: Arc<Shared>) {
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), service);
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "a scrape that fails or times out only ends its own connection"
+            )]
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     }

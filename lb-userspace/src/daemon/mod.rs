@@ -163,7 +163,7 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
         Some(addr) => match metrics::bind(addr).await {
             Ok(l) => Some(l),
             Err(e) => {
-                let _ = std::fs::remove_file(&daemon.socket);
+                socket::remove(&daemon.socket);
                 return Err(e).with_context(|| format!("daemon.metrics: binding {addr}"));
             }
         },
@@ -181,22 +181,22 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
         tracer,
     ));
     let conns = Arc::new(Semaphore::new(socket::MAX_CONNECTIONS));
-    tokio::spawn(socket::serve(listener, d.clone(), conns.clone()));
-    tokio::spawn(rates::sampler(d.clone()));
-    tokio::spawn(trace::reader(d.clone(), trace_records));
-    tokio::spawn(trace::renewer(d.clone()));
-    tokio::spawn(health::checker(d.clone()));
+    tokio::spawn(socket::serve(listener, Arc::clone(&d), Arc::clone(&conns)));
+    tokio::spawn(rates::sampler(Arc::clone(&d)));
+    tokio::spawn(trace::reader(Arc::clone(&d), trace_records));
+    tokio::spawn(trace::renewer(Arc::clone(&d)));
+    tokio::spawn(health::checker(Arc::clone(&d)));
     if let Some(iface) = daemon.interface.clone() {
-        tokio::spawn(neighbours::refresher(d.clone(), iface));
+        tokio::spawn(neighbours::refresher(Arc::clone(&d), iface));
     }
     if let Some(l) = metrics {
-        tokio::spawn(metrics::serve(l, d.clone()));
+        tokio::spawn(metrics::serve(l, Arc::clone(&d)));
     }
     let mut stop = d.subscribe();
     let why = loop {
         tokio::select! {
             _ = hup.recv() => {
-                tokio::spawn(reload(d.clone()));
+                tokio::spawn(reload(Arc::clone(&d)));
             }
             _ = term.recv() => break Stop::Signal("SIGTERM"),
             _ = int.recv() => break Stop::Signal("SIGINT"),
@@ -204,7 +204,7 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
         }
     };
     d.stop(why);
-    let _ = std::fs::remove_file(&daemon.socket);
+    socket::remove(&daemon.socket);
     // Let an apply in progress finish and every answer go out; queued changes are refused
     // now that the daemon is stopping.
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -258,6 +258,7 @@ async fn reload(d: Arc<Shared>) {
                 );
             }
             config.daemon = settings;
+            #[expect(clippy::let_underscore_must_use, reason = "file::apply logs its outcome; the one error it does not log, reading the history, is lost here")]
             let _ = file::apply(c, config, &path, Trigger::Reload, "SIGHUP".into());
         })
         .await;

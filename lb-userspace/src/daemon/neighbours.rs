@@ -13,7 +13,7 @@ use crate::neighbour::{self, Nud};
 /// How often the neighbour table is read.
 const REFRESH: Duration = Duration::from_secs(1);
 
-pub async fn refresher(d: Arc<Shared>, iface: String) {
+pub(crate) async fn refresher(d: Arc<Shared>, iface: String) {
     loop {
         tokio::time::sleep(REFRESH).await;
         if d.stopping() {

@@ -20,7 +20,7 @@ pub struct Rates {
 
 /// One reading of the counters and of what names them.
 #[derive(Clone, Debug, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub generation: u64,
     pub vips: Vec<VipStatsView>,
     /// Packets per verdict reason (`lb_common::Reason::name`); empty if unreadable.
@@ -29,7 +29,7 @@ pub struct Sample {
 
 impl Sample {
     /// Reads the maps; `None` if the per-VIP counters cannot be read.
-    pub fn read(c: &Controller) -> Option<Sample> {
+    pub(crate) fn read(c: &Controller) -> Option<Sample> {
         let vips = c.stats().ok()?;
         let reasons = c
             .maps()
@@ -75,7 +75,7 @@ const KEEP: Duration = Duration::from_secs(600);
 /// Samples every second until the daemon stops; keeps the observed shares over the
 /// running watch's window (since it began), else over the last `OBSERVE`, and never from
 /// before the running generation took over.
-pub async fn sampler(d: Arc<Shared>) {
+pub(crate) async fn sampler(d: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prev: Option<(Instant, Arc<Sample>)> = None;
@@ -90,15 +90,16 @@ pub async fn sampler(d: Arc<Shared>) {
         if let Some((then, prev)) = &prev {
             *lock(&d.rates) = rates(prev, &now, t.duration_since(*then).as_secs_f64());
         }
-        *lock(&d.sample) = Some(now.clone());
-        ring.push_back((t, now.clone()));
+        *lock(&d.sample) = Some(Arc::clone(&now));
+        ring.push_back((t, Arc::clone(&now)));
         while ring
             .front()
             .is_some_and(|(at, _)| t.duration_since(*at) > KEEP)
         {
             ring.pop_front();
         }
-        let since = match *lock(&d.watching) {
+        let watching = *lock(&d.watching);
+        let since = match watching {
             Some((_, start, _)) => start.into_std(),
             None => t.checked_sub(OBSERVE).unwrap_or(t),
         };

@@ -32,7 +32,7 @@ use crate::{
 
 /// A rollout, as `xlb rollout status` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     pub target: PathBuf,
     pub user: String,
     /// Seconds since the Unix epoch.
@@ -52,7 +52,7 @@ pub struct State {
 }
 
 /// The rollout that is running, if any: what other changes wait for.
-pub fn busy(d: &Shared) -> Option<String> {
+pub(crate) fn busy(d: &Shared) -> Option<String> {
     lock(&d.rollout).as_ref().and_then(|(s, _)| {
         (s.outcome == "running").then(|| {
             format!(
@@ -67,7 +67,7 @@ pub fn busy(d: &Shared) -> Option<String> {
 }
 
 /// Runs a rollout of `text` (file `file`) for `user`; answers when it has ended.
-pub async fn run(
+pub(crate) async fn run(
     d: &Arc<Shared>,
     (text, file, steps, interval_ms): (String, PathBuf, Option<u32>, u64),
     guarded: Guarded,
@@ -142,7 +142,7 @@ pub async fn run(
         if slot.as_ref().is_some_and(|(s, _)| s.outcome == "running") {
             return Response::error("another rollout started meanwhile");
         }
-        *slot = Some((state.clone(), abort.clone()));
+        *slot = Some((state.clone(), Arc::clone(&abort)));
     }
     info!(
         user,
@@ -200,7 +200,7 @@ pub async fn run(
         };
         let ends = Ends {
             back_to: Some(from),
-            abort: Some(abort.clone()),
+            abort: Some(Arc::clone(&abort)),
         };
         let verdict =
             watcher::watch(d, generation, watcher::expect(&outcome.plan), window, ends).await;
@@ -287,9 +287,9 @@ async fn back(d: &Arc<Shared>, from: u64, user: &str, why: &str, outcome: &str) 
 
 /// `xlb rollout abort`: flags the running rollout and waits (up to a minute) for it to
 /// have returned to where it started.
-pub async fn abort(d: &Arc<Shared>) -> Response {
+pub(crate) async fn abort(d: &Arc<Shared>) -> Response {
     let flag = match lock(&d.rollout).as_ref() {
-        Some((s, flag)) if s.outcome == "running" => flag.clone(),
+        Some((s, flag)) if s.outcome == "running" => Arc::clone(flag),
         _ => return Response::error("no rollout is in progress"),
     };
     flag.store(true, Ordering::Relaxed);
@@ -308,7 +308,7 @@ pub async fn abort(d: &Arc<Shared>) -> Response {
 }
 
 /// `xlb rollout status`.
-pub fn status(d: &Shared) -> Response {
+pub(crate) fn status(d: &Shared) -> Response {
     match lock(&d.rollout).as_ref() {
         Some((s, _)) => Response::data(s),
         None => Response::error("no rollout has run since the daemon started"),

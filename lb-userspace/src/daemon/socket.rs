@@ -31,10 +31,10 @@ use crate::api::{MAX_REQUEST_LINE, Request, Response};
 /// Connections served at once. An idle connection costs a task and a socket, no buffer,
 /// so this is generous: a few thousand stuck clients must not lock operators out. The
 /// daemon raises its open-files limit at start so that this is the bound that applies.
-pub const MAX_CONNECTIONS: usize = 4096;
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
 /// The whole request line must arrive within this; a client that trickles it (one byte
 /// a second) is cut off here. The CLI writes its line at once.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An answer the client does not read within this is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of request lines that all connections together may hold while reading, past
@@ -47,7 +47,7 @@ const BUFFER_BUDGET: usize = 4 * (MAX_REQUEST_LINE + 1);
 const FIRST_READ: usize = 4096;
 
 /// Creates the socket: parent directory 0755, socket 0600, or 0660 with `group`.
-pub fn listen(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+pub(crate) fn listen(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -81,9 +81,19 @@ pub fn listen(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> 
     Ok(listener)
 }
 
+/// Removes the socket file once the daemon no longer answers on it.
+pub(crate) fn remove(path: &Path) {
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "a socket file already gone is what this wants; one that cannot be removed \
+                  fails the next daemon's `listen`, which says why"
+    )]
+    let _ = std::fs::remove_file(path);
+}
+
 /// Serves `listener` until the daemon stops. `conns` bounds the connections; stopping
 /// waits for all of its permits, so each connection holds one until its answer is out.
-pub async fn serve(listener: UnixListener, d: Arc<Shared>, conns: Arc<Semaphore>) {
+pub(crate) async fn serve(listener: UnixListener, d: Arc<Shared>, conns: Arc<Semaphore>) {
     let budget = Arc::new(Semaphore::new(BUFFER_BUDGET));
     let mut stop = d.subscribe();
     let mut failures = Burst::new("API socket");
@@ -101,19 +111,28 @@ pub async fn serve(listener: UnixListener, d: Arc<Shared>, conns: Arc<Semaphore>
             }
         };
         failures.clear();
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&conns).try_acquire_owned() else {
             refusals.hit(format_args!(
                 "{MAX_CONNECTIONS} connections open, the limit: refusing new ones"
             ));
             // The socket buffer of a new connection is empty, so this short line fits
             // without waiting.
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "a client that cannot take the refusal line is refused all the same"
+            )]
             let _ = stream.try_write(&line(&Response::error(format!(
                 "the daemon has {MAX_CONNECTIONS} connections open, its limit; try again"
             ))));
             continue;
         };
         refusals.clear();
-        tokio::spawn(connection(stream, d.clone(), budget.clone(), permit));
+        tokio::spawn(connection(
+            stream,
+            Arc::clone(&d),
+            Arc::clone(&budget),
+            permit,
+        ));
     }
 }
 
@@ -124,6 +143,10 @@ fn line(r: &Response) -> Vec<u8> {
 }
 
 async fn reply(stream: &mut UnixStream, r: &Response) {
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "an answer the client does not read within WRITE_TIMEOUT is dropped"
+    )]
     let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line(r))).await;
 }
 
@@ -136,7 +159,7 @@ async fn connection(
     let uid = sys::peer_uid(stream.as_raw_fd());
     let mut stop = d.subscribe();
     let read = tokio::select! {
-        r = tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut stream, &budget)) => r,
+        r = tokio::time::timeout(REQUEST_TIMEOUT, read_line(&stream, &budget)) => r,
         _ = stopped(&mut stop) => return,
     };
     let parsed = match read {
@@ -205,7 +228,7 @@ enum ReadError {
 /// the budget its buffer holds; `None` if the client sent nothing. Bytes after the newline are ignored (one request
 /// per connection). Nothing past `MAX_REQUEST_LINE + 1` bytes is ever read.
 async fn read_line(
-    stream: &mut UnixStream,
+    stream: &UnixStream,
     budget: &Arc<Semaphore>,
 ) -> Result<Option<(Vec<u8>, Option<OwnedSemaphorePermit>)>, ReadError> {
     let mut buf: Vec<u8> = Vec::new();
@@ -219,8 +242,7 @@ async fn read_line(
             let want = (buf.capacity() * 2).min(MAX_REQUEST_LINE + 1);
             let more = want - buf.capacity();
             // `more` never exceeds the budget, so this only waits for others to finish.
-            let permit = budget
-                .clone()
+            let permit = Arc::clone(budget)
                 .acquire_many_owned(more as u32)
                 .await
                 .map_err(|e| ReadError::Io(io::Error::other(e)))?;

@@ -15,13 +15,13 @@ use crate::{config, controller::Controller};
 
 /// Why the daemon stops, once it does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     Running,
     Signal(&'static str),
     Teardown,
 }
 
-pub struct Shared {
+pub(crate) struct Shared {
     /// tokio's mutex queues waiters in arrival order, so changes apply one at a time in
     /// the order they came; the controller runs on the blocking pool while it is held.
     controller: Arc<tokio::sync::Mutex<Controller>>,
@@ -52,12 +52,12 @@ pub struct Shared {
 
 /// A std mutex, recovered if a task panicked while holding it: the data is plain values
 /// that a panic cannot leave half-written in a way that matters.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
-    pub fn new(
+    pub(crate) fn new(
         controller: Controller,
         config_path: PathBuf,
         settings: config::Daemon,
@@ -81,7 +81,7 @@ impl Shared {
     }
 
     /// The daemon's own state for `/metrics`.
-    pub fn exposition(&self) -> super::exposition::Daemon {
+    pub(crate) fn exposition(&self) -> super::exposition::Daemon {
         super::exposition::Daemon {
             observed: lock(&self.observed).clone(),
             auto_rollbacks: self
@@ -93,21 +93,21 @@ impl Shared {
     }
 
     /// Waits for the controller: everyone who asked earlier has their turn first.
-    pub async fn turn(&self) -> Turn {
-        Turn(self.controller.clone().lock_owned().await)
+    pub(crate) async fn turn(&self) -> Turn {
+        Turn(Arc::clone(&self.controller).lock_owned().await)
     }
 
     /// The controller's turn if it comes within `wait`.
-    pub async fn turn_within(&self, wait: Duration) -> Option<Turn> {
+    pub(crate) async fn turn_within(&self, wait: Duration) -> Option<Turn> {
         tokio::time::timeout(wait, self.turn()).await.ok()
     }
 
-    pub fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         *self.stop.borrow() != Stop::Running
     }
 
     /// Starts stopping for `why`, unless already stopping.
-    pub fn stop(&self, why: Stop) {
+    pub(crate) fn stop(&self, why: Stop) {
         self.stop.send_if_modified(|s| {
             let first = *s == Stop::Running;
             if first {
@@ -117,13 +117,13 @@ impl Shared {
         });
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Stop> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Stop> {
         self.stop.subscribe()
     }
 }
 
 /// Resolves once the daemon is stopping; returns why.
-pub async fn stopped(rx: &mut watch::Receiver<Stop>) -> Stop {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<Stop>) -> Stop {
     match rx.wait_for(|s| *s != Stop::Running).await {
         Ok(s) => *s,
         // The sender lives in `Shared`, which outlives every task that waits here.
@@ -132,11 +132,11 @@ pub async fn stopped(rx: &mut watch::Receiver<Stop>) -> Stop {
 }
 
 /// The controller, held: nobody else uses it until this is dropped.
-pub struct Turn(OwnedMutexGuard<Controller>);
+pub(crate) struct Turn(OwnedMutexGuard<Controller>);
 
 impl Turn {
     /// Runs `f` on the blocking pool (the controller's map I/O blocks), then ends the turn.
-    pub async fn run<R: Send + 'static>(
+    pub(crate) async fn run<R: Send + 'static>(
         self,
         f: impl FnOnce(&mut Controller) -> R + Send + 'static,
     ) -> Result<R, String> {
@@ -147,7 +147,7 @@ impl Turn {
     }
 
     /// For work without I/O (reading the running config, storing health results).
-    pub fn controller(&mut self) -> &mut Controller {
+    pub(crate) fn controller(&mut self) -> &mut Controller {
         &mut self.0
     }
 }

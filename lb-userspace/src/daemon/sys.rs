@@ -4,7 +4,7 @@
 use std::{ffi::CString, os::fd::RawFd};
 
 /// The uid behind a Unix socket peer, from SO_PEERCRED.
-pub fn peer_uid(fd: RawFd) -> Option<u32> {
+pub(crate) fn peer_uid(fd: RawFd) -> Option<u32> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: u32::MAX,
@@ -26,14 +26,14 @@ pub fn peer_uid(fd: RawFd) -> Option<u32> {
 
 /// The name of `uid` for logs and the history: the passwd name, else `uid N`, or
 /// `unknown` when the peer's credentials could not be read.
-pub fn user(uid: Option<u32>) -> String {
+pub(crate) fn user(uid: Option<u32>) -> String {
     match uid {
         Some(uid) => user_name(uid).unwrap_or_else(|| format!("uid {uid}")),
         None => "unknown".into(),
     }
 }
 
-pub fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: zeroed passwd is a valid out-parameter; buf outlives the call's use of it.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -49,7 +49,7 @@ pub fn user_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
-pub fn group_id(name: &str) -> Option<u32> {
+pub(crate) fn group_id(name: &str) -> Option<u32> {
     let cname = CString::new(name).ok()?;
     let mut buf = vec![0u8; 4096];
     // SAFETY: as in user_name.
@@ -68,7 +68,7 @@ pub fn group_id(name: &str) -> Option<u32> {
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
-pub fn uid() -> u32 {
+pub(crate) fn uid() -> u32 {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() }
 }
@@ -76,7 +76,7 @@ pub fn uid() -> u32 {
 /// Whether the peer of stream socket `fd` has closed its end entirely. A peer that only
 /// shut down its writing half (and still waits for the answer) does not count: the
 /// kernel reports POLLHUP only when both directions are shut.
-pub fn hung_up(fd: RawFd) -> bool {
+pub(crate) fn hung_up(fd: RawFd) -> bool {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLRDHUP,
@@ -88,7 +88,7 @@ pub fn hung_up(fd: RawFd) -> bool {
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns (before, after).
-pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+pub(crate) fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -35,7 +35,7 @@ const BACKLOG: usize = 4096;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The attached clients and the program's trace switch.
-pub struct Tracer {
+pub(crate) struct Tracer {
     switch: Mutex<TraceSwitch>,
     clients: Mutex<BTreeMap<u64, Filter>>,
     next: AtomicU64,
@@ -43,7 +43,7 @@ pub struct Tracer {
 }
 
 /// Hands the program's records to the tracer's channel; the program logs nothing else.
-pub struct Relay(broadcast::Sender<Record>);
+pub(crate) struct Relay(broadcast::Sender<Record>);
 
 impl log::Log for Relay {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
@@ -66,7 +66,7 @@ impl log::Log for Relay {
 
 impl Tracer {
     /// Takes the program's trace maps; the reader must run for records to arrive.
-    pub fn take(dp: &mut Dataplane) -> Result<(Tracer, EbpfLogger<Relay>), DataplaneError> {
+    pub(crate) fn take(dp: &mut Dataplane) -> Result<(Tracer, EbpfLogger<Relay>), DataplaneError> {
         let (records, _) = broadcast::channel(BACKLOG);
         let (switch, reader) = dp.take_trace(Relay(records.clone()))?;
         let tracer = Tracer {
@@ -81,9 +81,9 @@ impl Tracer {
     /// Writes the kernel filter for the clients attached now (off if none), on for a
     /// lease from now.
     fn apply(&self) {
-        let clients = lock(&self.clients);
-        let control = trace::control(clients.values(), monotonic_ns() + lease_ns());
-        if let Err(e) = lock(&self.switch).set(&control) {
+        let control = trace::control(lock(&self.clients).values(), monotonic_ns() + lease_ns());
+        let written = lock(&self.switch).set(&control);
+        if let Err(e) = written {
             warn!("xlb trace: {e}");
         }
     }
@@ -98,7 +98,7 @@ impl Tracer {
         lock(&self.clients).insert(id, filter);
         self.apply();
         Session {
-            tracer: self.clone(),
+            tracer: Arc::clone(self),
             id,
             records,
         }
@@ -132,12 +132,12 @@ fn monotonic_ns() -> u64 {
     };
     // SAFETY: a valid timespec to write; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
 /// Reads the program's records as they arrive, until the daemon stops; then turns the
 /// trace off.
-pub async fn reader(d: Arc<Shared>, reader: EbpfLogger<Relay>) {
+pub(crate) async fn reader(d: Arc<Shared>, reader: EbpfLogger<Relay>) {
     let mut stop = d.subscribe();
     // SAFETY: the logger owns the ring buffer's fd and keeps it open, unchanged, for as
     // long as it lives, which is as long as the AsyncFd that owns it.
@@ -164,7 +164,7 @@ pub async fn reader(d: Arc<Shared>, reader: EbpfLogger<Relay>) {
 }
 
 /// Renews the lease every second while a client is attached.
-pub async fn renewer(d: Arc<Shared>) {
+pub(crate) async fn renewer(d: Arc<Shared>) {
     let mut stop = d.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -189,7 +189,7 @@ async fn names(d: &Shared, wait: Duration) -> Result<Option<Names>, String> {
 
 /// Serves one `xlb trace` connection: the response line, then records until the count
 /// is reached, the client goes away or the daemon stops.
-pub async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user: String) {
+pub(crate) async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user: String) {
     let (rx, mut tx) = stream.into_split();
     let Request::Trace {
         vip,

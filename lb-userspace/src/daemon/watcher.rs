@@ -30,7 +30,7 @@ const LOOK: Duration = Duration::from_millis(500);
 
 /// What `plan` changed that a watch checks: the VIPs it touched and the backends whose
 /// table share grew.
-pub fn expect(plan: &Plan) -> Expect {
+pub(crate) fn expect(plan: &Plan) -> Expect {
     let touched = plan.vips.iter().filter(|v| v.change != Change::Unchanged);
     Expect {
         vips: touched.clone().map(|v| v.vip.clone()).collect(),
@@ -49,13 +49,13 @@ pub fn expect(plan: &Plan) -> Expect {
 /// generation before the watched one) and a flag that aborts it. A rollout's watch has
 /// both; its breach counts as a rolled-back rollout, not in `xlb_auto_rollbacks_total`.
 #[derive(Default)]
-pub struct Ends {
+pub(crate) struct Ends {
     pub back_to: Option<u64>,
     pub abort: Option<Arc<AtomicBool>>,
 }
 
 /// Watches `generation` for `window`; the verdict is recorded in the history.
-pub async fn watch(
+pub(crate) async fn watch(
     d: &Arc<Shared>,
     generation: u64,
     expect: Expect,
@@ -120,6 +120,10 @@ pub async fn watch(
     };
     *lock(&d.watching) = None;
     let record = result.clone();
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "the closure logs a failed record; an error here is its panic, already printed"
+    )]
     let _ = d
         .turn()
         .await
@@ -142,7 +146,7 @@ pub async fn watch(
 /// Re-applies generation `to` as `source`, forced with `reason`: it ran before, so the
 /// guardrails (which may have been overridden then) do not hold the way back. Returns the
 /// generation created (none when nothing changed).
-pub fn return_to(
+pub(crate) fn return_to(
     c: &mut Controller,
     settings: config::Daemon,
     to: u64,

@@ -192,6 +192,10 @@ impl Dataplane {
         // The pinned program is for inspection (`bpftool prog show pinned`); the link
         // alone keeps the program attached.
         if prog_path.exists() {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "if the old pin stays, pinning below fails and says why"
+            )]
             let _ = std::fs::remove_file(&prog_path);
         }
         program_mut(&mut self.ebpf)?
@@ -245,10 +249,11 @@ fn ensure_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let c =
-        CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| DataplaneError::NoBpffs {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_nul_byte| {
+        DataplaneError::NoBpffs {
             path: dir.to_path_buf(),
-        })?;
+        }
+    })?;
     let mut st = MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized buffer.
     let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
@@ -279,7 +284,7 @@ pub fn interface_mac(iface: &str) -> Result<[u8; 6], DataplaneError> {
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes()) {
-        *dst = src as libc::c_char;
+        *dst = src.cast_signed();
     }
     // SAFETY: fd is a valid socket and req a valid ifreq with a NUL-terminated name.
     let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
@@ -290,7 +295,7 @@ pub fn interface_mac(iface: &str) -> Result<[u8; 6], DataplaneError> {
         let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
         let mut mac = [0u8; 6];
         for (m, d) in mac.iter_mut().zip(data.iter()) {
-            *m = *d as u8;
+            *m = d.cast_unsigned();
         }
         Ok(mac)
     };

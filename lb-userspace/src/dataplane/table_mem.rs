@@ -27,7 +27,7 @@ impl Mapping {
     fn new(map: &MapData, entries: usize, writable: bool) -> io::Result<Mapping> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .map_err(|_| io::Error::other("sysconf(_SC_PAGESIZE) failed"))?;
+            .map_err(|_minus_one| io::Error::other("sysconf(_SC_PAGESIZE) failed"))?;
         let len = (entries * ELEM).div_ceil(page) * page;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks that `len`
@@ -69,7 +69,7 @@ impl Drop for Mapping {
 
 /// Writes `values[i]` as entry `i` of the mmap-able array `map` (at least
 /// `values.len()` entries).
-pub fn write(map: &MapData, values: &[u32]) -> io::Result<()> {
+pub(crate) fn write(map: &MapData, values: &[u32]) -> io::Result<()> {
     let m = Mapping::new(map, values.len(), true)?;
     for (i, &v) in values.iter().enumerate() {
         // SAFETY: an aligned, mapped, writable u32; the program reads it concurrently
@@ -80,7 +80,7 @@ pub fn write(map: &MapData, values: &[u32]) -> io::Result<()> {
 }
 
 /// Reads entries `0..entries` of the mmap-able array `map`.
-pub fn read(map: &MapData, entries: usize) -> io::Result<Vec<u32>> {
+pub(crate) fn read(map: &MapData, entries: usize) -> io::Result<Vec<u32>> {
     let m = Mapping::new(map, entries, false)?;
     // SAFETY: aligned, mapped, readable u32s.
     Ok((0..entries)

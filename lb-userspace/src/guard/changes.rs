@@ -50,7 +50,7 @@ fn backend_details(vip: &Vip, old: &Vip, out: &mut Vec<String>) {
 
 /// What differs in `vip` from `old` (same name), other than weights and membership, which
 /// the plan's rows show.
-pub fn vip_details(vip: &Vip, old: &Vip, desired: &Config, running: &Config) -> Vec<String> {
+pub(crate) fn vip_details(vip: &Vip, old: &Vip, desired: &Config, running: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let mut field = |what: &str, a: String, z: String| {
         if a != z {
@@ -88,7 +88,7 @@ pub fn vip_details(vip: &Vip, old: &Vip, desired: &Config, running: &Config) -> 
 }
 
 /// Global differences: the guardrail policy and whether an empty VIP list is intended.
-pub fn global_details(desired: &Config, running: &Config) -> Vec<String> {
+pub(crate) fn global_details(desired: &Config, running: &Config) -> Vec<String> {
     let mut out: Vec<String> = policy::changes(&running.guardrails, &desired.guardrails)
         .iter()
         .map(ToString::to_string)

@@ -76,9 +76,9 @@ fn auto_steps_keep_every_step_within_the_flow_shift() {
     assert!(v.iter().any(|v| v.rule == Rule::MaxFlowShift), "{v:#?}");
     assert!(auto.len() > 1);
     // A stricter limit needs more steps.
-    let mut strict_to = to.clone();
+    let mut strict_to = to;
     strict_to.guardrails.max_flow_shift = 0.2;
-    let mut strict_from = from.clone();
+    let mut strict_from = from;
     strict_from.guardrails.max_flow_shift = 0.2;
     let strict = steps(&strict_from, &strict_to, None, false, &h, &Maglev).unwrap();
     assert!(

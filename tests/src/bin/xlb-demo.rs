@@ -113,7 +113,7 @@ fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, 
                 b["table_share"].as_f64().unwrap_or(0.0) * 100.0,
                 share * 100.0,
                 n,
-                "#".repeat((share * 40.0).round() as usize)
+                "#".repeat(bar(share))
             );
         }
         last = now;
@@ -123,6 +123,12 @@ fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, 
         .iter()
         .map(|(b, n)| (b.clone(), n - start.get(b).copied().unwrap_or(0)))
         .collect())
+}
+
+/// The length of the bar drawn for `share` (0 to 1): up to 40 `#`.
+#[expect(clippy::cast_sign_loss, reason = "a share of counts is not negative")]
+fn bar(share: f64) -> usize {
+    (share * 40.0).round() as usize
 }
 
 /// New connections within 5 points of the table shares.
@@ -177,7 +183,7 @@ fn run() -> Step {
         2,
         "The postmortem change: every weight zero except one. It is refused.",
     );
-    let bad = daemon.write_file("postmortem.toml", &[web(&[0, 0, 9]), echo.clone()]);
+    let bad = daemon.write_file("postmortem.toml", &[web(&[0, 0, 9]), echo]);
     let (maps_before, generation) = (daemon.routing_snapshot(), daemon.generation());
     println!("  $ xlb apply postmortem.toml   (web: b1=0 b2=0 b3=9)");
     let out = daemon.xlb(&["apply", &bad.display().to_string()]);

@@ -46,8 +46,16 @@ async fn http_server() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
                 Some("/down") => "503 Service Unavailable",
                 _ => "404 Not Found",
             };
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "the receiver is gone only once its test stopped reading request heads"
+            )]
             let _ = tx.send(head);
             let response = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "a prober that hung up has its verdict already"
+            )]
             let _ = conn.write_all(response.as_bytes()).await;
         }
     });
@@ -62,6 +70,10 @@ async fn udp_server(reply: Option<&'static str>) -> SocketAddr {
         let mut buf = [0u8; 64];
         while let Ok((_, from)) = s.recv_from(&mut buf).await {
             if let Some(r) = reply {
+                #[expect(
+                    clippy::let_underscore_must_use,
+                    reason = "a lost reply is for the prober to notice, as a failed probe"
+                )]
                 let _ = s.send_to(r.as_bytes(), from).await;
             }
         }

@@ -1,8 +1,6 @@
 //! Section 4: the control plane: building and applying tables, validating, reading
 //! stats through the socket, and what the maps cost in memory.
 
-use std::fmt::Write as _;
-
 use xlb::{
     config::{Config, Protocol},
     guard::{self, Health, Maglev},
@@ -12,9 +10,9 @@ use xlb::{
 use crate::{Bench, Mode, backends, fail, ms, request, stats, time, vip};
 
 /// Section 4: control-plane latencies.
-pub fn control_plane(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
+pub(crate) fn control_plane(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     eprintln!("bench: control plane");
-    let _ = writeln!(
+    push_line!(
         md,
         "## 4. Control plane\n\nMethod: wall-clock time in this process, median of {} \
          runs (spread min..max). Tables have 65537 slots. \"build\" is the table builder \
@@ -30,14 +28,14 @@ pub fn control_plane(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
             .iter()
             .map(|b| Weighted {
                 name: &b.name,
-                weight: b.weight as u32,
+                weight: b.weight(),
             })
             .collect();
         let samples: Vec<f64> = (0..mode.runs)
             .map(|_| ms(time(|| table::build(&input, 65537)).1))
             .collect();
         let (m, lo, hi) = stats(samples);
-        let _ = writeln!(md, "| build, {n} backends | {m:.2} | {lo:.2}..{hi:.2} |");
+        push_line!(md, "| build, {n} backends | {m:.2} | {lo:.2}..{hi:.2} |");
     }
     let mut apply_1000 = f64::MAX;
     for n in [2usize, 100, 1000] {
@@ -61,13 +59,13 @@ pub fn control_plane(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         if n == 1000 {
             apply_1000 = m;
         }
-        let _ = writeln!(
+        push_line!(
             md,
             "| build + apply a weight change, {n} backends | {m:.2} | {lo:.2}..{hi:.2} |"
         );
         let samples: Vec<f64> = (0..mode.runs).map(|_| ms(time(|| ctl.stats()).1)).collect();
         let (m, lo, hi) = stats(samples);
-        let _ = writeln!(
+        push_line!(
             md,
             "| stats (the daemon's handler, no socket), {n} backends | {m:.2} | {lo:.2}..{hi:.2} |"
         );
@@ -90,12 +88,12 @@ pub fn control_plane(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         .map(|_| ms(time(|| guard::plan(&config, None, &Health::new(), &Maglev)).1))
         .collect();
     let (m, lo, hi) = stats(samples);
-    let _ = writeln!(
+    push_line!(
         md,
         "| validate a 100-VIP config (3 backends each) | {m:.2} | {lo:.2}..{hi:.2} |"
     );
     let (m, lo, hi) = stats(stats_through_socket(mode.runs));
-    let _ = writeln!(
+    push_line!(
         md,
         "| `xlb stats` through the daemon's socket (the CLI process included), 3 backends \
          | {m:.2} | {lo:.2}..{hi:.2} |"
@@ -105,7 +103,7 @@ pub fn control_plane(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         lb_common::maps::TABLE_MAP_FLAGS,
     );
     let flows = memlock_flows(65536);
-    let _ = writeln!(
+    push_line!(
         md,
         "\nMap memory, as the kernel accounts it (`memlock` in /proc/self/fdinfo of a map \
          created like the daemon's): one VIP's 65537-slot table is {table} bytes ({:.0} KiB; \
@@ -116,7 +114,7 @@ pub fn control_plane(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         table as f64 / 1024.0,
         flows as f64 / 65536.0
     );
-    let _ = writeln!(
+    push_line!(
         md,
         "Target: build + apply for 1000 backends < 50 ms: {apply_1000:.1} ms, {}.\n",
         if apply_1000 < 50.0 { "met" } else { "MISSED" }

@@ -3,7 +3,6 @@
 //! for 1000 backends, half of which never answer.
 
 use std::{
-    fmt::Write as _,
     net::{IpAddr, SocketAddr, TcpListener},
     sync::{
         Arc, Mutex,
@@ -24,10 +23,10 @@ use xlb_lab::{
 use super::{Mode, fail, ms, stats};
 
 /// Section 6.
-pub fn failover(mode: &Mode, md: &mut String) {
+pub(crate) fn failover(mode: &Mode, md: &mut String) {
     eprintln!("bench: failover");
     let runs = mode.runs.min(5);
-    let _ = writeln!(
+    push_line!(
         md,
         "## 6. Failover\n\n### Time from a backend's death to the last failed request\n\n\
          Method: per run a fresh lab topology (one client, 3 backends running the lab's \
@@ -70,13 +69,13 @@ pub fn failover(mode: &Mode, md: &mut String) {
         let (last, lo, hi) = stats(samples.iter().map(|s| s.0).collect());
         let (held, hlo, hhi) = stats(samples.iter().map(|s| s.1).collect());
         let (failed, _, _) = stats(samples.iter().map(|s| s.2).collect());
-        let _ = writeln!(
+        push_line!(
             md,
             "| {what} | {last:.0} | {lo:.0}..{hi:.0} | {held:.0} | {hlo:.0}..{hhi:.0} | \
              {failed:.0} |"
         );
     }
-    let _ = writeln!(
+    push_line!(
         md,
         "\nA dead backend is down after `fall` failed probes; the first comes within one \
          interval of the death, each next one an interval after the previous round ended \
@@ -148,21 +147,19 @@ fn backend_address(i: usize) -> String {
 /// health-checked on `HEALTH_PORT`.
 fn config(daemon: &Daemon) -> String {
     let mut text = daemon.daemon_section();
-    let _ = write!(
-        text,
+    text.push_str(&format!(
         "\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}\"\nport = 80\nprotocol = \"tcp\"\n\
          \n[vip.health]\nport = {HEALTH_PORT}\ninterval_ms = {INTERVAL_MS}\n\
          timeout_ms = {TIMEOUT_MS}\nrise = 2\nfall = 3\n"
-    );
+    ));
     for i in 0..BACKENDS {
-        let _ = write!(
-            text,
+        text.push_str(&format!(
             "\n[[vip.backend]]\nname = \"b{i}\"\naddress = \"{}\"\n\
              mac = \"02:00:00:00:{:02x}:{:02x}\"\nweight = 1\n",
             backend_address(i),
             i / 256,
             i % 256
-        );
+        ));
     }
     text
 }
@@ -256,7 +253,7 @@ fn probe_run(silent_half: bool, rounds_wanted: u32) -> ProbeRun {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let times = Arc::new(Mutex::new(Vec::new()));
-    let accepting = acceptor(&target.name, stop.clone(), times.clone());
+    let accepting = acceptor(&target.name, Arc::clone(&stop), Arc::clone(&times));
     let mut daemon = Daemon::new(&topo);
     std::fs::write(daemon.config_path(), config(&daemon))
         .unwrap_or_else(|e| fail(format!("write config: {e}")));
@@ -278,6 +275,10 @@ fn probe_run(silent_half: bool, rounds_wanted: u32) -> ProbeRun {
         thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, Ordering::Relaxed);
+    #[expect(
+        clippy::let_underscore_must_use,
+        reason = "a panic of the accepting thread has printed why; the rounds it recorded are checked below"
+    )]
     let _ = accepting.join();
     let times = times.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let rounds = rounds(times);
@@ -304,7 +305,7 @@ fn probe_rounds(mode: &Mode, md: &mut String) {
     let rounds_wanted = if mode.runs < 5 { 5 } else { 9 };
     let silent = probe_run(true, rounds_wanted);
     let answering = probe_run(false, rounds_wanted);
-    let _ = writeln!(
+    push_line!(
         md,
         "### Probe round time for {BACKENDS} backends\n\n\
          Method: the real daemon with one VIP of {BACKENDS} backends (explicit MACs, so no \
@@ -332,13 +333,13 @@ fn probe_rounds(mode: &Mode, md: &mut String) {
         let (round, lo, hi) = stats(run.round_ms.clone());
         let (spread, _, _) = stats(run.spread_ms.clone());
         let (answered, _, _) = stats(run.answered.iter().map(|&n| n as f64).collect());
-        let _ = writeln!(
+        push_line!(
             md,
             "| {what} | {round:.0} | {lo:.0}..{hi:.0} | {answered:.0} | {spread:.1} |"
         );
     }
     let (round, _, _) = stats(silent.round_ms.clone());
-    let _ = writeln!(
+    push_line!(
         md,
         "\nWith half the backends silent a round takes the timeout ({TIMEOUT_MS} ms) plus \
          {:.0} ms: the probes run at once (at most 1024 in flight), so the round is as long \

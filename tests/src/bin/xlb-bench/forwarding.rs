@@ -1,6 +1,5 @@
-//! Sections 2 and 3: packets forwarded through the lab topology, by xlb, by an XDP_TX
-//! reflector (the limit of this path) and by nftables DNAT; and connections per second
-//! through xlb, nftables DNAT and HAProxy.
+//! Section 2 and the packet half of section 3: packets forwarded through the lab
+//! topology, by xlb, by an XDP_TX reflector (the limit of this path) and by nftables DNAT.
 //!
 //! Packet path, the same for every forwarder:
 //!
@@ -14,64 +13,34 @@
 //! round.
 
 use std::{
-    fmt::Write as _,
-    net::IpAddr,
-    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray},
+    maps::PerCpuArray,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
 use lb_common::Reason;
 use xlb_lab::{
-    clients,
-    daemon::{Daemon, VipSpec},
+    daemon::VipSpec,
     packet::{udp, v4},
-    servers::Servers,
     topology::{Topology, VIP4, attach_xdp, backend4, client4, in_ns},
 };
 
-use crate::{Mode, fail, median_run, stats};
+use crate::{
+    Mode, fail,
+    forwarders::{
+        BACKENDS, Forwarder, Lb, busy_cpu_secs, mac_of, reflector, set_first, setup_nft, setup_xlb,
+    },
+    median_run, stats,
+};
 
 /// Distinct flows (UDP source ports) the generator cycles through.
 const FLOWS: u32 = 4096;
 /// UDP port of the benchmark VIP.
 const PORT: u16 = 7;
-/// Backends behind the VIP.
-pub const BACKENDS: usize = 3;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Forwarder {
-    Reflector,
-    Xlb,
-    Nft,
-    Haproxy,
-}
-
-impl Forwarder {
-    pub fn name(self) -> &'static str {
-        match self {
-            Forwarder::Reflector => "XDP_TX reflector (the path's limit)",
-            Forwarder::Xlb => "xlb",
-            Forwarder::Nft => "nftables DNAT (numgen, conntrack)",
-            Forwarder::Haproxy => "HAProxy 2.6, TCP mode",
-        }
-    }
-}
-
-/// Sets entry 0 of the array map `name` of `ebpf` to `value`.
-pub fn set_first<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) {
-    let mut map: Array<_, V> = ebpf
-        .map_mut(name)
-        .and_then(|m| Array::try_from(m).ok())
-        .unwrap_or_else(|| fail(format!("no array map {name}")));
-    map.set(0, value, 0)
-        .unwrap_or_else(|e| fail(format!("writing {name}: {e}")));
-}
 
 /// Sum over CPUs of the `sink` counter of a bench-programs instance.
 fn sink_count(ebpf: &Ebpf) -> u64 {
@@ -84,92 +53,6 @@ fn sink_count(ebpf: &Ebpf) -> u64 {
         .unwrap_or_else(|e| fail(format!("read sink: {e}")))
 }
 
-fn mac_of(ns: &str, iface: &'static str) -> [u8; 6] {
-    in_ns(ns, move || {
-        xlb::dataplane::loader::interface_mac(iface)
-            .unwrap_or_else(|e| fail(format!("MAC of {iface}: {e}")))
-    })
-}
-
-/// Busy CPU time of the whole machine so far, in seconds (/proc/stat, USER_HZ = 100).
-pub fn busy_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
-    let busy: u64 = fields
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != 3 && i != 4 && i < 8)
-        .map(|(_, v)| v)
-        .sum();
-    busy as f64 / 100.0
-}
-
-/// What one forwarder does to the lab's load balancer; dropped after its run.
-pub enum Lb {
-    Xdp(Ebpf),
-    Daemon(Box<Daemon>),
-    Nft,
-    Haproxy {
-        child: Child,
-        /// Its config and log; removed on drop.
-        _dir: tempfile::TempDir,
-    },
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        if let Lb::Haproxy { child, .. } = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// nftables DNAT as kube-proxy's nftables mode builds it: a weighted `numgen` map picks
-/// the endpoint of a new connection, conntrack keeps later packets on it. Masquerade
-/// brings the replies back through the load balancer (without DSR they must return
-/// through it to be un-NATed).
-fn nft_rules(proto: &str, port: u16) -> String {
-    let endpoints: Vec<String> = (0..BACKENDS)
-        .map(|i| format!("{i} : {}", backend4(i)))
-        .collect();
-    format!(
-        "table ip xlbbench {{\n\
-         chain pre {{\n\
-         type nat hook prerouting priority dstnat;\n\
-         ip daddr {VIP4} {proto} dport {port} counter \
-         dnat to numgen random mod {BACKENDS} map {{ {} }}\n\
-         }}\n\
-         chain post {{\n\
-         type nat hook postrouting priority srcnat;\n\
-         ip daddr 198.18.0.0/24 ct status dnat counter masquerade\n\
-         }}\n\
-         chain forwarded {{\n\
-         type filter hook forward priority filter;\n\
-         counter\n\
-         }}\n\
-         }}\n",
-        endpoints.join(", ")
-    )
-}
-
-pub fn setup_nft(topo: &Topology, proto: &str, port: u16) {
-    let lb = &topo.lb;
-    lb.sh("sysctl -qw net.ipv4.ip_forward=1");
-    // The LB forwards out of the interface it received on: no ICMP redirects.
-    lb.sh("sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0");
-    let rules = nft_rules(proto, port);
-    lb.sh(&format!("nft -f - <<'EOF'\n{rules}EOF"));
-}
-
 /// Makes the LB resolve every backend's MAC before the clock starts, as the daemon does
 /// for xlb: one UDP datagram each (to the discard port) starts ARP; waits at most 2 s.
 fn resolve_backends(topo: &Topology) {
@@ -178,6 +61,10 @@ fn resolve_backends(topo: &Topology) {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0")
             .unwrap_or_else(|e| fail(format!("UDP socket: {e}")));
         for i in 0..BACKENDS {
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "the datagram only starts ARP; the wait below checks the result"
+            )]
             let _ = sock.send_to(b"arp", (backend4(i).as_str(), 9));
         }
     });
@@ -216,78 +103,6 @@ fn nft_forwarded(topo: &Topology) -> u64 {
         .flatten()
         .filter_map(|e| e["counter"]["packets"].as_u64())
         .sum()
-}
-
-/// HAProxy in TCP mode on the LB, holding the VIP on `lo` and balancing `port` round
-/// robin over the backends' same port; returns once it accepts connections.
-pub fn setup_haproxy(topo: &Topology, port: u16) -> Lb {
-    topo.lb.sh(&format!("ip addr add {VIP4}/32 dev lo"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
-    let servers: String = (0..BACKENDS)
-        .map(|i| format!("  server b{} {}:{port} weight 1\n", i + 1, backend4(i)))
-        .collect();
-    let cfg = format!(
-        "global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 2s\n  \
-         timeout client 10s\n  timeout server 10s\nfrontend f\n  bind {VIP4}:{port}\n  \
-         default_backend b\nbackend b\n  balance roundrobin\n{servers}"
-    );
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap_or_else(|e| fail(format!("haproxy.cfg: {e}")));
-    let child = Command::new("ip")
-        .args(["netns", "exec", &topo.lb.name, "haproxy", "-db", "-f"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.path().join("haproxy.log"))
-                .unwrap_or_else(|e| fail(format!("haproxy.log: {e}"))),
-        )
-        .spawn()
-        .unwrap_or_else(|e| fail(format!("start haproxy: {e}")));
-    // Wait until it accepts: the bounded loop gives up after 5 s.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let vip: IpAddr = VIP4.parse().unwrap_or_else(|_| fail("VIP4".into()));
-    let ns = topo.client().name.clone();
-    let accepts = move || {
-        let to = std::net::SocketAddr::new(vip, port);
-        in_ns(&ns, move || {
-            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
-        })
-    };
-    while !accepts() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
-            fail(format!("haproxy did not accept within 5 s: {log}"));
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Lb::Haproxy { child, _dir: dir }
-}
-
-/// The XDP_TX reflector on the LB's eth0: every frame goes to the first backend with
-/// only its MACs rewritten.
-pub fn reflector(topo: &Topology) -> Lb {
-    let b1 = mac_of(&topo.backends[0].name, "eth0");
-    let lb_mac = mac_of(&topo.lb.name, "eth0");
-    Lb::Xdp(attach_xdp(
-        &topo.lb.name,
-        xlb::object::BENCH_OBJECT,
-        "xlb_reflect",
-        "eth0",
-        move |ebpf| {
-            let mut macs = [0u8; 12];
-            macs[..6].copy_from_slice(&b1);
-            macs[6..].copy_from_slice(&lb_mac);
-            set_first(ebpf, "reflect_macs", macs);
-        },
-    ))
-}
-
-/// Starts the real daemon with one VIP on the LB's eth0.
-pub fn setup_xlb(topo: &Topology, spec: VipSpec) -> Lb {
-    let mut d = Daemon::new(topo);
-    d.write_config(&[spec]);
-    d.start();
-    Lb::Daemon(Box::new(d))
 }
 
 /// One run of the packet-rate benchmark.
@@ -442,7 +257,7 @@ fn generate(ns: &str, frame: Vec<u8>, count: u32) -> f64 {
 }
 
 /// Section 2 and the packet half of section 3.
-pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
+pub(crate) fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     eprintln!("bench: forwarding rate");
     let count = if mode.runs > 3 { 2_000_000 } else { 300_000 };
     let forwarders = [Forwarder::Reflector, Forwarder::Xlb, Forwarder::Nft];
@@ -460,7 +275,7 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
             runs[i].push(r);
         }
     }
-    let _ = writeln!(
+    push_line!(
         md,
         "## 2. Forwarding rate on veth, and 3a. against nftables\n\n\
          Method: the lab topology (one client, the load balancer, {BACKENDS} backends on one \
@@ -499,7 +314,7 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         // Counts of the median run.
         let r = median_run(&runs[i], PacketRun::rate);
         cpus.push(cpu);
-        let _ = writeln!(
+        push_line!(
             md,
             "| {} | {m:.0} | {lo:.0}..{hi:.0} | {:.2} | {cpu:.2} | {} | {} | {} | {} | {} |",
             f.name(),
@@ -513,7 +328,7 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     }
     let xlb = medians[1] / medians[0];
     let vs_nft = medians[1] / medians[2];
-    let _ = writeln!(
+    push_line!(
         md,
         "\nLost frames are accounted by stage in the columns: sent - at LB were dropped on \
          the way to the load balancer (veth queues full: the generator outruns the path), \
@@ -552,112 +367,4 @@ pub fn packet_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
             cpus[2],
         ));
     }
-}
-
-/// One run of the connection-rate benchmark: connections completed, seconds, CPU.
-fn connection_run(fwd: Forwarder, secs: u64) -> (u64, f64, f64) {
-    let topo = Topology::new(2, BACKENDS);
-    let _servers = Servers::start(&topo);
-    let _lb = match fwd {
-        Forwarder::Xlb => setup_xlb(&topo, VipSpec::tcp("web", VIP4, 80, &[1; BACKENDS])),
-        Forwarder::Nft => {
-            setup_nft(&topo, "tcp", 80);
-            Lb::Nft
-        }
-        Forwarder::Haproxy => setup_haproxy(&topo, 80),
-        Forwarder::Reflector => fail("the reflector does not terminate connections".into()),
-    };
-    let vip: IpAddr = VIP4.parse().unwrap_or_else(|_| fail("VIP4".into()));
-    let cpu0 = busy_cpu_secs();
-    let t = Instant::now();
-    // One closed loop of short connections per client namespace, bounded in time.
-    let loops: Vec<_> = topo
-        .clients
-        .iter()
-        .map(|c| {
-            let ns = c.name.clone();
-            thread::spawn(move || {
-                in_ns(&ns, move || {
-                    let deadline = Instant::now() + Duration::from_secs(secs);
-                    let (mut ok, mut failed) = (0u64, 0u64);
-                    while Instant::now() < deadline {
-                        match clients::http_once(vip) {
-                            Ok(_) => ok += 1,
-                            Err(_) => failed += 1,
-                        }
-                    }
-                    (ok, failed)
-                })
-            })
-        })
-        .collect();
-    let (mut ok, mut failed) = (0, 0);
-    for l in loops {
-        let (o, f) = l
-            .join()
-            .unwrap_or_else(|_| fail("client loop panicked".into()));
-        ok += o;
-        failed += f;
-    }
-    let elapsed = t.elapsed().as_secs_f64();
-    let cpu = busy_cpu_secs() - cpu0;
-    if failed > ok / 100 {
-        fail(format!(
-            "{}: {failed} of {} connections failed",
-            fwd.name(),
-            ok + failed
-        ));
-    }
-    (ok, elapsed, cpu)
-}
-
-/// The connection half of section 3.
-pub fn connection_rate(mode: &Mode, md: &mut String) {
-    eprintln!("bench: connection rate");
-    let secs = if mode.runs > 3 { 5 } else { 2 };
-    let forwarders = [Forwarder::Xlb, Forwarder::Nft, Forwarder::Haproxy];
-    let mut rates: Vec<Vec<(f64, f64)>> = vec![Vec::new(); forwarders.len()];
-    for round in 0..mode.runs {
-        for (i, &f) in forwarders.iter().enumerate() {
-            let (n, s, cpu) = connection_run(f, secs);
-            eprintln!(
-                "bench: round {round}, {}: {:.0} connections/s",
-                f.name(),
-                n as f64 / s
-            );
-            rates[i].push((n as f64 / s, cpu / (n.max(1) as f64 / 1000.0)));
-        }
-    }
-    let _ = writeln!(
-        md,
-        "## 3b. Connection rate against nftables and HAProxy\n\n\
-         Method: a fresh lab topology per run with two clients and {BACKENDS} backends \
-         running the lab's HTTP server; each client runs one closed loop of short HTTP/1.1 \
-         connections (connect, GET, read the reply, close) to {VIP4}:80 for {secs} s. xlb \
-         forwards with L2 DSR (replies go straight from the backend to the client); \
-         nftables DNATs and masquerades (replies return through the LB to be un-NATed); \
-         HAProxy holds the VIP and opens a second connection to a backend (round robin). \
-         {} rounds, forwarders in turn. CPU: busy time of the whole machine (clients, \
-         servers and forwarder) per 1000 connections.\n\n\
-         | forwarder | connections/s (median) | spread | x xlb | CPU s per 1000 connections |\n\
-         |---|---:|---:|---:|---:|",
-        mode.runs
-    );
-    let xlb = stats(rates[0].iter().map(|r| r.0).collect()).0;
-    for (i, f) in forwarders.iter().enumerate() {
-        let (m, lo, hi) = stats(rates[i].iter().map(|r| r.0).collect());
-        let (cpu, _, _) = stats(rates[i].iter().map(|r| r.1).collect());
-        let _ = writeln!(
-            md,
-            "| {} | {m:.0} | {lo:.0}..{hi:.0} | {:.2} | {cpu:.3} |",
-            f.name(),
-            m / xlb
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\nThe clients (blocking sockets, one connection at a time) and the backends share \
-         the two CPUs with the forwarder, so these rates bound what this VM can do end to \
-         end; the CPU column shows what each forwarder adds.\n"
-    );
 }

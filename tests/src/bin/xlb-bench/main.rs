@@ -2,21 +2,30 @@
 //!
 //! Sections: the cost per packet in the kernel against an XDP_DROP floor measured in the
 //! same run; the forwarding rate through the lab topology against an XDP_TX reflector and
-//! nftables, and the connection rate against nftables and HAProxy (`forwarding`); the
-//! TCP segment rate through all of them (`segments`); the control plane (build, apply,
-//! validate, stats, memory); table quality; failover (a backend's death to the last
-//! failed request, and probe rounds of 1000 backends, `failover`). Every figure is a
+//! nftables (`forwarding`), and the connection rate against nftables and HAProxy
+//! (`connections`), each forwarder set up by `forwarders`; the TCP segment rate through
+//! all of them (`segments`); the control plane (build, apply, validate, stats, memory);
+//! table quality; failover (a backend's death to the last failed request, and probe
+//! rounds of 1000 backends, `failover`). Every figure is a
 //! median of several runs, printed with its spread and method. `--only SECTION`
 //! (per-packet, forwarding, connections, segments, control-plane, quality, failover) runs
 //! one section.
 
-use std::{
-    fmt::Write as _,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
+/// `writeln!` into a report `String`, without the `fmt::Result` that appending to a
+/// `String` never fails with.
+macro_rules! push_line {
+    ($md:expr, $($arg:tt)*) => {{
+        $md.push_str(&format!($($arg)*));
+        $md.push('\n');
+    }};
+}
+
+mod connections;
 mod control_plane;
 mod failover;
+mod forwarders;
 mod forwarding;
 mod per_packet;
 mod quality;
@@ -148,7 +157,7 @@ fn backends(n: usize, prefix: &str) -> Vec<BackendSpec> {
                 format!("198.18.{}.{}", 16 + i / 250, 1 + i % 250)
             },
             mac: format!("02:00:00:00:{:02x}:{:02x}", i / 256, i % 256),
-            weight: 1 + (i % 3) as i64,
+            weight: [1, 2, 3][i % 3],
             line: None,
         })
         .collect()
@@ -214,7 +223,7 @@ fn main() {
         );
     }
     let mut md = String::new();
-    let _ = writeln!(
+    push_line!(
         md,
         "# Benchmarks\n\nWritten by `cargo xtask bench{}` on {}. Mode: {}; \
          `kernel.bpf_stats_enabled` was 0.\n",
@@ -241,7 +250,7 @@ fn main() {
         forwarding::packet_rate(&mode, &mut md, &mut missed);
     }
     if wanted("connections") {
-        forwarding::connection_rate(&mode, &mut md);
+        connections::connection_rate(&mode, &mut md);
     }
     if wanted("segments") {
         segments::segment_rate(&mode, &mut md, &mut missed);
@@ -256,11 +265,11 @@ fn main() {
         failover::failover(&mode, &mut md);
     }
     if missed.is_empty() {
-        let _ = writeln!(md, "## Targets\n\nEvery target checked above was met.");
+        push_line!(md, "## Targets\n\nEvery target checked above was met.");
     } else {
-        let _ = writeln!(md, "## Notes on the targets marked MISSED above\n");
+        push_line!(md, "## Notes on the targets marked MISSED above\n");
         for note in &missed {
-            let _ = writeln!(md, "- {note}");
+            push_line!(md, "- {note}");
         }
     }
     let path = std::env::args()
@@ -290,7 +299,7 @@ fn profile<T>(scope: &[&str], work: impl FnOnce() -> T) -> (T, Vec<(f64, String)
     std::thread::sleep(Duration::from_millis(500));
     let out = work();
     // SAFETY: plain kill(2) on the child we spawned; SIGINT makes perf write its data.
-    unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+    unsafe { libc::kill(perf.id().cast_signed(), libc::SIGINT) };
     let status = perf
         .wait()
         .unwrap_or_else(|e| fail(format!("perf record: {e}")));

@@ -1,10 +1,7 @@
 //! Section 1: the cost per packet in the kernel, against an XDP_DROP floor and one
 //! flow-table-like lookup measured in the same run, and a profile of the established flow.
 
-use std::{
-    fmt::Write as _,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aya::programs::Xdp;
 use xlb::{
@@ -15,12 +12,12 @@ use xlb::{
 use xlb_lab::packet::{ACK, SYN, tcp, udp, v4, v6};
 
 use crate::{
-    Bench, Mode, XDP_DROP, XDP_PASS, XDP_TX, fail, floor, forwarding, load_floor, profile, request,
+    Bench, Mode, XDP_DROP, XDP_PASS, XDP_TX, fail, floor, forwarders, load_floor, profile, request,
     stats, test_run, vip,
 };
 
 /// Section 1: ns per packet through BPF_PROG_TEST_RUN against the XDP_DROP floor.
-pub fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
+pub(crate) fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     eprintln!("bench: cost per packet");
     let mut bench = Bench::new(1 << 20);
     let ctl = &mut bench.ctl;
@@ -143,7 +140,7 @@ pub fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     let (nf, nmin, nmax) = stats(new_flow);
     let (_, sfmin, sfmax) = stats(single_floor);
 
-    let _ = writeln!(
+    push_line!(
         md,
         "## 1. Cost per packet in the kernel\n\nMethod: BPF_PROG_TEST_RUN on the xlb \
          program with one IPv4 TCP VIP, one UDP VIP and one IPv6 TCP VIP of 3 backends \
@@ -158,7 +155,8 @@ pub fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
          round runs every case once, and \"x floor\" is the median over the rounds of \
          the case's time divided by the floor's time in the same round (this shared VM \
          has slow spells, which then hit a case and its floor alike).\n\n| packet | ns (median) | spread | x floor (median of rounds) | x floor, spread |\n|---|---:|---:|---:|---:|",
-        mode.repeat, mode.runs
+        mode.repeat,
+        mode.runs
     );
     for Row {
         name,
@@ -166,12 +164,12 @@ pub fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         x_floor: (r, rmin, rmax),
     } in &rows
     {
-        let _ = writeln!(
+        push_line!(
             md,
             "| {name} | {median:.1} | {min:.1}..{max:.1} | {r:.2} | {rmin:.2}..{rmax:.2} |"
         );
     }
-    let _ = writeln!(
+    push_line!(
         md,
         "\nNew flows cannot use repeat (only the first repeat would insert), so each is a \
          different flow (source address and port) run once, {} runs of {} packets; the \
@@ -189,7 +187,7 @@ pub fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     let (est_ratio, ratio_lo, ratio_hi) = ratio(ESTABLISHED);
     let non_vip_ns = row(NON_VIP);
     let lookup_ns = row(LOOKUP);
-    let _ = writeln!(
+    push_line!(
         md,
         "Profile of the established-flow case: `perf record -e cpu-clock` on this process \
          while it repeats the TCP packet for {PROFILE_SECS} s, then `perf report \
@@ -205,7 +203,7 @@ pub fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         ),
         (ok, false) => target(ok).to_string(),
     };
-    let _ = writeln!(
+    push_line!(
         md,
         "Targets: established flow <= 2.5x floor: {:.2}x, {}; new flow <= 10x floor: \
          {:.2}x, {}. Against the Katran reference on this kind of VM (165 ns established, \
@@ -286,7 +284,7 @@ fn lookup_program() -> aya::Ebpf {
     let mut ebpf = aya::Ebpf::load(xlb::object::BENCH_OBJECT)
         .unwrap_or_else(|e| fail(format!("load the bench programs: {e}")));
     let key = lb_common::FlowKey::default();
-    forwarding::set_first(&mut ebpf, "lookup_key", key);
+    forwarders::set_first(&mut ebpf, "lookup_key", key);
     let mut flows: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::FlowValue> = ebpf
         .map_mut("lookup_flows")
         .and_then(|m| aya::maps::HashMap::try_from(m).ok())

@@ -1,15 +1,13 @@
 //! Section 5: table quality: share error and flows moved by the real table builder.
 
-use std::fmt::Write as _;
-
 use xlb::table::{self, Weighted};
 
 use crate::fail;
 
 /// Section 5: table quality.
-pub fn table_quality(md: &mut String, missed: &mut Vec<String>) {
+pub(crate) fn table_quality(md: &mut String, missed: &mut Vec<String>) {
     eprintln!("bench: table quality");
-    let _ = writeln!(
+    push_line!(
         md,
         "## 5. Table quality\n\nMethod: the real table builder at 65537 slots, weights \
          1, 2, 3 repeating. Share error: the worst backend's |table share - weight share|. \
@@ -101,7 +99,7 @@ pub fn table_quality(md: &mut String, missed: &mut Vec<String>) {
             worst_ratio = grow_ratio.max(remove_ratio);
             worst_at = n;
         }
-        let _ = writeln!(
+        push_line!(
             md,
             "| {n} | {:.3} | {grow_ratio:.2} | {remove_ratio:.2} | {} | {} |",
             err * 100.0,
@@ -109,7 +107,7 @@ pub fn table_quality(md: &mut String, missed: &mut Vec<String>) {
             show(own_remove)
         );
     }
-    let _ = writeln!(
+    push_line!(
         md,
         "\nTargets: share error <= 0.5 points: worst {:.3}, {}; flows moved <= 1.2x the \
          minimum: worst {worst_ratio:.2}x, {}.\n",

@@ -8,7 +8,6 @@
 //! count the bytes; every byte sent must arrive.
 
 use std::{
-    fmt::Write as _,
     io::{self, Read as _},
     net::{IpAddr, Shutdown, SocketAddr, TcpStream},
     os::fd::AsRawFd,
@@ -25,7 +24,7 @@ use xlb_lab::{
 
 use crate::{
     Mode, fail,
-    forwarding::{
+    forwarders::{
         BACKENDS, Forwarder, Lb, busy_cpu_secs, reflector, setup_haproxy, setup_nft, setup_xlb,
     },
     median_run, profile, stats,
@@ -141,10 +140,9 @@ fn stream(to: SocketAddr, secs: u64) -> io::Result<u64> {
                 libc::MSG_EOR,
             )
         };
-        if n < 0 {
+        let Ok(n) = usize::try_from(n) else {
             return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
+        };
         if let Some(h) = hdrs[..n].iter().find(|h| h.msg_len as usize != MESSAGE) {
             return Err(io::Error::other(format!(
                 "a message went out with {} of {MESSAGE} bytes",
@@ -245,7 +243,7 @@ fn segment_run(
 }
 
 /// Section 3c.
-pub fn segment_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
+pub(crate) fn segment_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     eprintln!("bench: TCP segment rate");
     let secs = if mode.runs > 3 { 3 } else { 1 };
     let forwarders = [
@@ -285,7 +283,7 @@ pub fn segment_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         .map(|s| format!("{}\n", s.1))
         .collect();
     let connections = CLIENTS * CONNECTIONS_PER_CLIENT;
-    let _ = writeln!(
+    push_line!(
         md,
         "## 3c. TCP segment rate against nftables and HAProxy\n\n\
          The frames of section 2 are UDP, which HAProxy does not carry; this is the packet \
@@ -323,7 +321,7 @@ pub fn segment_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         let (cpu, _, _) = stats(runs[i].iter().map(SegmentRun::cpu_per_million).collect());
         cpus.push(cpu);
         let r = median_run(&runs[i], SegmentRun::rate);
-        let _ = writeln!(
+        push_line!(
             md,
             "| {} | {m:.0} | {lo:.0}..{hi:.0} | {:.2} | {cpu:.2} | {} | {} | {} | {} |",
             f.name(),
@@ -337,7 +335,7 @@ pub fn segment_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     }
     let vs_nft = medians[1] / medians[2];
     let met = vs_nft >= 3.0 && cpus[1] <= cpus[2];
-    let _ = writeln!(
+    push_line!(
         md,
         "\nxlb carried {vs_nft:.2}x nftables' segment rate at {:.2}x its CPU per message. \
          Target (>= 3x nftables' packet rate at equal or lower CPU): {}.",
@@ -346,7 +344,7 @@ pub fn segment_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     );
     let haproxy = &median_runs[3];
     let per_segment = haproxy.messages as f64 / haproxy.backend_segs.max(1) as f64;
-    let _ = writeln!(
+    push_line!(
         md,
         "\nHAProxy delivered {:.2}x xlb's message rate at {:.2}x xlb's CPU per message. Its \
          backends received {:.1} messages per segment, the packet forwarders' backends one: \
@@ -357,7 +355,7 @@ pub fn segment_rate(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
         cpus[3] / cpus[1],
         per_segment,
     );
-    let _ = writeln!(
+    push_line!(
         md,
         "Profile of one more xlb run: `perf record -a -e cpu-clock` of the whole machine \
          while the clients stream, then `perf report --no-children --sort sym`. xlb's \

@@ -1,12 +1,9 @@
 //! Section 1, continued: what the trace stage costs a packet with `xlb trace` off, on for
 //! other traffic, on past its rate bound, and per record it sends.
 
-use std::{
-    fmt::Write as _,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 
 use aya::programs::Xdp;
@@ -40,7 +37,7 @@ impl log::Log for Count {
 /// buffer, which is drained between runs.
 const RECORDED: u32 = 200;
 
-pub fn trace_cost(mode: &Mode, md: &mut String) {
+pub(crate) fn trace_cost(mode: &Mode, md: &mut String) {
     eprintln!("bench: cost of the trace");
     let mut bench = Bench::new(1 << 16);
     let config = Config {
@@ -54,7 +51,7 @@ pub fn trace_cost(mode: &Mode, md: &mut String) {
     let mut dp = Dataplane::load(&bench.opts).unwrap_or_else(|e| fail(format!("load: {e}")));
     let sent = Arc::new(AtomicU64::new(0));
     let (mut switch, mut records) = dp
-        .take_trace(Count(sent.clone()))
+        .take_trace(Count(Arc::clone(&sent)))
         .unwrap_or_else(|e| fail(format!("trace maps: {e}")));
     let refs = load_floor();
     let drop = floor(&refs);
@@ -139,7 +136,7 @@ pub fn trace_cost(mode: &Mode, md: &mut String) {
     switch
         .set(&TraceControl::default())
         .unwrap_or_else(|e| fail(format!("{e}")));
-    let _ = writeln!(
+    push_line!(
         md,
         "### The trace stage\n\nMethod: the same established TCP packet through \
          BPF_PROG_TEST_RUN, with the program's trace switch (`xlb_trace`) set as `xlb \
@@ -150,19 +147,20 @@ pub fn trace_cost(mode: &Mode, md: &mut String) {
          packet, read from aya-log's ring buffer after each run of {RECORDED} (the buffer \
          holds 128 KiB). Repeat {} except for the recording case.\n\n| case | ns (median) \
          | spread | x floor (median of rounds) |\n|---|---:|---:|---:|",
-        mode.runs, mode.repeat
+        mode.runs,
+        mode.repeat
     );
     for (i, (name, ..)) in cases.iter().enumerate() {
         let (median, min, max) = stats(samples[i].clone());
         let (ratio, ..) = stats(floors[i].clone());
-        let _ = writeln!(
+        push_line!(
             md,
             "| {name} | {median:.1} | {min:.1}..{max:.1} | {ratio:.2} |"
         );
     }
     let (off, ..) = stats(samples[0].clone());
     let (record, ..) = stats(samples[3].clone());
-    let _ = writeln!(
+    push_line!(
         md,
         "\nA record costs about {:.0} ns over an untraced packet; at `xlb trace`'s highest \
          rate bound ({} records/s per CPU) that is {:.2} % of each CPU.\n",

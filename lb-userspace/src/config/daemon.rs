@@ -1,0 +1,103 @@
+//! The `[daemon]` settings: what `xlb run` reads when it starts, never changed by an
+//! apply.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::AttachMode;
+
+use super::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+
+/// Settings of `xlb run`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    /// Interface the XDP program attaches to; required by `xlb run`, not by `validate`.
+    pub interface: Option<String>,
+    /// `native`, `generic` or `auto` (native, falling back to generic).
+    pub xdp_mode: XdpMode,
+    /// Unix socket of the CLI.
+    pub socket: PathBuf,
+    /// Group allowed to use the socket besides root (mode 0660); none means 0600.
+    pub socket_group: Option<String>,
+    /// History and id assignments.
+    pub state_dir: PathBuf,
+    /// bpffs directory of the pinned program, link and maps.
+    pub pin_dir: PathBuf,
+    /// Address of the Prometheus text endpoint (`GET /metrics`); none disables it.
+    pub metrics: Option<String>,
+    /// Flow hash seed; every host behind one ECMP group must use the same.
+    pub hash_seed: u32,
+    /// Slots per VIP table: a prime; more slots give finer shares.
+    pub table_size: u32,
+    /// Entries of the flow table (LRU); only takes effect when the maps are created.
+    pub flow_capacity: u32,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            interface: None,
+            xdp_mode: XdpMode::Native,
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            pin_dir: PathBuf::from(crate::dataplane::pins::DEFAULT_PIN_DIR),
+            metrics: None,
+            hash_seed: 0,
+            table_size: lb_common::maps::DEFAULT_TABLE_SIZE,
+            flow_capacity: lb_common::maps::DEFAULT_FLOW_CAPACITY,
+        }
+    }
+}
+
+impl Daemon {
+    /// Every setting of `new` that differs from `self`, as `key: old -> new`. Daemon
+    /// settings take effect when `xlb run` starts, never through an apply.
+    pub fn differences(&self, new: &Daemon) -> Vec<String> {
+        let show = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        [
+            ("interface", show(&self.interface), show(&new.interface)),
+            ("xdp_mode", show(&self.xdp_mode), show(&new.xdp_mode)),
+            ("socket", show(&self.socket), show(&new.socket)),
+            (
+                "socket_group",
+                show(&self.socket_group),
+                show(&new.socket_group),
+            ),
+            ("state_dir", show(&self.state_dir), show(&new.state_dir)),
+            ("pin_dir", show(&self.pin_dir), show(&new.pin_dir)),
+            ("metrics", show(&self.metrics), show(&new.metrics)),
+            ("hash_seed", show(&self.hash_seed), show(&new.hash_seed)),
+            ("table_size", show(&self.table_size), show(&new.table_size)),
+            (
+                "flow_capacity",
+                show(&self.flow_capacity),
+                show(&new.flow_capacity),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(key, a, b)| format!("daemon.{key}: {a} -> {b}"))
+        .collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    Native,
+    Generic,
+    Auto,
+}
+
+impl From<XdpMode> for AttachMode {
+    fn from(mode: XdpMode) -> Self {
+        match mode {
+            XdpMode::Native => AttachMode::Native,
+            XdpMode::Generic => AttachMode::Generic,
+            XdpMode::Auto => AttachMode::Auto,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! What the controller shows of the running generation: which backend a flow gets
+//! (`explain`) and the counters of every VIP and backend (`stats`).
+
+use std::net::SocketAddr;
+
+use lb_common::{BackendStats, FlowKey, flow_hash, table_slot};
+use serde::{Deserialize, Serialize};
+
+use crate::history::Ids;
+
+use super::{
+    ApplyError, Controller, Panic,
+    install::{addr16, family, vip_key},
+    macs,
+};
+
+impl Controller {
+    /// Which backend a flow from `client` to `vip` gets, and why.
+    pub fn explain(&self, vip: &str, client: SocketAddr) -> Result<Explain, ApplyError> {
+        let record = self
+            .current
+            .as_ref()
+            .ok_or_else(|| ApplyError::NotFound("no generation is applied yet".into()))?;
+        let v = record
+            .config
+            .vips
+            .iter()
+            .find(|v| v.name == vip || v.address == vip)
+            .ok_or_else(|| ApplyError::NotFound(format!("no VIP named {vip:?}")))?;
+        let key = vip_key(v).ok_or_else(|| ApplyError::NotFound("bad VIP".into()))?;
+        if family(client.ip()) != key.family {
+            return Err(ApplyError::NotFound(format!(
+                "client {client} is not of VIP {}'s address family",
+                v.name
+            )));
+        }
+        let flow = FlowKey {
+            src: addr16(client.ip()),
+            dst: key.addr,
+            sport_be: client.port().to_be(),
+            dport_be: key.port_be,
+            proto: key.proto,
+            family: key.family,
+            _pad: [0; 2],
+        };
+        let vip_id = record.ids.vips[&v.name];
+        let name_of = |id: u32| {
+            record
+                .ids
+                .backends
+                .iter()
+                .filter(|&(_, &bid)| bid == id)
+                .find_map(|(k, _)| k.strip_prefix(v.name.as_str())?.strip_prefix('/'))
+                .map(str::to_string)
+        };
+        if let Some(entry) = self.maps.flow(&flow)
+            && self
+                .maps
+                .backend(entry.backend_id)
+                .is_ok_and(|b| b.serves(&flow))
+        {
+            return Ok(Explain {
+                vip: v.name.clone(),
+                client: client.to_string(),
+                backend: name_of(entry.backend_id).unwrap_or_else(|| "?".into()),
+                backend_id: entry.backend_id,
+                why: "flow-entry".into(),
+                generation: u64::from(entry.generation),
+                slot: None,
+                hash: None,
+            });
+        }
+        let seed = self.maps.config()?.hash_seed;
+        let (size, generation, slots) = self.maps.table(vip_id)?;
+        let hash = flow_hash(&flow, seed);
+        let slot = table_slot(hash, size);
+        let id = slots.get(slot as usize).copied().unwrap_or(0);
+        Ok(Explain {
+            vip: v.name.clone(),
+            client: client.to_string(),
+            backend: name_of(id).unwrap_or_else(|| "?".into()),
+            backend_id: id,
+            why: "table-slot".into(),
+            generation: u64::from(generation),
+            slot: Some(slot),
+            hash: Some(hash),
+        })
+    }
+
+    /// Counters of every backend and VIP of the running generation.
+    pub fn stats(&self) -> Result<Vec<VipStatsView>, ApplyError> {
+        let Some(record) = &self.current else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for vip in &record.config.vips {
+            let vip_id = record.ids.vips[&vip.name];
+            let vs = self.maps.vip_stats(vip_id)?;
+            let rows = self
+                .current_plan
+                .as_ref()
+                .and_then(|p| p.vip(&vip.name))
+                .map_or(&[][..], |p| &p.rows[..]);
+            let mut backends = Vec::new();
+            for b in &vip.backends {
+                let id = record.ids.backend(&vip.name, &b.name).unwrap_or(0);
+                let s: BackendStats = self.maps.backend_stats(id)?;
+                let row = rows.iter().find(|r| r.backend == b.name);
+                let mac = record.mac(&vip.name, &b.name);
+                let key = Ids::backend_key(&vip.name, &b.name);
+                let probe = self.tracker.backend(&vip.name, &b.name);
+                let held = if record.unresolved.contains(&key) {
+                    Some("unresolved".to_string())
+                } else if record.down.contains(&key) {
+                    Some("down".to_string())
+                } else {
+                    record.ramp.get(&key).map(|p| format!("slow start {p}%"))
+                };
+                backends.push(BackendStatsView {
+                    backend: b.name.clone(),
+                    id,
+                    address: b.address.clone(),
+                    mac: mac.map(macs::show_mac),
+                    mac_source: if mac.is_none() {
+                        "unresolved"
+                    } else if b.mac == crate::config::MAC_FROM_NEIGHBOUR {
+                        "neighbour"
+                    } else {
+                        "config"
+                    }
+                    .into(),
+                    weight: b.weight(),
+                    effective_weight: row.and_then(|r| r.weight_after).unwrap_or(0),
+                    held,
+                    table_share: row.map_or(0.0, |r| r.share_after),
+                    healthy: vip.health.as_ref().map(|_| probe.is_none_or(|h| h.up)),
+                    last_probe: probe.and_then(|h| h.last.clone()),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    new_flows: s.new_flows,
+                });
+            }
+            out.push(VipStatsView {
+                vip: vip.name.clone(),
+                label: vip.label(),
+                id: vip_id,
+                generation: self.maps.table_generation(vip_id).map_or(0, u64::from),
+                packets: vs.packets,
+                bytes: vs.bytes,
+                new_flows: vs.new_flows,
+                drops: vs.drops,
+                checked: vip.health.is_some(),
+                panic: self.panic.get(&vip.name).cloned(),
+                backends,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Explain {
+    pub vip: String,
+    pub client: String,
+    pub backend: String,
+    pub backend_id: u32,
+    /// "flow-entry" (an established flow) or "table-slot" (a new flow).
+    pub why: String,
+    pub generation: u64,
+    pub slot: Option<u32>,
+    pub hash: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipStatsView {
+    pub vip: String,
+    pub label: String,
+    pub id: u32,
+    /// Generation of the table the data plane is using.
+    pub generation: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+    /// The VIP has health checks.
+    #[serde(default)]
+    pub checked: bool,
+    /// Too few backends up to take more out for health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic: Option<Panic>,
+    pub backends: Vec<BackendStatsView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatsView {
+    pub backend: String,
+    pub id: u32,
+    pub address: String,
+    /// The MAC frames are sent to; none while unresolved.
+    pub mac: Option<String>,
+    /// `config` (explicit), `neighbour` (resolved) or `unresolved`.
+    pub mac_source: String,
+    pub weight: u32,
+    /// The weight its table was built from: 0 while down or unresolved, part of it in
+    /// slow start.
+    #[serde(default)]
+    pub effective_weight: u32,
+    /// Why the effective weight is not the weight: `down`, `unresolved`, `slow start N%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    pub table_share: f64,
+    /// Up (after rise/fall) for VIPs with health checks.
+    pub healthy: Option<bool>,
+    /// The last probe's result: `ok` or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
