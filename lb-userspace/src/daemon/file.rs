@@ -39,7 +39,10 @@ pub(crate) fn apply(
     let last = controller
         .history()
         .newest(|r| reload::from_file(r, path))
-        .map_err(|e| FileError::Failed(e.into()))?;
+        .map_err(|e| {
+            warn!(user, "{what} failed: reading the history: {e}");
+            FileError::Failed(e.into())
+        })?;
     let source = match trigger {
         Trigger::Startup => Source::Startup {
             file: path.to_path_buf(),

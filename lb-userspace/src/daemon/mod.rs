@@ -258,7 +258,10 @@ async fn reload(d: Arc<Shared>) {
                 );
             }
             config.daemon = settings;
-            #[expect(clippy::let_underscore_must_use, reason = "file::apply logs its outcome; the one error it does not log, reading the history, is lost here")]
+            #[expect(
+                clippy::let_underscore_must_use,
+                reason = "file::apply logs every outcome; a reload has no caller to return it to"
+            )]
             let _ = file::apply(c, config, &path, Trigger::Reload, "SIGHUP".into());
         })
         .await;
