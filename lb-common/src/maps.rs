@@ -25,8 +25,9 @@ pub const VIP_STATS: &str = "xlb_vip_stats";
 /// Reason -> per-CPU {packets, bytes}, for every verdict the program returns.
 pub const REASON_STATS: &str = "xlb_reasons";
 
-/// What `xlb trace` asked to see (one entry; all zero: off).
-pub const TRACE: &str = "xlb_trace";
+/// What `xlb trace` asked to see (one entry; all zero: off): the program's global
+/// `XLB_TRACE`, in a data section of its own, which the loader makes a one-entry array.
+pub const TRACE: &str = ".data.xlb_trace";
 /// Per CPU: the trace's rate-bound window and the records it held back.
 pub const TRACE_RATE: &str = "xlb_trace_rate";
 /// aya-log's ring buffer, which carries the trace records to the daemon.

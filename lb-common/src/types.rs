@@ -187,7 +187,8 @@ pub struct ReasonStats {
 /// `TraceControl::backend_id` that traces packets of any backend (or of none).
 pub const TRACE_ANY_BACKEND: u32 = u32::MAX;
 
-/// Value of `xlb_trace` (one entry): which packet decisions the program reports through
+/// The trace switch, `.data.xlb_trace` (the program's global `XLB_TRACE`, one entry):
+/// which packet decisions the program reports through
 /// aya-log while `xlb trace` runs. All zero, the state of every freshly loaded program,
 /// means off.
 #[repr(C)]

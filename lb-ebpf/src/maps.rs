@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, TraceControl, TraceRate,
-    VipAddrKey, VipInfo, VipKey, VipStats,
+    Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, TraceRate, VipAddrKey, VipInfo,
+    VipKey, VipStats,
     maps::{
         DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, TABLE_HEADER,
         TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
@@ -64,10 +64,6 @@ pub(crate) static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerC
 #[btf_map(name = "xlb_reasons")]
 pub(crate) static REASON_STATS: PerCpuArray<ReasonStats, { REASON_COUNT as usize }> =
     PerCpuArray::new();
-
-/// What `xlb trace` asked to see; all zero (off) in every freshly loaded program.
-#[btf_map(name = "xlb_trace")]
-pub(crate) static TRACE: Array<TraceControl, 1> = Array::new();
 
 /// Per CPU: the trace's rate bound.
 #[btf_map(name = "xlb_trace_rate")]

@@ -1,5 +1,5 @@
-//! Stage 6: report the decision to `xlb trace`. Off (the `xlb_trace` entry all zero), a
-//! packet pays one inlined array lookup and one compare. On, a packet that passes the
+//! Stage 6: report the decision to `xlb trace`. Off (the switch all zero), a packet pays
+//! one load and one compare. On, a packet that passes the
 //! filter and the per-CPU rate bound is sent to the daemon as one aya-log record, which
 //! `lb_userspace`'s `trace::Record::parse` reads back; the two sides share the format
 //! below.
@@ -8,7 +8,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_log_ebpf::info;
 use lb_common::{FlowKey, Reason, TRACE_ANY_BACKEND, TraceControl};
 
-use crate::maps::{TRACE, TRACE_RATE};
+use crate::maps::TRACE_RATE;
 
 /// A window of the rate bound.
 const WINDOW_NS: u64 = 1_000_000_000;
@@ -20,14 +20,34 @@ pub(crate) struct Decision {
     pub(crate) new_flow: bool,
 }
 
+/// The trace switch. A global of its own data section, which the loader turns into a
+/// one-entry array map (`lb_common::maps::TRACE`) that the daemon writes: reading it is a
+/// load from a known address, where an array map costs a lookup, inlined or not, on
+/// every packet. Exported so that nothing may assume it keeps its initial value.
+#[unsafe(link_section = ".data.xlb_trace")]
+#[unsafe(no_mangle)]
+static mut XLB_TRACE: TraceControl = TraceControl {
+    until_ns: 0,
+    addr: [0; 16],
+    family: 0,
+    _pad: [0; 3],
+    reasons: 0,
+    backend_id: 0,
+    per_cpu_rate: 0,
+};
+
 #[inline(always)]
 pub(crate) fn report(flow: &FlowKey, reason: Reason, decision: &Decision) {
-    let Some(control) = TRACE.get(0) else {
-        return;
-    };
-    if control.until_ns == 0 {
+    // SAFETY: a plain read of a global that only userspace writes (through its map); a
+    // torn read during a write at worst traces with half the new filter, once.
+    let until_ns = unsafe { core::ptr::read_volatile(&raw const XLB_TRACE.until_ns) };
+    if until_ns == 0 {
         return;
     }
+    // SAFETY: as above; `record` reads the filter's fields once each. (Never null.)
+    let Some(control) = (unsafe { (&raw const XLB_TRACE).as_ref() }) else {
+        return;
+    };
     record(
         control,
         flow,

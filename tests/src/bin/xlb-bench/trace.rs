@@ -139,7 +139,7 @@ pub(crate) fn trace_cost(mode: &Mode, md: &mut String) {
     push_line!(
         md,
         "### The trace stage\n\nMethod: the same established TCP packet through \
-         BPF_PROG_TEST_RUN, with the program's trace switch (`xlb_trace`) set as `xlb \
+         BPF_PROG_TEST_RUN, with the program's trace switch (`.data.xlb_trace`) set as `xlb \
          trace` would set it; each case followed by the XDP_DROP floor in the same round, \
          {} rounds. Checked per run: off and filtered out, no record sent and none held \
          back; past the rate bound (1 record/s), at most one record per one-second window \
