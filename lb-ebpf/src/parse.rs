@@ -131,10 +131,10 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, 
     if version_ihl >> 4 != 4 || ihl < 5 {
         return Err(reject(key, Reason::DropBadHeader));
     }
+    key.proto = protocol;
     if frag_off & IPV4_FRAG_MASK != 0 {
         return Err(reject(key, Reason::DropFragment));
     }
-    key.proto = protocol;
     // ihl is masked to 4 bits above, so the L4 offset is bounded for the verifier.
     parse_l4(ctx, l3 + ihl * 4, key, PROTO_ICMP)
 }
