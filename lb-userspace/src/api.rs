@@ -197,8 +197,11 @@ pub enum TraceLine {
     },
     /// `records` records that matched were not shown, and why.
     Skipped { records: u64, why: String },
-    /// The trace is over.
-    End { why: String },
+    /// Something the client should know, e.g. a new generation changed its VIP.
+    Note { text: String },
+    /// The trace is over: `done` when it showed the records asked for, otherwise ended
+    /// by the daemon (stopping, or a new generation without the VIP or backend asked for).
+    End { why: String, done: bool },
 }
 
 /// What a trace's response line carries.

@@ -4,7 +4,7 @@
 //! map writes in an order that keeps every packet on one complete generation (`install`),
 //! then the durable history record. `views` reads it back: `explain` and `stats`.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -116,6 +116,8 @@ pub struct Controller {
     /// Time since the daemon started, as of the last probe round.
     clock: Duration,
     resolve: Resolver,
+    /// The running generation, published on every commit.
+    running: tokio::sync::watch::Sender<Option<Arc<Record>>>,
 }
 
 impl Controller {
@@ -132,6 +134,7 @@ impl Controller {
             ramp_started: BTreeMap::new(),
             clock: Duration::ZERO,
             resolve,
+            running: tokio::sync::watch::Sender::new(None),
         };
         if let Some(mut record) = controller.current.take() {
             // Records written before MACs were recorded: take them from the maps.
@@ -141,9 +144,17 @@ impl Controller {
             controller.current_plan = Some(installed(&record, None));
             // What the running generation holds down stays down until its checks pass.
             controller.tracker = Tracker::starting_down(&record.down);
+            controller
+                .running
+                .send_replace(Some(Arc::new(record.clone())));
             controller.current = Some(record);
         }
         Ok(controller)
+    }
+
+    /// The running generation, as it changes: every commit publishes its record.
+    pub fn watch_running(&self) -> tokio::sync::watch::Receiver<Option<Arc<Record>>> {
+        self.running.subscribe()
     }
 
     pub fn maps(&self) -> &Maps {

@@ -247,6 +247,13 @@ impl Names {
                 reason_named(name).map(|r| mask | 1 << r.index())
             })?
         };
+        if vip.is_some() && reasons & default_reasons() == 0 {
+            return Err(
+                "a VIP's packets never have the verdicts pass_not_ip, pass_not_vip or \
+                 pass_truncated: name no VIP to see them"
+                    .into(),
+            );
+        }
         let rate = rate.unwrap_or(DEFAULT_RATE);
         if rate == 0 || rate > MAX_RATE {
             return Err(format!(
@@ -264,21 +271,33 @@ impl Names {
     /// A backend named `vip/backend`, or `backend` within `vip`, or `backend` if one VIP
     /// alone has it.
     fn backend_id(&self, vip: Option<&str>, name: &str) -> Result<u32, String> {
-        let wanted = match (vip, name.contains('/')) {
-            (Some(v), false) => format!("{v}/{name}"),
-            _ => name.to_string(),
+        let matches = |key: &str| {
+            key == name
+                || key
+                    .split_once('/')
+                    .is_some_and(|(v, b)| b == name && vip.is_none_or(|w| w == v))
         };
-        let found: Vec<(&u32, &String)> = self
-            .backends
-            .iter()
-            .filter(|(_, k)| **k == wanted || k.rsplit_once('/').is_some_and(|(_, b)| b == wanted))
-            .collect();
-        match found[..] {
-            [(&id, _)] => Ok(id),
-            [] => Err(format!(
-                "no backend named {name:?} in the running generation"
+        let found: Vec<(&u32, &String)> =
+            self.backends.iter().filter(|(_, k)| matches(k)).collect();
+        match (&found[..], vip) {
+            (&[(_, key)], Some(v)) if !key.starts_with(&format!("{v}/")) => Err(format!(
+                "backend {key} is not in VIP {v} (its backends: {})",
+                self.backends_of(v)
             )),
-            _ => Err(format!(
+            (&[(&id, _)], _) => Ok(id),
+            (&[], Some(v)) => Err(format!(
+                "VIP {v} has no backend {name:?} (its backends: {})",
+                self.backends_of(v)
+            )),
+            (&[], None) => Err(format!(
+                "no backend named {name:?} in the running generation (running are {})",
+                self.backends
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            (_, _) => Err(format!(
                 "backend {name:?} is in several VIPs ({}): name one as VIP/BACKEND or give the VIP",
                 found
                     .iter()
@@ -289,18 +308,39 @@ impl Names {
         }
     }
 
+    /// The backends of VIP `vip`, by name, for messages.
+    fn backends_of(&self, vip: &str) -> String {
+        let prefix = format!("{vip}/");
+        let names: Vec<&str> = self
+            .backends
+            .values()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
     /// How a client sees `r`.
     pub fn event(&self, r: &Record) -> Event {
+        // A packet without ports names a VIP only if that VIP is alone on its address.
+        let on_address: Vec<&String> = self
+            .vips
+            .iter()
+            .filter(|(_, m)| m.addr == r.dst)
+            .map(|(n, _)| n)
+            .collect();
         let vip = self
             .vips
             .iter()
             .find(|(_, m)| m.addr == r.dst && m.port == r.dport && m.proto == r.proto)
-            .or_else(|| {
-                self.vips
-                    .iter()
-                    .find(|(_, m)| m.addr == r.dst && r.dport == 0)
-            })
-            .map(|(n, _)| n.clone());
+            .map(|(n, _)| n.clone())
+            .or_else(|| match on_address[..] {
+                [only] if r.dport == 0 => Some(only.clone()),
+                _ => None,
+            });
         let backend = (r.backend_id != 0).then(|| {
             self.backends
                 .get(&r.backend_id)
@@ -309,11 +349,7 @@ impl Names {
         });
         Event {
             vip,
-            protocol: match r.proto {
-                lb_common::PROTO_TCP => "tcp".into(),
-                lb_common::PROTO_UDP => "udp".into(),
-                p => p.to_string(),
-            },
+            protocol: protocol_name(r.proto),
             client: socket(r.src, r.sport),
             destination: socket(r.dst, r.dport),
             reason: r.reason.name().into(),
@@ -342,6 +378,17 @@ fn vip_match(key: &VipKey) -> VipMatch {
         addr,
         port: u16::from_be(key.port_be),
         proto: key.proto,
+    }
+}
+
+/// IP protocol numbers as `ip` and `tcpdump` name them; others as numbers.
+fn protocol_name(proto: u8) -> String {
+    match proto {
+        1 => "icmp".into(),
+        lb_common::PROTO_TCP => "tcp".into(),
+        lb_common::PROTO_UDP => "udp".into(),
+        58 => "icmpv6".into(),
+        p => format!("proto-{p}"),
     }
 }
 

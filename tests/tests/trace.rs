@@ -1,7 +1,8 @@
 //! `xlb trace` against the real daemon and real traffic: the records name the backend
 //! that really answered each connection, filters by VIP, backend and verdict hold, the
 //! rate bound holds and says what it held back, requests naming nothing running are
-//! refused, and the kernel's trace switch is off whenever no client is attached.
+//! refused, a change that removes what a trace follows ends it, and the kernel's trace
+//! switch is off whenever no client is attached.
 
 #![cfg(test)]
 
@@ -165,7 +166,7 @@ fn trace_shows_real_decisions_and_is_off_without_a_client() {
     let out = finish(tracing, Duration::from_secs(10));
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("ended: 6 records, as asked"),
+        text(&out).contains("ended: 6 records as asked"),
         "{}",
         text(&out)
     );
@@ -238,9 +239,32 @@ fn trace_shows_real_decisions_and_is_off_without_a_client() {
         "{got} records in {seconds} s on {cpus} CPUs"
     );
     assert!(
-        text(&out).contains("not shown: held back by the rate bound (1 records/s per CPU"),
+        text(&out).contains("not shown: held back by the kernel's rate bound (1/s per CPU"),
         "{}",
         text(&out)
+    );
+    // Next to a client that wants more, a client's own --rate still holds (the daemon
+    // applies it; the kernel's bound is the higher one).
+    let slow = attached(&daemon, &["web", "--rate", "1"]);
+    let fast = attached(&daemon, &["web"]);
+    let start = Instant::now();
+    in_ns(&client, move || http_many(vip, 60));
+    thread::sleep(Duration::from_millis(1200));
+    let seconds = start.elapsed().as_secs() + 1;
+    let (slow, fast) = (
+        finish(interrupt(slow), Duration::from_secs(5)),
+        finish(interrupt(fast), Duration::from_secs(5)),
+    );
+    let (got_slow, got_fast) = (records(&slow).len() as u64, records(&fast).len() as u64);
+    assert!(
+        got_slow <= cpus * seconds,
+        "{got_slow} records in {seconds} s"
+    );
+    assert!(got_fast > got_slow, "{got_fast} vs {got_slow}");
+    assert!(
+        text(&slow).contains("not shown: over this client's --rate (1/s per CPU)"),
+        "{}",
+        text(&slow)
     );
     // A client killed mid-trace detaches too.
     wait_switch(&daemon, false);
@@ -248,10 +272,21 @@ fn trace_shows_real_decisions_and_is_off_without_a_client() {
     // Requests naming nothing running: refused, switch untouched.
     for (args, why) in [
         (&["nosuch"][..], "no VIP named \"nosuch\": running are web"),
-        (&["web", "--backend", "b9"][..], "no backend named \"b9\""),
+        (
+            &["web", "--backend", "b9"][..],
+            "VIP web has no backend \"b9\" (its backends: b1, b2, b3)",
+        ),
+        (
+            &["web", "--reason", "pass_not_vip"][..],
+            "never have the verdicts pass_not_ip, pass_not_vip",
+        ),
         (
             &["--reason", "dropped"][..],
-            "unknown reason \"dropped\": one of forwarded",
+            "invalid value 'dropped' for '--reason <REASON>'",
+        ),
+        (
+            &["--count", "0"][..],
+            "invalid value '0' for '--count <COUNT>'",
         ),
         (
             &["--rate", "0"][..],
@@ -264,11 +299,47 @@ fn trace_shows_real_decisions_and_is_off_without_a_client() {
         assert!(!switch_on(&daemon));
     }
 
-    // A daemon that stops ends the trace and says so.
+    // A change that removes the backend a trace follows ends it, saying so; names follow
+    // the change at once.
+    let following = attached(&daemon, &["web", "--backend", "b3"]);
+    let all = attached(&daemon, &["web"]);
+    let fewer = daemon.write_file(
+        "fewer.toml",
+        &[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1])],
+    );
+    daemon.xlb_ok(&[
+        "apply",
+        fewer.to_str().unwrap(),
+        "--force",
+        "--reason",
+        "trace test",
+    ]);
+    let out = finish(following, Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("VIP web has no backend \"b3\" (its backends: b1, b2)"),
+        "{}",
+        text(&out)
+    );
+    let count = in_ns(&client, move || http_many(vip, 20));
+    assert_eq!(count.values().sum::<u32>(), 20, "{count:?}");
+    let out = finish(interrupt(all), Duration::from_secs(5));
+    let got = records(&out);
+    assert!(!got.is_empty(), "{}", text(&out));
+    assert!(
+        got.iter()
+            .all(|r| r["backend"] == "web/b1" || r["backend"] == "web/b2"),
+        "{got:?}"
+    );
+    assert_eq!(daemon.status()["trace_clients"], 0);
+
+    // A daemon that stops ends the trace and says so (exit 2: the trace did not end as
+    // asked).
     let tracing = attached(&daemon, &["web"]);
+    assert_eq!(daemon.status()["trace_clients"], 1);
     daemon.stop_with(libc::SIGTERM);
     let out = finish(tracing, Duration::from_secs(15));
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("ended: the daemon is stopping"),
         "{}",

@@ -103,6 +103,10 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
             secs("window_ms")
         );
     }
+    match data["trace_clients"].as_u64() {
+        Some(0) | None => {}
+        Some(n) => say!("xlb trace: {n} attached (the program reports decisions)"),
+    }
     for v in vips(data)? {
         let (observed, note) = observed_shares(data, &v);
         say!(

@@ -14,12 +14,12 @@ pub(crate) struct Args {
     /// Only packets given this backend (BACKEND within VIP, or VIP/BACKEND).
     #[arg(long)]
     backend: Option<String>,
-    /// Only packets with this verdict (as `xlb stats` names them, e.g. drop_no_backend);
-    /// repeatable. Default: every verdict of traffic to a VIP address.
-    #[arg(long = "reason", value_name = "REASON")]
+    /// Only packets with this verdict (`xlb_packets_total`'s `reason` label); repeatable.
+    /// Default: every verdict of traffic to a VIP address.
+    #[arg(long = "reason", value_name = "REASON", value_parser = reason_names())]
     reasons: Vec<String>,
-    /// Stop after this many records.
-    #[arg(long)]
+    /// Stop after this many records (default: until interrupted).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// At most this many records per second on each CPU (1 to 5000; default 1000).
     #[arg(long)]
@@ -39,6 +39,7 @@ pub(crate) fn trace(socket: &Path, args: Args) -> Result<u8, String> {
     };
     let json = args.json;
     let mut refused = None;
+    let mut ended_by_daemon = false;
     api::trace(
         socket,
         &req,
@@ -47,8 +48,8 @@ pub(crate) fn trace(socket: &Path, args: Args) -> Result<u8, String> {
                 refused = Some(r.error.clone());
             } else if let Ok(s) = serde_json::from_value::<TraceStarted>(r.data.clone()) {
                 eprintln!(
-                    "tracing with generation {}'s names, at most {} records/s per CPU; \
-                     Ctrl-C stops",
+                    "tracing (generation {}; names follow every change), at most {} \
+                     records/s per CPU; Ctrl-C stops",
                     s.generation, s.per_cpu_rate
                 );
             }
@@ -75,9 +76,14 @@ pub(crate) fn trace(socket: &Path, args: Args) -> Result<u8, String> {
                 }
             ),
             TraceLine::Skipped { records, why } => {
-                eprintln!("xlb trace: {records} records not shown: {why}")
+                let what = if records == 1 { "record" } else { "records" };
+                eprintln!("xlb trace: {records} {what} not shown: {why}");
             }
-            TraceLine::End { why } => eprintln!("xlb trace: ended: {why}"),
+            TraceLine::Note { text } => eprintln!("xlb trace: {text}"),
+            TraceLine::End { why, done } => {
+                ended_by_daemon = !done;
+                eprintln!("xlb trace: ended: {why}");
+            }
         },
     )?;
     match refused {
@@ -85,8 +91,13 @@ pub(crate) fn trace(socket: &Path, args: Args) -> Result<u8, String> {
             eprintln!("xlb: {e}");
             Ok(ERROR)
         }
+        None if ended_by_daemon => Ok(ERROR),
         None => Ok(0),
     }
+}
+
+fn reason_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(lb_common::Reason::ALL.map(|r| r.name()))
 }
 
 /// `HH:MM:SS` in UTC.

@@ -100,6 +100,8 @@ impl Controller {
             return Err(restore(self, e.to_string()));
         }
         let generation = record.generation;
+        self.running
+            .send_replace(Some(std::sync::Arc::new(record.clone())));
         self.current = Some(record);
         self.current_plan = Some(install);
         Ok(generation)

@@ -26,6 +26,8 @@ pub(crate) struct Daemon {
     pub rollouts: BTreeMap<&'static str, u64>,
     /// The last health probe round's duration.
     pub health_round: Option<Duration>,
+    /// `xlb trace` clients attached now.
+    pub trace_clients: usize,
 }
 
 /// The `/metrics` body for `sample` and the daemon's own state `daemon`.
@@ -236,6 +238,14 @@ impl Collector for Metrics {
         for (outcome, n) in &d.rollouts {
             ConstCounter::new(*n).encode(rollouts.encode_family(&[("outcome", *outcome)])?)?;
         }
+        ConstGauge::new(i64::try_from(d.trace_clients).unwrap_or(i64::MAX)).encode(
+            enc.encode_descriptor(
+                "xlb_trace_clients",
+                "`xlb trace` clients attached now; while above 0 the program reports decisions.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
         if let Some(t) = d.health_round {
             ConstGauge::new(t.as_secs_f64()).encode(enc.encode_descriptor(
                 "xlb_health_round_seconds",
@@ -317,6 +327,7 @@ mod tests {
             auto_rollbacks: 1,
             rollouts: [("completed", 2), ("rolled_back", 0)].into(),
             health_round: Some(Duration::from_millis(250)),
+            trace_clients: 2,
         };
         let text = render(
             Arc::new(Sample {
@@ -351,6 +362,7 @@ mod tests {
             "# TYPE xlb_auto_rollbacks_total counter\nxlb_auto_rollbacks_total 1\n",
             "xlb_rollouts_total{outcome=\"completed\"} 2\n",
             "xlb_rollouts_total{outcome=\"rolled_back\"} 0\n",
+            "# TYPE xlb_trace_clients gauge\nxlb_trace_clients 2\n",
             "xlb_health_round_seconds 0.25\n",
             "# TYPE xlb_vip_drops_total counter\nxlb_vip_drops_total{vip=\"web\"} 7\n",
             "# TYPE xlb_packets_total counter\n",

@@ -457,6 +457,7 @@ fn execute(
                 "observed": observed,
                 "min_flows": crate::watch::MIN_FLOWS,
                 "watch": watch,
+                "trace_clients": d.tracer.clients(),
             })),
             Err(e) => Response::error(e.to_string()),
         },

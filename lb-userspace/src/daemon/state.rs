@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub rollouts: Mutex<BTreeMap<&'static str, u64>>,
     /// `xlb trace` clients and the program's trace switch.
     pub tracer: Arc<super::trace::Tracer>,
+    /// The running generation, updated on every commit without waiting for a turn.
+    pub running: watch::Receiver<Option<Arc<crate::history::Record>>>,
     stop: watch::Sender<Stop>,
 }
 
@@ -64,6 +66,7 @@ impl Shared {
         tracer: super::trace::Tracer,
     ) -> Self {
         Shared {
+            running: controller.watch_running(),
             controller: Arc::new(tokio::sync::Mutex::new(controller)),
             config_path,
             settings,
@@ -89,6 +92,7 @@ impl Shared {
                 .load(std::sync::atomic::Ordering::Relaxed),
             rollouts: lock(&self.rollouts).clone(),
             health_round: *lock(&self.health_round),
+            trace_clients: self.tracer.clients(),
         }
     }
 

@@ -88,6 +88,11 @@ impl Tracer {
         }
     }
 
+    /// Clients attached now.
+    pub(crate) fn clients(&self) -> usize {
+        lock(&self.clients).len()
+    }
+
     fn suppressed(&self) -> u64 {
         lock(&self.switch).suppressed().unwrap_or(0)
     }
@@ -110,6 +115,14 @@ struct Session {
     tracer: Arc<Tracer>,
     id: u64,
     records: broadcast::Receiver<Record>,
+}
+
+impl Session {
+    /// Follows a new filter (the kernel's too).
+    fn update(&self, filter: Filter) {
+        lock(&self.tracer.clients).insert(self.id, filter);
+        self.tracer.apply();
+    }
 }
 
 impl Drop for Session {
@@ -178,17 +191,40 @@ pub(crate) async fn renewer(d: Arc<Shared>) {
     }
 }
 
-/// The names of the running generation, if the controller's turn comes soon.
-async fn names(d: &Shared, wait: Duration) -> Result<Option<Names>, String> {
-    let turn = d
-        .turn_within(wait)
-        .await
-        .ok_or("the daemon is busy with a change; try again")?;
-    turn.run(|c| c.current().map(Names::of)).await
+/// What a client asked for, by name: resolved again against every new generation.
+struct Ask {
+    vip: Option<String>,
+    backend: Option<String>,
+    reasons: Vec<String>,
+    rate: Option<u32>,
+}
+
+impl Ask {
+    fn resolve(&self, names: &Names) -> Result<Filter, String> {
+        names.filter(
+            self.vip.as_deref(),
+            self.backend.as_deref(),
+            &self.reasons,
+            self.rate,
+        )
+    }
+
+    fn describe(&self) -> String {
+        let mut what = vec![self.vip.clone().unwrap_or_else(|| "every VIP".into())];
+        what.extend(self.backend.iter().map(|b| format!("backend {b}")));
+        what.extend(self.reasons.iter().map(|r| format!("reason {r}")));
+        what.join(", ")
+    }
+}
+
+/// The running generation's names, if one is running.
+fn running_names(d: &Shared) -> Option<Names> {
+    d.running.borrow().as_deref().map(Names::of)
 }
 
 /// Serves one `xlb trace` connection: the response line, then records until the count
-/// is reached, the client goes away or the daemon stops.
+/// is reached, the client goes away, the daemon stops, or a new generation no longer has
+/// what the client asked for.
 pub(crate) async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user: String) {
     let (rx, mut tx) = stream.into_split();
     let Request::Trace {
@@ -201,20 +237,33 @@ pub(crate) async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user
     else {
         return;
     };
-    let resolved = match names(&d, Duration::from_secs(10)).await {
-        Ok(Some(names)) => names
-            .filter(vip.as_deref(), backend.as_deref(), &reasons, rate)
-            .map(|f| (names, f)),
-        Ok(None) => Err("no generation is running: nothing to trace".into()),
-        Err(e) => Err(e),
+    let ask = Ask {
+        vip,
+        backend,
+        reasons,
+        rate,
     };
-    let (mut names, filter) = match resolved {
+    let resolved = match running_names(&d) {
+        Some(names) => ask.resolve(&names).map(|f| (names, f)),
+        None => Err("no generation is running: nothing to trace".into()),
+    };
+    let (mut names, mut filter) = match resolved {
         Ok(r) => r,
         Err(e) => {
             write(&mut tx, &Response::error(e)).await;
             return;
         }
     };
+    if count == Some(0) {
+        write(
+            &mut tx,
+            &Response::error(
+                "--count 0 would show nothing: leave --count out to trace until interrupted",
+            ),
+        )
+        .await;
+        return;
+    }
     let started = TraceStarted {
         generation: names.generation,
         per_cpu_rate: filter.rate,
@@ -222,28 +271,30 @@ pub(crate) async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user
     if !write(&mut tx, &Response::data(&started)).await {
         return;
     }
-    let what = format!(
-        "trace {} {}{}",
-        vip.as_deref().unwrap_or("(every VIP)"),
-        backend
-            .as_deref()
-            .map_or(String::new(), |b| format!("backend {b} ")),
-        if reasons.is_empty() {
-            String::new()
-        } else {
-            format!("reasons {}", reasons.join(","))
-        }
-    );
+    let what = format!("trace of {}", ask.describe());
     info!(user, "{what}: started");
     let mut session = d.tracer.attach(filter.clone());
+    let mut running = d.running.clone();
     let mut suppressed = d.tracer.suppressed();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    // This client's own bound, over all CPUs: the kernel's is the highest any client
+    // asked for.
+    let mut window = (tokio::time::Instant::now(), 0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut stop = d.subscribe();
     let mut sent = 0u64;
-    let why = loop {
+    let (why, done) = loop {
         let line = tokio::select! {
             r = session.records.recv() => match r {
                 Ok(r) if filter.matches(&r) => {
+                    if window.0.elapsed() >= Duration::from_secs(1) {
+                        window = (tokio::time::Instant::now(), 0, window.2);
+                    }
+                    if window.1 >= u64::from(filter.rate) * cpus {
+                        window.2 += 1;
+                        continue;
+                    }
+                    window.1 += 1;
                     sent += 1;
                     TraceLine::Record { time_us: now_us(), event: names.event(&r) }
                 }
@@ -252,46 +303,68 @@ pub(crate) async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user
                     records: n,
                     why: "this client read too slowly".into(),
                 },
-                Err(RecvError::Closed) => break "the daemon stopped tracing".to_string(),
+                Err(RecvError::Closed) => break ("the daemon stopped tracing".to_string(), false),
+            },
+            changed = running.changed() => {
+                if changed.is_err() {
+                    break ("the daemon stopped tracing".to_string(), false);
+                }
+                let Some(fresh) = running_names(&d) else { continue };
+                let generation = fresh.generation;
+                names = fresh;
+                match ask.resolve(&names) {
+                    Ok(f) if f == filter => continue,
+                    Ok(f) => {
+                        session.update(f.clone());
+                        filter = f;
+                        TraceLine::Note {
+                            text: format!("generation {generation} changed what {} names; following it", ask.describe()),
+                        }
+                    }
+                    Err(e) => break (format!("generation {generation}: {e}"), false),
+                }
             },
             _ = tick.tick() => {
                 let now = d.tracer.suppressed();
                 let held = now.saturating_sub(suppressed);
                 suppressed = now;
-                refresh(&d, &mut names).await;
-                if held == 0 {
+                let own = std::mem::take(&mut window.2);
+                if held > 0 {
+                    let bound = trace::control(lock(&d.tracer.clients).values(), 0).per_cpu_rate;
+                    TraceLine::Skipped {
+                        records: held,
+                        why: format!("held back by the kernel's rate bound ({bound}/s per CPU, the highest any trace client asked for)"),
+                    }
+                } else if own > 0 {
+                    TraceLine::Skipped {
+                        records: own,
+                        why: format!("over this client's --rate ({}/s per CPU)", filter.rate),
+                    }
+                } else {
                     continue;
                 }
-                TraceLine::Skipped {
-                    records: held,
-                    why: format!(
-                        "held back by the rate bound ({} records/s per CPU, all trace clients)",
-                        trace::control(lock(&d.tracer.clients).values(), 0).per_cpu_rate
-                    ),
-                }
             },
-            _ = gone(&rx) => break "the client went away".to_string(),
-            _ = stopped(&mut stop) => break "the daemon is stopping".to_string(),
+            _ = gone(&rx) => break ("the client went away".to_string(), false),
+            _ = stopped(&mut stop) => break ("the daemon is stopping".to_string(), false),
         };
         if !write(&mut tx, &line).await {
-            break "the client went away".to_string();
+            break ("the client went away".to_string(), false);
         }
         if count.is_some_and(|c| sent >= c) {
-            break format!("{sent} records, as asked");
+            break (format!("{} as asked", records(sent)), true);
         }
     };
     drop(session);
-    info!(user, "{what}: ended: {why}, {sent} records sent");
-    write(&mut tx, &TraceLine::End { why }).await;
+    info!(user, "{what}: ended: {why}; {} sent", records(sent));
+    write(&mut tx, &TraceLine::End { why, done }).await;
 }
 
-/// Re-reads the names when another generation is running (sampled each second).
-async fn refresh(d: &Shared, names: &mut Names) {
-    let running = lock(&d.sample).as_ref().map(|s| s.generation);
-    if running.is_some_and(|g| g != names.generation)
-        && let Ok(Some(fresh)) = self::names(d, Duration::from_millis(200)).await
-    {
-        *names = fresh;
+/// "1 record", "2 records".
+fn records(n: u64) -> String {
+    if n == 1 {
+        "1 record".into()
+    } else {
+        format!("{n} records")
     }
 }
 

@@ -170,7 +170,26 @@ fn requests_that_name_nothing_running_are_refused_with_what_is() {
     let e = n
         .filter(Some("web"), Some("b9"), &no_reasons(), None)
         .unwrap_err();
-    assert!(e.contains("no backend named \"b9\""), "{e}");
+    assert_eq!(e, "VIP web has no backend \"b9\" (its backends: b0, b1)");
+    let e = n.filter(None, Some("b9"), &no_reasons(), None).unwrap_err();
+    assert_eq!(
+        e,
+        "no backend named \"b9\" in the running generation (running are web/b0, web/b1, dns/b0)"
+    );
+    // A backend of another VIP, named either way.
+    let e = n
+        .filter(Some("dns"), Some("web/b1"), &no_reasons(), None)
+        .unwrap_err();
+    assert_eq!(e, "backend web/b1 is not in VIP dns (its backends: b0)");
+    let e = n
+        .filter(Some("dns"), Some("b1"), &no_reasons(), None)
+        .unwrap_err();
+    assert_eq!(e, "VIP dns has no backend \"b1\" (its backends: b0)");
+    // Verdicts a VIP's packets never have.
+    let e = n
+        .filter(Some("web"), None, &["pass_not_vip".into()], None)
+        .unwrap_err();
+    assert!(e.contains("name no VIP to see them"), "{e}");
     let e = n.filter(None, None, &["dropped".into()], None).unwrap_err();
     assert!(
         e.starts_with("unknown reason \"dropped\": one of forwarded, pass_not_ip"),
@@ -259,4 +278,56 @@ fn events_name_the_vip_and_backend() {
         ..web_record(Reason::PassNotVip, 0)
     });
     assert_eq!(e.vip, None);
+}
+
+#[test]
+fn a_portless_packet_names_its_vip_only_when_alone_on_the_address() {
+    let n = names();
+    let fragment = Record {
+        dport: 0,
+        sport: 0,
+        ..web_record(Reason::DropFragment, 0)
+    };
+    assert_eq!(n.event(&fragment).vip.as_deref(), Some("web"));
+    // Two VIPs on one address: a packet without ports could be either's.
+    let text = "\
+[[vip]]\nname = \"web\"\naddress = \"198.18.0.100\"\nport = 80\nprotocol = \"tcp\"
+[[vip.backend]]\nname = \"b0\"\naddress = \"198.18.0.11\"\nweight = 1
+[[vip]]\nname = \"api\"\naddress = \"198.18.0.100\"\nport = 8080\nprotocol = \"tcp\"
+[[vip.backend]]\nname = \"b0\"\naddress = \"198.18.0.11\"\nweight = 1
+";
+    let config = config::parse(text, Path::new("/etc/xlb/xlb.toml")).unwrap();
+    let shared = Names::of(&Generation::fixture(
+        1,
+        Source::Cli {
+            command: "apply".into(),
+        },
+        config,
+    ));
+    assert_eq!(shared.event(&fragment).vip, None);
+    assert_eq!(
+        shared
+            .event(&web_record(Reason::Forwarded, 0))
+            .vip
+            .as_deref(),
+        Some("web")
+    );
+}
+
+#[test]
+fn protocols_are_named_as_ip_names_them() {
+    let n = names();
+    for (proto, name) in [
+        (1, "icmp"),
+        (6, "tcp"),
+        (17, "udp"),
+        (58, "icmpv6"),
+        (47, "proto-47"),
+    ] {
+        let r = Record {
+            proto,
+            ..web_record(Reason::PassIcmp, 0)
+        };
+        assert_eq!(n.event(&r).protocol, name);
+    }
 }
