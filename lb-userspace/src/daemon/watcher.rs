@@ -89,15 +89,24 @@ pub(crate) async fn watch(
         }
         let expect = expect.clone();
         let before = before.clone();
+        // Only a newer generation can supersede the watched one: the history is read only
+        // once there is one.
+        let moved = d
+            .running
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.generation > generation);
         let look = d
             .turn()
             .await
             .run(move |c| {
                 // The newest change that is not the daemon's own follow-up.
-                let newer = c
-                    .history()
-                    .generations()
-                    .unwrap_or_default()
+                let listed = if moved {
+                    c.history().generations().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let newer = listed
                     .into_iter()
                     .filter(|&g| g > generation)
                     .find(|&g| c.history().get(g).is_ok_and(|r| !r.source.is_followup()));
