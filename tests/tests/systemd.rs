@@ -1,12 +1,13 @@
-//! What the systemd unit (`examples/systemd/xlb.service`, `Type=notify`) relies on, against
-//! the real `xlb run` and a real notification socket this test binds (systemd is not needed):
-//! READY=1 only once XDP is attached and the socket answers; a SIGHUP reload bracketed by
-//! RELOADING=1 and READY=1, its change applied before READY=1; STOPPING=1 on SIGTERM; an
-//! upgrade (the binary replaced by rename, as dpkg does, and the daemon restarted) under a
-//! request loop with no failed request and the same pinned maps; a generation committed with
-//! `--force` starting again after a reboot (bpffs emptied); and config problems that end
-//! `xlb run` with exit status 78 (the unit's RestartPreventExitStatus) and no READY=1. The
-//! daemon of the first test runs with the unit's capability bounding set only.
+//! What the systemd unit (`packaging/systemd/xlb.service`, `Type=notify`) relies on, against
+//! the real `xlb run` and a real notification socket this test binds (systemd is not
+//! needed): READY=1 only once XDP is attached and the socket answers; the unit's own
+//! ExecReload= (a SIGHUP) bracketed by RELOADING=1 and READY=1, its change applied before
+//! READY=1; STOPPING=1 on SIGTERM; an upgrade (the binary replaced by rename, as dpkg does,
+//! and the daemon restarted) under a request loop with no failed request and the same
+//! pinned maps; a generation committed with `--force` starting again after a reboot (bpffs
+//! emptied); and config problems that end `xlb run` with exit status 78 (the unit's
+//! RestartPreventExitStatus) and no READY=1. The daemon of the first test runs with the
+//! unit's capability bounding set only.
 
 #![cfg(test)]
 
@@ -131,6 +132,25 @@ exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all,{} {} \"$@\"\n",
     wrapper
 }
 
+/// Runs the unit's ExecReload= as systemd does: `$$` is a `$`, MAINPID is in the
+/// environment, and the words are split at blanks outside quotes (as sh splits them).
+fn unit_reload(pid: u32) {
+    let unit = unit();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("the unit sets ExecReload=")
+        .replace("$$", "$");
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&line)
+        .env_clear()
+        .env("MAINPID", pid.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{line}: {out:?}");
+}
+
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Starts `daemon` on web 2:3:4 with a notification socket; returns it once READY=1 came.
@@ -172,7 +192,7 @@ fn ready_after_attach_reload_and_upgrade_under_traffic() {
 
     // `systemctl reload`: SIGHUP; systemd waits from RELOADING=1 to READY=1.
     daemon.write_config(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[3, 3, 4])]);
-    daemon.sighup();
+    unit_reload(daemon.pid().unwrap());
     let reload = notify.until("READY=1", TIMEOUT, || daemon.log());
     let first = reload.first().unwrap();
     assert!(
