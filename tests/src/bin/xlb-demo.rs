@@ -113,7 +113,8 @@ fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, 
             let name = backend_name(i);
             let n = delta.get(&name).copied().unwrap_or(0);
             let share = n as f64 / total as f64;
-            println!(
+            // Padded on a terminal, where a shorter bar must cover the last one.
+            let line = format!(
                 "  {name:<4} {:>6} {:>7.1}% {:>8.1}% {:>8}  {:<40}",
                 b["weight"],
                 b["table_share"].as_f64().unwrap_or(0.0) * 100.0,
@@ -121,6 +122,7 @@ fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, 
                 n,
                 "#".repeat(bar(share))
             );
+            println!("{}", if live { &line } else { line.trim_end() });
         }
     }
     let end = connections(loads);
