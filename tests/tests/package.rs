@@ -2,8 +2,9 @@
 //! path in `XLB_DEB`) installed, upgraded, removed and purged with dpkg on a clean Debian
 //! 12 root: `xlb --version`, the conffile that validates, `man -l` on the generated pages,
 //! completions, `systemd-analyze verify` and `security` on the installed unit (the score
-//! docs/install.md gives), a local conffile change kept across the upgrade, and what
-//! remove and purge leave.
+//! docs/install.md gives), a local conffile change kept across the upgrade, what remove
+//! and purge leave, and what the maintainer scripts ask of systemd at each step (a
+//! stand-in `systemctl` records it: systemd does not run in the root).
 //!
 //! The root is made by mmdebstrap (minbase, plus man-db and systemd) from Debian's
 //! repositories once and kept as target/debian12-root.tar (about 35 s to make, 250 MB);
@@ -168,8 +169,23 @@ fn install_upgrade_remove_and_purge_on_a_clean_debian_12() {
     let next = next_version(&deb, dir.path(), 999);
     std::fs::copy(&next, root.join("tmp/xlb-next.deb")).unwrap();
 
-    // Install.
+    // The maintainer scripts talk to systemd when it runs: a stand-in systemctl records
+    // what they ask of it.
+    run_ok(
+        &root,
+        "mkdir -p /run/systemd/system && mv /usr/bin/systemctl /usr/bin/systemctl.real && \
+         printf '#!/bin/sh\\necho \"$*\" >> /tmp/systemctl.calls\\n' > /usr/bin/systemctl && \
+         chmod 755 /usr/bin/systemctl",
+    );
+    let calls = |root: &Path| -> String {
+        let calls = run_ok(root, "cat /tmp/systemctl.calls; rm /tmp/systemctl.calls");
+        calls.lines().collect::<Vec<_>>().join("; ")
+    };
+
+    // Install: systemd learns of the unit; the daemon is not started (the interface and
+    // VIPs are the host's to fill in first).
     run_ok(&root, "dpkg -i /tmp/xlb.deb");
+    assert_eq!(calls(&root), "daemon-reload");
     let version = run_ok(&root, "xlb --version");
     assert_eq!(version.trim(), format!("xlb {}", env!("CARGO_PKG_VERSION")));
     let valid = run_ok(&root, "xlb validate /etc/xlb/xlb.toml");
@@ -248,6 +264,7 @@ fn install_upgrade_remove_and_purge_on_a_clean_debian_12() {
         "echo '# local change' >> /etc/xlb/xlb.toml && echo 1 > /var/lib/xlb/history-marker",
     );
     run_ok(&root, "dpkg -i /tmp/xlb-next.deb");
+    assert_eq!(calls(&root), "daemon-reload; try-restart xlb.service");
     let status = run_ok(&root, "dpkg-query -W -f '${Version} ${Status}' xlb");
     assert_eq!(
         status.trim(),
@@ -261,6 +278,7 @@ fn install_upgrade_remove_and_purge_on_a_clean_debian_12() {
 
     // Remove keeps the conffile and the history; purge removes both.
     run_ok(&root, "dpkg -r xlb");
+    assert_eq!(calls(&root), "stop xlb.service; daemon-reload");
     run_ok(
         &root,
         "! test -e /usr/bin/xlb && ! test -e /lib/systemd/system/xlb.service && \
@@ -269,6 +287,7 @@ fn install_upgrade_remove_and_purge_on_a_clean_debian_12() {
     let status = run_ok(&root, "dpkg-query -W -f '${Status}' xlb");
     assert_eq!(status.trim(), "deinstall ok config-files");
     run_ok(&root, "dpkg -P xlb");
+    assert_eq!(calls(&root), "daemon-reload");
     run_ok(
         &root,
         "! test -e /etc/xlb && ! test -e /var/lib/xlb && ! dpkg-query -W xlb 2>/dev/null",
