@@ -102,14 +102,15 @@ fn unit() -> String {
 }
 
 /// A wrapper that runs `xlb` as the unit does: only the unit's CapabilityBoundingSet= (none
-/// inheritable) and NoNewPrivileges=yes, through setpriv.
-fn with_unit_capabilities(dir: &Path, xlb: &Path) -> PathBuf {
+/// inheritable), less `without`, and NoNewPrivileges=yes, through setpriv.
+fn with_unit_capabilities(dir: &Path, xlb: &Path, without: Option<&str>) -> PathBuf {
     let unit = unit();
     let caps: Vec<String> = unit
         .lines()
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
         .expect("the unit sets CapabilityBoundingSet=")
         .split_whitespace()
+        .filter(|c| Some(*c) != without)
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
     assert!(unit.lines().any(|l| l == "NoNewPrivileges=yes"));
@@ -178,7 +179,7 @@ fn ready_after_attach_reload_and_upgrade_under_traffic() {
     std::fs::create_dir_all(&usr_bin).unwrap();
     let installed = usr_bin.join("xlb");
     std::fs::copy(xlb_bin(), &installed).unwrap();
-    daemon.bin = with_unit_capabilities(daemon.dir.path(), &installed);
+    daemon.bin = with_unit_capabilities(daemon.dir.path(), &installed, None);
     let notify = start_notified(&mut daemon);
     // At READY=1 the data plane is attached and the CLI is served.
     assert!(
@@ -307,13 +308,18 @@ fn a_forced_generation_starts_again_after_a_reboot() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
 }
 
-/// Runs `xlb run --config CONFIG` in `ns` (network namespace only) with a notification
-/// socket; returns its exit status and what it notified.
-fn run_to_exit(ns: &str, config: &Path, dir: &Path) -> (Option<i32>, Vec<String>, String) {
+/// Runs `xlb run --config CONFIG` (with `xlb`) in `ns` (network namespace only) with a
+/// notification socket; returns its exit status, what it notified and its stderr.
+fn run_to_exit(
+    ns: &str,
+    xlb: &Path,
+    config: &Path,
+    dir: &Path,
+) -> (Option<i32>, Vec<String>, String) {
     let notify = Notifications::bind(dir);
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{ns}"))
-        .arg(xlb_bin())
+        .arg(xlb)
         .args(["run", "--config"])
         .arg(config)
         .env("NOTIFY_SOCKET", &notify.path)
@@ -328,8 +334,8 @@ fn run_to_exit(ns: &str, config: &Path, dir: &Path) -> (Option<i32>, Vec<String>
 }
 
 #[test]
-fn config_problems_exit_78_without_readiness() {
-    if !require_root("config_problems_exit_78_without_readiness") {
+fn config_problems_exit_78_a_missing_capability_2_neither_ready() {
+    if !require_root("config_problems_exit_78_a_missing_capability_2_neither_ready") {
         return;
     }
     let topo = Topology::new(1, 3);
@@ -359,7 +365,7 @@ fn config_problems_exit_78_without_readiness() {
         std::fs::write(&config, text).unwrap();
         let case_dir = dir.join(format!("case{i}"));
         std::fs::create_dir_all(&case_dir).unwrap();
-        let (code, seen, stderr) = run_to_exit(&topo.lb.name, &config, &case_dir);
+        let (code, seen, stderr) = run_to_exit(&topo.lb.name, &xlb_bin(), &config, &case_dir);
         assert_eq!(code, Some(78), "{what}: {stderr}");
         assert!(stderr.contains(says), "{what}: {stderr}");
         assert!(
@@ -367,4 +373,21 @@ fn config_problems_exit_78_without_readiness() {
             "{what}: READY=1 from a daemon that did not start: {seen:?}"
         );
     }
+
+    // Not a config problem: without CAP_BPF (the unit's set less one) the daemon cannot
+    // load its program, says so, and exits 2, which the unit restarts (a bounded number of
+    // times). This also shows that the bounding set the first test runs under bites.
+    let config = dir.join("good.toml");
+    std::fs::write(
+        &config,
+        daemon.render(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[2, 3, 4])]),
+    )
+    .unwrap();
+    let case_dir = dir.join("no-bpf-cap");
+    std::fs::create_dir_all(&case_dir).unwrap();
+    let xlb = with_unit_capabilities(&case_dir, &xlb_bin(), Some("CAP_BPF"));
+    let (code, seen, stderr) = run_to_exit(&topo.lb.name, &xlb, &config, &case_dir);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    assert!(!seen.iter().any(|m| m.lines().any(|l| l == "READY=1")));
 }
