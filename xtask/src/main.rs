@@ -145,6 +145,25 @@ fn prometheus_examples() -> Result<()> {
 
 fn test() -> Result<()> {
     prometheus_examples()?;
+    // The validator a config repository's CI builds: stable Rust, no XDP program, in a
+    // target directory of its own (its `xlb` must not replace the full one). It shares
+    // nothing with the lints and builds below, so it compiles beside them; it is done
+    // before the lab tests start, whose timings should not share the CPUs with a compiler.
+    let validator = validator();
+    // Joined also when a lint fails: no compiler is left running after xtask.
+    let deb = lint_and_package();
+    let validated = validator
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let deb = deb?;
+    validated?;
+    run(Command::new("cargo")
+        .args(["test", "--locked", "--release"])
+        .env("XLB_DEB", &deb))
+}
+
+/// rustfmt, clippy on both targets, the release build and the package (its path).
+fn lint_and_package() -> Result<PathBuf> {
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(Command::new("cargo").args([
         "clippy",
@@ -177,48 +196,45 @@ fn test() -> Result<()> {
         ]))?;
     // Release: the table property tests build thousands of 65537-slot tables.
     // The daemon tests run the real `xlb` binary; tests/tests/package.rs installs the package.
-    let deb = package::package(None, 1)?;
-    // The validator a config repository's CI builds: stable Rust, no XDP program, in a
-    // target directory of its own (its `xlb` must not replace the full one). It shares
-    // nothing with the tests below, so it builds and runs beside them.
-    let validator = validator();
-    let tests = run(Command::new("cargo")
-        .args(["test", "--locked", "--release"])
-        .env("XLB_DEB", &deb));
-    let validator = validator
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    tests.and(validator)
+    package::package(None, 1)
 }
 
-/// Builds `xlb` without the `bpf` feature with the stable toolchain and runs
-/// lb-userspace/tests/offline.rs against it, on a thread; its output comes at the end.
+/// Lints `xlb` without the `bpf` feature and runs lb-userspace/tests/offline.rs against
+/// it, built with the stable toolchain, on a thread; each command's output is printed when
+/// it ends.
 fn validator() -> std::thread::JoinHandle<Result<()>> {
     std::thread::spawn(|| {
-        let mut cmd = Command::new("cargo");
-        cmd.args([
-            "test",
-            "--locked",
+        let no_bpf = [
             "-p",
             "lb-userspace",
             "--no-default-features",
-            "--test",
-            "offline",
             "--target-dir",
-        ])
-        .arg(target_dir().join("no-bpf"))
-        .env("RUSTUP_TOOLCHAIN", "stable");
-        eprintln!("+ {cmd:?} (beside the tests; output follows them)");
-        let out = cmd
-            .output()
-            .with_context(|| format!("cannot start {cmd:?}"))?;
-        eprintln!(
-            "--- the validator without the XDP program ---\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            bail!("{cmd:?} failed with {}", out.status);
+        ];
+        let dir = target_dir().join("no-bpf");
+        let mut clippy = Command::new("cargo");
+        clippy
+            .args(["clippy", "--locked", "--all-targets"])
+            .args(no_bpf)
+            .arg(&dir)
+            .args(["--", "-D", "warnings"]);
+        let mut test = Command::new("cargo");
+        test.args(["test", "--locked", "--test", "offline"])
+            .args(no_bpf)
+            .arg(&dir);
+        for cmd in [&mut clippy, &mut test] {
+            cmd.env("RUSTUP_TOOLCHAIN", "stable");
+            eprintln!("+ {cmd:?} (beside the lints and the build; output follows)");
+            let out = cmd
+                .output()
+                .with_context(|| format!("cannot start {cmd:?}"))?;
+            eprintln!(
+                "--- the validator without the XDP program ---\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !out.status.success() {
+                bail!("{cmd:?} failed with {}", out.status);
+            }
         }
         Ok(())
     })
