@@ -2,7 +2,8 @@
 //! Exit codes: 0 success, 1 rejected by guardrails (or violations found), 2 anything
 //! else: unreadable or unparsable input, daemon unreachable, kernel errors; `diff
 //! --exit-code` exits 3 when something differs; 4 when a watched change or a rollout was
-//! rolled back or aborted.
+//! rolled back or aborted; 78 when `xlb run` cannot start because of its config file
+//! (the unit does not restart on it).
 
 mod cli;
 
@@ -11,11 +12,12 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use cli::{
     change::{self, GuardArgs, WeightOp},
-    explain, history,
+    explain, generate, history,
     output::ERROR,
+    pass::{self, PassOp},
     rollout::{self, RolloutOp, Steps, parse_steps},
     status, teardown, trace, validate,
 };
@@ -56,9 +58,14 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Show what applying FILE would change, and every violation.
+    /// Show what applying FILE would change, and every violation: against the running
+    /// daemon, or offline against a file written by `xlb export` (--against).
     Diff {
         file: PathBuf,
+        /// Compare with this exported generation instead of asking the daemon (offline,
+        /// e.g. in a config repository's CI).
+        #[arg(long, value_name = "EXPORTED")]
+        against: Option<PathBuf>,
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
@@ -159,9 +166,18 @@ enum Command {
     },
     /// Stream the running program's per-packet decisions: flow, verdict, backend, and
     /// whether the packet's flow was new or known. Off until a trace runs; bounded in rate.
-    /// Stream the running program's per-packet decisions: flow, verdict, backend, and
-    /// whether the packet's flow was new or known. Off until a trace runs; bounded in rate.
     Trace(trace::Args),
+    /// The XDP_PASS program for the peer of a veth that xlb runs on (native XDP_TX on a
+    /// veth reaches only a peer that runs XDP).
+    Pass {
+        #[command(subcommand)]
+        op: PassOp,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write a man page per verb into DIR (the package's man pages).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// Detach XDP and unpin everything (stops a running daemon too).
     Teardown {
         /// Without a daemon answering on --socket, the pin directory to tear down (never
@@ -185,16 +201,31 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, String> {
     let socket = cli.socket;
     match cli.command {
+        // Refused before the config's state and pin directories are touched.
+        Command::Run { .. } if !xlb::object::HAS_DATAPLANE => {
+            Err(xlb::dataplane::DataplaneError::NotBuilt.to_string())
+        }
         Command::Run {
             config,
             recreate_flow_table,
-        } => {
-            xlb::daemon::run(&config, recreate_flow_table).map_err(|e| format!("{e:#}"))?;
-            Ok(0)
-        }
+        } => match xlb::daemon::run(&config, recreate_flow_table) {
+            Ok(()) => Ok(0),
+            Err(e) if e.downcast_ref::<xlb::daemon::ConfigProblem>().is_some() => {
+                eprintln!("xlb: {e:#}");
+                Ok(xlb::daemon::EXIT_CONFIG)
+            }
+            Err(e) => Err(format!("{e:#}")),
+        },
         Command::Validate { file, json, strict } => validate::validate(&file, json, strict),
         Command::Diff {
             file,
+            against: Some(exported),
+            json,
+            exit_code,
+        } => validate::diff_against(&file, &exported, json, exit_code),
+        Command::Diff {
+            file,
+            against: None,
             json,
             exit_code,
         } => change::diff(&socket, &file, json, exit_code),
@@ -258,6 +289,12 @@ fn run(cli: Cli) -> Result<u8, String> {
         Command::Export => history::export(&socket),
         Command::Explain { vip, client, json } => explain::explain(&socket, vip, client, json),
         Command::Trace(args) => trace::trace(&socket, args),
+        Command::Pass { op } => pass::pass(op),
+        Command::Completions { shell } => {
+            generate::completions(Cli::command(), shell);
+            Ok(0)
+        }
+        Command::Manpages { dir } => generate::manpages(Cli::command(), &dir),
         Command::Teardown { pin_dir } => teardown::teardown(&socket, pin_dir),
     }
 }

@@ -1,7 +1,15 @@
-//! The XDP object, built by `build.rs` and embedded in the binary.
+//! The XDP object, built by `build.rs` and embedded in the binary. Without the `bpf`
+//! feature the objects are empty: such an `xlb` checks configs but cannot load a program.
+
+/// Whether this build carries the XDP objects (the `bpf` feature).
+pub const HAS_DATAPLANE: bool = cfg!(feature = "bpf");
 
 /// The ELF object holding the `xlb` XDP program and its maps.
+#[cfg(feature = "bpf")]
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb"));
+/// Not built: see [`HAS_DATAPLANE`].
+#[cfg(not(feature = "bpf"))]
+pub static EBPF_OBJECT: &[u8] = &[];
 
 /// Name of the XDP program inside [`EBPF_OBJECT`].
 pub const PROGRAM_NAME: &str = "xlb";
@@ -9,7 +17,11 @@ pub const PROGRAM_NAME: &str = "xlb";
 /// An object whose only program, [`PASS_PROGRAM_NAME`], returns XDP_PASS: attached to the
 /// veth peer of the load balancer so that its XDP_TX frames are received (veth delivers
 /// XDP frames only to a peer that runs XDP).
+#[cfg(feature = "bpf")]
 pub static PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-pass"));
+/// Not built: see [`HAS_DATAPLANE`].
+#[cfg(not(feature = "bpf"))]
+pub static PASS_OBJECT: &[u8] = &[];
 
 /// Name of the XDP_PASS program inside [`PASS_OBJECT`].
 pub const PASS_PROGRAM_NAME: &str = "xlb_pass";
@@ -19,10 +31,14 @@ pub const DROP_PROGRAM_NAME: &str = "xlb_drop";
 
 /// The benchmark's traffic generator (`xlb_gen`), XDP_TX reflector (`xlb_reflect`) and
 /// counting sink (`xlb_sink`); see `lb-ebpf/src/bin/xlb-bench-progs.rs`.
+#[cfg(feature = "bpf")]
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-bench-progs"));
+/// Not built: see [`HAS_DATAPLANE`].
+#[cfg(not(feature = "bpf"))]
+pub static BENCH_OBJECT: &[u8] = &[];
 
-#[cfg(test)]
+#[cfg(all(test, feature = "bpf"))]
 mod tests {
     use super::*;
 

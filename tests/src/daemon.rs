@@ -117,6 +117,10 @@ pub struct Daemon {
     pub run_args: Vec<String>,
     /// Lines of the configs' `[guardrails]` table (`healthy_quorum = 0.9`), if any.
     pub guardrails: String,
+    /// The binary `start` runs (default: the `xlb` of this build).
+    pub bin: PathBuf,
+    /// Environment of `xlb run` on top of the test's (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, PathBuf)>,
 }
 
 impl Daemon {
@@ -130,6 +134,8 @@ impl Daemon {
             metrics: None,
             run_args: Vec::new(),
             guardrails: String::new(),
+            bin: xlb_bin(),
+            env: Vec::new(),
         }
     }
 
@@ -209,10 +215,11 @@ impl Daemon {
             .append(true)
             .open(self.log_path())
             .expect("daemon log");
-        let mut cmd = Command::new(xlb_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.args(["run", "--config"])
             .arg(self.config_path())
             .args(&self.run_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         let ns = std::fs::File::open(format!("/run/netns/{}", self.lb_ns)).expect("LB netns");

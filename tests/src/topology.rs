@@ -103,6 +103,16 @@ fn plug(switch: &Netns, host: &Netns, port: &str, v4: &str, v6: &str) {
 impl Topology {
     /// Builds `clients` client namespaces and `backends` backend namespaces.
     pub fn new(clients: usize, backends: usize) -> Topology {
+        Topology::build(clients, backends, true)
+    }
+
+    /// The same topology without the XDP_PASS program on the LB's veth peer (`plb` in the
+    /// switch namespace): the LB's native XDP_TX frames are lost until one is attached.
+    pub fn without_peer_pass(clients: usize, backends: usize) -> Topology {
+        Topology::build(clients, backends, false)
+    }
+
+    fn build(clients: usize, backends: usize, peer_pass: bool) -> Topology {
         crate::remove_stale();
         let switch = Netns::new("sw");
         switch.sh("ip link add br0 type bridge");
@@ -153,7 +163,9 @@ impl Topology {
             switch,
             _peer_pass: None,
         };
-        topo._peer_pass = Some(topo.pass_on_lb_peer());
+        if peer_pass {
+            topo._peer_pass = Some(topo.pass_on_lb_peer());
+        }
         topo
     }
 

@@ -1,11 +1,20 @@
 //! Orchestration for xlb: `setup` installs or verifies what a fresh machine lacks, `demo`
-//! shows xlb on the lab topology, `test` runs every test layer; both run setup first. Building the XDP object is not hidden here: it is
-//! `lb-userspace/build.rs`, so a plain `cargo build` does it too.
+//! shows xlb on the lab topology, `test` runs every test layer, `bench` measures, and
+//! `package` builds the Debian package; each runs the setup its task needs first. Building
+//! the XDP object is not hidden here: it is `lb-userspace/build.rs`, so a plain `cargo
+//! build` does it too.
 
-use std::process::{Command, ExitCode};
+mod package;
+mod setup;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use setup::setup;
 
 #[derive(Parser)]
 #[command(about = "xlb project tasks")]
@@ -16,12 +25,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install or verify the toolchain pieces, packages and mounts the tests need.
+    /// Install or verify the toolchain pieces, packages and mounts of every task.
     Setup,
     /// Setup, build, then the demo on the embedded lab topology (as root, under 2 minutes).
     Demo,
-    /// Setup, then check the example Prometheus config and alert rules, lint, and run
-    /// every test: host, packet (BPF_PROG_TEST_RUN), namespace.
+    /// Setup, then check the example Prometheus config, alert rules and Grafana dashboard,
+    /// lint, build the package, and run every test: host, packet (BPF_PROG_TEST_RUN),
+    /// namespace, the package on a clean Debian root, and the validator built by stable
+    /// Rust without the XDP program.
     Test,
     /// Setup, build, then measure and write BENCHMARKS.md (as root).
     Bench {
@@ -29,32 +40,27 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the Debian package (target/debian/xlb_VERSION-REVISION_ARCH.deb).
+    Package {
+        /// Directory for the .deb (default target/debian).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The Debian revision: the part of the version after the `-`.
+        #[arg(long, default_value_t = 1)]
+        revision: u32,
+    },
 }
-
-/// bpf-linker must stay on 0.10.x: later releases need a system LLVM this machine lacks.
-const BPF_LINKER_VERSION: &str = "0.10.3";
-/// Debian packages the tests call: ip, bpftool, ethtool, nft, promtool.
-const PACKAGES: [(&str, &str); 7] = [
-    ("iproute2", "ip"),
-    ("bpftool", "bpftool"),
-    ("ethtool", "ethtool"),
-    ("nftables", "nft"),
-    // `promtool check metrics` on a real scrape (tests/tests/daemon_limits.rs); check and
-    // test of the example config and alert rules (`prometheus_examples`).
-    ("prometheus", "promtool"),
-    // The benchmarks' comparison (HAProxy in TCP mode); its service is not started.
-    ("haproxy", "haproxy"),
-    // The benchmarks' profile of the established-flow case (`perf record`).
-    ("linux-perf", "perf"),
-];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup => setup(),
-        Task::Demo => setup().and_then(|()| demo()),
-        Task::Test => setup().and_then(|()| test()),
-        Task::Bench { quick } => setup().and_then(|()| bench(quick)),
+        Task::Setup => setup(setup::Task::All),
+        Task::Demo => setup(setup::Task::Demo).and_then(|()| demo()),
+        Task::Test => setup(setup::Task::Test).and_then(|()| test()),
+        Task::Bench { quick } => setup(setup::Task::Bench).and_then(|()| bench(quick)),
+        Task::Package { out, revision } => setup(setup::Task::Package)
+            .and_then(|()| package::package(out, revision))
+            .map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,79 +93,20 @@ fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
 }
 
-fn setup() -> Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("rustup has no `nightly` toolchain; it is required for the eBPF build")?;
-    if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
-    }
-
-    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
-    if !linker.contains(BPF_LINKER_VERSION) {
-        run(Command::new("cargo").args([
-            "install",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            "--locked",
-        ]))?;
-    }
-
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, bin)| {
-            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
-        })
-        .map(|(pkg, _)| *pkg)
-        .collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!("missing packages {missing:?}: run `sudo cargo xtask setup`");
-        }
-        run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
-
-    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if !mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
-        if !is_root() {
-            bail!("bpffs is not mounted at /sys/fs/bpf: run `sudo cargo xtask setup`");
-        }
-        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
-    }
-    eprintln!(
-        "setup: nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, packages and bpffs are ready"
-    );
-    Ok(())
-}
-
-fn workspace() -> std::path::PathBuf {
+fn workspace() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
 /// Builds the binaries and returns the path of release binary `name`.
-fn built(name: &str) -> Result<std::path::PathBuf> {
+fn built(name: &str) -> Result<PathBuf> {
     run(Command::new("cargo").args(["build", "--locked", "--release", "--bins"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    Ok(target.join("release").join(name))
+    Ok(target_dir().join("release").join(name))
 }
 
 /// Builds the binaries and runs `xlb-demo` (it needs root: namespaces and XDP).
@@ -198,6 +145,25 @@ fn prometheus_examples() -> Result<()> {
 
 fn test() -> Result<()> {
     prometheus_examples()?;
+    // The validator a config repository's CI builds: stable Rust, no XDP program, in a
+    // target directory of its own (its `xlb` must not replace the full one). It shares
+    // nothing with the lints and builds below, so it compiles beside them; it is done
+    // before the lab tests start, whose timings should not share the CPUs with a compiler.
+    let validator = validator();
+    // Joined also when a lint fails: no compiler is left running after xtask.
+    let deb = lint_and_package();
+    let validated = validator
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let deb = deb?;
+    validated?;
+    run(Command::new("cargo")
+        .args(["test", "--locked", "--release"])
+        .env("XLB_DEB", &deb))
+}
+
+/// rustfmt, clippy on both targets, the release build and the package (its path).
+fn lint_and_package() -> Result<PathBuf> {
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(Command::new("cargo").args([
         "clippy",
@@ -229,7 +195,47 @@ fn test() -> Result<()> {
             "warnings",
         ]))?;
     // Release: the table property tests build thousands of 65537-slot tables.
-    // The daemon tests run the real `xlb` binary.
-    run(Command::new("cargo").args(["build", "--locked", "--release", "--bins"]))?;
-    run(Command::new("cargo").args(["test", "--locked", "--release"]))
+    // The daemon tests run the real `xlb` binary; tests/tests/package.rs installs the package.
+    package::package(None, 1)
+}
+
+/// Lints `xlb` without the `bpf` feature and runs lb-userspace/tests/offline.rs against
+/// it, built with the stable toolchain, on a thread; each command's output is printed when
+/// it ends.
+fn validator() -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(|| {
+        let no_bpf = [
+            "-p",
+            "lb-userspace",
+            "--no-default-features",
+            "--target-dir",
+        ];
+        let dir = target_dir().join("no-bpf");
+        let mut clippy = Command::new("cargo");
+        clippy
+            .args(["clippy", "--locked", "--all-targets"])
+            .args(no_bpf)
+            .arg(&dir)
+            .args(["--", "-D", "warnings"]);
+        let mut test = Command::new("cargo");
+        test.args(["test", "--locked", "--test", "offline"])
+            .args(no_bpf)
+            .arg(&dir);
+        for cmd in [&mut clippy, &mut test] {
+            cmd.env("RUSTUP_TOOLCHAIN", "stable");
+            eprintln!("+ {cmd:?} (beside the lints and the build; output follows)");
+            let out = cmd
+                .output()
+                .with_context(|| format!("cannot start {cmd:?}"))?;
+            eprintln!(
+                "--- the validator without the XDP program ---\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !out.status.success() {
+                bail!("{cmd:?} failed with {}", out.status);
+            }
+        }
+        Ok(())
+    })
 }

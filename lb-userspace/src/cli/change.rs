@@ -218,7 +218,7 @@ fn apply_result(r: Response, json: bool, dry: bool, file: &Path) -> Result<u8, S
     Ok(0)
 }
 
-fn print_plan(plan: &Plan) {
+pub(crate) fn print_plan(plan: &Plan) {
     for g in &plan.global {
         say!("global: {g}");
     }

@@ -7,7 +7,9 @@ pub(crate) mod output;
 
 pub(crate) mod change;
 pub(crate) mod explain;
+pub(crate) mod generate;
 pub(crate) mod history;
+pub(crate) mod pass;
 pub(crate) mod rollout;
 pub(crate) mod status;
 pub(crate) mod teardown;

@@ -309,8 +309,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn names_labels_and_values_are_the_scraped_ones() {
+    /// A scrape with every family the daemon exports present.
+    fn full_scrape() -> String {
         let daemon = Daemon {
             observed: [(
                 "web".to_string(),
@@ -329,7 +329,7 @@ mod tests {
             health_round: Some(Duration::from_millis(250)),
             trace_clients: 2,
         };
-        let text = render(
+        render(
             Arc::new(Sample {
                 generation: 4,
                 vips: vec![
@@ -342,7 +342,12 @@ mod tests {
                 reasons: vec![("forwarded", 12), ("pass-not-ip", 3)],
             }),
             daemon,
-        );
+        )
+    }
+
+    #[test]
+    fn names_labels_and_values_are_the_scraped_ones() {
+        let text = full_scrape();
         for line in [
             "# TYPE xlb_generation gauge\nxlb_generation 4\n",
             "# TYPE xlb_backend_packets_total counter\n",
@@ -382,5 +387,71 @@ mod tests {
         let text = render(Arc::new(Sample::default()), Daemon::default());
         assert!(text.contains("xlb_generation 0\n"), "{text}");
         assert!(!text.contains("xlb_backend_"), "{text}");
+    }
+
+    /// Every metric examples/grafana/xlb.json queries is one the daemon exports: a renamed
+    /// metric cannot leave a dashboard panel silently empty.
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_metrics() {
+        let exported: std::collections::BTreeSet<String> = full_scrape()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/grafana/xlb.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+                .unwrap_or_else(|e| panic!("{path} is not valid JSON: {e}"));
+        let mut exprs = Vec::new();
+        collect_exprs(&dashboard, &mut exprs);
+        assert!(exprs.len() >= 10, "{path}: only {} queries", exprs.len());
+        let mut used = std::collections::BTreeSet::new();
+        for expr in &exprs {
+            for name in metric_names(expr) {
+                assert!(
+                    exported.contains(&name),
+                    "{path}: {expr:?} queries {name}, which the daemon does not export \
+                     (exported: {exported:?})"
+                );
+                used.insert(name);
+            }
+        }
+        for needed in [
+            "xlb_backend_packets_total",
+            "xlb_backend_table_share",
+            "xlb_backend_observed_share",
+            "xlb_backend_up",
+            "xlb_packets_total",
+            "xlb_vip_drops_total",
+            "xlb_generation",
+            "xlb_auto_rollbacks_total",
+        ] {
+            assert!(used.contains(needed), "{path} has no panel over {needed}");
+        }
+    }
+
+    /// Every `expr` (panel targets and annotations) in a Grafana dashboard.
+    fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "query", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => collect_exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// The `xlb_...` identifiers of a PromQL expression.
+    fn metric_names(expr: &str) -> Vec<String> {
+        expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("xlb_"))
+            .map(str::to_string)
+            .collect()
     }
 }

@@ -30,7 +30,7 @@ mod watcher;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Semaphore,
@@ -50,6 +50,17 @@ use crate::{
     lock::Locks,
     reload::Trigger,
 };
+
+/// `xlb run`'s exit status when its config file stops it from starting (sysexits'
+/// EX_CONFIG): unreadable, unparsable, no interface, or refused by the guardrails with no
+/// generation to keep running. The unit's `RestartPreventExitStatus=` names it, so a config
+/// problem does not restart in a loop.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// The config file is why the daemon could not start (exit status [`EXIT_CONFIG`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigProblem(String);
 
 /// How long a stop waits for an apply in progress and for answers still being written.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,13 +99,14 @@ struct Started {
 /// Everything `xlb run` does before it serves: lock, load, attach, reconcile, then the
 /// config file under the one-source-of-truth rules (`file`).
 fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Started> {
-    let config = config::load(config_path)?;
+    let config = config::load(config_path).map_err(|e| ConfigProblem(e.to_string()))?;
     let daemon = config.daemon.clone();
     let Some(iface) = daemon.interface.clone() else {
-        bail!(
+        return Err(ConfigProblem(format!(
             "{}: [daemon] interface is required by `xlb run` (the interface to attach XDP to)",
             config_path.display()
-        );
+        ))
+        .into());
     };
     // Before any map, pin or attachment is touched: a second daemon changes nothing.
     let locks = crate::lock::acquire(&daemon.state_dir, &daemon.pin_dir)?;
@@ -126,10 +138,13 @@ fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Starte
     let user = sys::user_name(sys::uid()).unwrap_or_else(|| "root".into());
     match file::apply(&mut controller, config, config_path, Trigger::Startup, user) {
         Ok(()) => {}
-        Err(FileError::Rejected) if !had_generation => bail!(
-            "{} rejected by the guardrails and nothing was applied before",
-            config_path.display()
-        ),
+        Err(FileError::Rejected) if !had_generation => {
+            return Err(ConfigProblem(format!(
+                "{} rejected by the guardrails and nothing was applied before",
+                config_path.display()
+            ))
+            .into());
+        }
         Err(FileError::Failed(e)) => return Err(e.into()),
         // Rejected or refused with a generation running: that generation stays.
         Err(FileError::Rejected | FileError::Refused) => {}
@@ -192,6 +207,12 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
     if let Some(l) = metrics {
         tokio::spawn(metrics::serve(l, Arc::clone(&d)));
     }
+    // The data plane is attached, reconciled and on the config's generation (or the last
+    // committed one), and the socket accepts: what `Type=notify` waits for.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving on {}", daemon.socket.display())),
+    ]);
     let mut stop = d.subscribe();
     let why = loop {
         tokio::select! {
@@ -203,6 +224,7 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
             why = stopped(&mut stop) => break why,
         }
     };
+    notify(&[sd_notify::NotifyState::Stopping]);
     d.stop(why);
     socket::remove(&daemon.socket);
     // Let an apply in progress finish and every answer go out; queued changes are refused
@@ -227,9 +249,28 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// Tells the service manager (`$NOTIFY_SOCKET`, set by systemd for `Type=notify`) about
+/// readiness, reloads and stopping; nothing without it.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!("cannot notify the service manager: {e}");
+    }
+}
+
 /// SIGHUP: re-reads the config file and applies it as a change from user `SIGHUP`, in
 /// its turn like any request.
 async fn reload(d: Arc<Shared>) {
+    // `systemctl reload` waits from RELOADING=1 until READY=1, which comes once the file
+    // was applied, refused or rejected.
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(e) => warn!("cannot read the monotonic clock for the reload notification: {e}"),
+    }
+    reload_file(&d).await;
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+async fn reload_file(d: &Arc<Shared>) {
     let turn = d.turn().await;
     let path = d.config_path.clone();
     info!(user = "SIGHUP", "SIGHUP: re-reading {}", path.display());

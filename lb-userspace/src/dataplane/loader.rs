@@ -93,6 +93,9 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the program and creates or adopts every pinned map under `opts.pin_dir`.
     pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
+        if !crate::object::HAS_DATAPLANE {
+            return Err(DataplaneError::NotBuilt);
+        }
         ensure_pin_dir(&opts.pin_dir)?;
         check_flow_capacity(opts)?;
         let paths: Vec<(&'static str, PathBuf)> = names::ALL

@@ -19,6 +19,11 @@ pub use trace::TraceSwitch;
 #[derive(Debug, Error)]
 pub enum DataplaneError {
     #[error(
+        "this xlb was built without its XDP program (cargo feature `bpf` off): it validates \
+         and diffs configs only; install the xlb package or build with default features"
+    )]
+    NotBuilt,
+    #[error(
         "{path} is not a mounted bpf filesystem; mount it with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`)"
     )]
     NoBpffs { path: PathBuf },

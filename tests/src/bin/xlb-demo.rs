@@ -81,9 +81,11 @@ fn failures(loads: &[Load]) -> Vec<String> {
     loads.iter().flat_map(|l| l.report().failures).collect()
 }
 
-/// Shows a live per-backend view once a second for `secs` seconds and returns the share
-/// new connections each backend got over that time.
+/// Shows a live per-backend view once a second for `secs` seconds (on a terminal; else the
+/// last second's view once, as plain lines) and returns the share new connections each
+/// backend got over that time.
 fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, u64>, String> {
+    let live = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let start = connections(loads);
     let mut last = start.clone();
     println!(
@@ -98,8 +100,12 @@ fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, 
             .map(|(b, n)| (b.clone(), n - last.get(b).copied().unwrap_or(0)))
             .collect();
         let total: u64 = delta.values().sum::<u64>().max(1);
+        last = now;
+        if !live && t + 1 < secs {
+            continue;
+        }
         let backends = daemon.backends("web");
-        if t > 0 {
+        if live && t > 0 {
             // Redraw the table in place.
             print!("\x1b[{}A", backends.len());
         }
@@ -107,7 +113,8 @@ fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, 
             let name = backend_name(i);
             let n = delta.get(&name).copied().unwrap_or(0);
             let share = n as f64 / total as f64;
-            println!(
+            // Padded on a terminal, where a shorter bar must cover the last one.
+            let line = format!(
                 "  {name:<4} {:>6} {:>7.1}% {:>8.1}% {:>8}  {:<40}",
                 b["weight"],
                 b["table_share"].as_f64().unwrap_or(0.0) * 100.0,
@@ -115,8 +122,8 @@ fn watch(daemon: &Daemon, loads: &[Load], secs: u32) -> Result<BTreeMap<String, 
                 n,
                 "#".repeat(bar(share))
             );
+            println!("{}", if live { &line } else { line.trim_end() });
         }
-        last = now;
     }
     let end = connections(loads);
     Ok(end
