@@ -59,6 +59,9 @@ fn root_tar() -> PathBuf {
         Command::new("mmdebstrap")
             .args([
                 "--mode=root",
+                // The partial name does not end in .tar, from which mmdebstrap would
+                // otherwise take the format.
+                "--format=tar",
                 "--variant=minbase",
                 "--include=man-db,systemd",
                 "bookworm",
