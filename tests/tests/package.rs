@@ -289,10 +289,17 @@ fn install_upgrade_remove_and_purge_on_a_clean_debian_12() {
     );
     let status = run_ok(&root, "dpkg-query -W -f '${Status}' xlb");
     assert_eq!(status.trim(), "deinstall ok config-files");
+    // What `systemctl enable xlb` leaves: purge removes it too.
+    run_ok(
+        &root,
+        "mkdir -p /etc/systemd/system/multi-user.target.wants && \
+         ln -s /lib/systemd/system/xlb.service /etc/systemd/system/multi-user.target.wants/",
+    );
     run_ok(&root, "dpkg -P xlb");
     assert_eq!(calls(&root), "daemon-reload");
     run_ok(
         &root,
-        "! test -e /etc/xlb && ! test -e /var/lib/xlb && ! dpkg-query -W xlb 2>/dev/null",
+        "! test -e /etc/xlb && ! test -e /var/lib/xlb && ! dpkg-query -W xlb 2>/dev/null && \
+         ! test -L /etc/systemd/system/multi-user.target.wants/xlb.service",
     );
 }
