@@ -357,7 +357,7 @@ fn config_problems_exit_78_a_missing_capability_2_neither_ready() {
         (
             "first config refused by the guardrails",
             daemon.render(&[VipSpec::tcp("web", VIP4, HTTP_PORT, &[0, 0, 9])]),
-            "rejected by the guardrails",
+            "rejected by the guardrails and nothing was applied before; XDP detached again",
         ),
     ];
     for (i, (what, text, says)) in cases.iter().enumerate() {
@@ -371,6 +371,17 @@ fn config_problems_exit_78_a_missing_capability_2_neither_ready() {
         assert!(
             !seen.iter().any(|m| m.lines().any(|l| l == "READY=1")),
             "{what}: READY=1 from a daemon that did not start: {seen:?}"
+        );
+        // No program is left on the interface by a start that served nothing.
+        let link: serde_json::Value =
+            serde_json::from_str(&topo.lb.sh("ip -j -d link show eth0")).unwrap();
+        assert!(
+            link[0]["xdp"].is_null(),
+            "{what}: XDP left attached: {link}"
+        );
+        assert!(
+            !daemon.pin_dir().join("link").exists(),
+            "{what}: link left pinned"
         );
     }
 

@@ -116,6 +116,8 @@ fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Starte
         flow_capacity: daemon.flow_capacity,
         recreate_flow_table,
     })?;
+    // Whether this start attaches XDP (rather than adopting an attachment).
+    let attaches = !daemon.pin_dir.join(crate::dataplane::pins::LINK).exists();
     dp.attach(&iface, daemon.xdp_mode.into())?;
     dp.maps().set_hash_seed(daemon.hash_seed)?;
     let (tracer, trace_records) = trace::Tracer::take(&mut dp)?;
@@ -139,8 +141,18 @@ fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Starte
     match file::apply(&mut controller, config, config_path, Trigger::Startup, user) {
         Ok(()) => {}
         Err(FileError::Rejected) if !had_generation => {
+            // Nothing was served before and nothing will be: a program this start
+            // attached is not left on the interface.
+            let detached = if attaches {
+                match crate::dataplane::loader::teardown(&daemon.pin_dir) {
+                    Ok(_) => "; XDP detached again".to_string(),
+                    Err(e) => format!("; detaching XDP again failed: {e}"),
+                }
+            } else {
+                String::new()
+            };
             return Err(ConfigProblem(format!(
-                "{} rejected by the guardrails and nothing was applied before",
+                "{} rejected by the guardrails and nothing was applied before{detached}",
                 config_path.display()
             ))
             .into());
