@@ -231,10 +231,15 @@ impl Vip {
 
     /// `name (address:port/proto)`, for messages.
     pub fn label(&self) -> String {
+        // An IPv6 address in brackets, as in a socket address: [2001:db8::53]:53/udp.
+        let address = if self.address.contains(':') {
+            format!("[{}]", self.address)
+        } else {
+            self.address.clone()
+        };
         format!(
-            "{} ({}:{}/{})",
+            "{} ({address}:{}/{})",
             self.name,
-            self.address,
             self.port,
             self.protocol.as_str()
         )

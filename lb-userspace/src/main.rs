@@ -211,10 +211,10 @@ fn run(cli: Cli) -> Result<u8, String> {
         } => match xlb::daemon::run(&config, recreate_flow_table) {
             Ok(()) => Ok(0),
             Err(e) if e.downcast_ref::<xlb::daemon::ConfigProblem>().is_some() => {
-                eprintln!("xlb: {e:#}");
+                eprintln!("xlb: {}", causes(&e));
                 Ok(xlb::daemon::EXIT_CONFIG)
             }
-            Err(e) => Err(format!("{e:#}")),
+            Err(e) => Err(causes(&e)),
         },
         Command::Validate { file, json, strict } => validate::validate(&file, json, strict),
         Command::Diff {
@@ -297,4 +297,22 @@ fn run(cli: Cli) -> Result<u8, String> {
         Command::Manpages { dir } => generate::manpages(Cli::command(), &dir),
         Command::Teardown { pin_dir } => teardown::teardown(&socket, pin_dir),
     }
+}
+
+/// An error with its causes, like `{:#}`, leaving out a cause that the message before it
+/// already shows (error types that print their source, as most here do, would otherwise
+/// repeat it).
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
