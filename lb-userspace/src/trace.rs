@@ -247,10 +247,10 @@ impl Names {
                 reason_named(name).map(|r| mask | 1 << r.index())
             })?
         };
-        if vip.is_some() && reasons & default_reasons() == 0 {
+        if (vip.is_some() || backend.is_some()) && reasons & default_reasons() == 0 {
             return Err(
-                "a VIP's packets never have the verdicts pass_not_ip, pass_not_vip or \
-                 pass_truncated: name no VIP to see them"
+                "packets of a VIP or a backend never have the verdicts pass_not_ip, \
+                 pass_not_vip or pass_truncated: name neither to see them"
                     .into(),
             );
         }

@@ -315,11 +315,10 @@ pub(crate) async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user
                 match ask.resolve(&names) {
                     Ok(f) if f == filter => continue,
                     Ok(f) => {
+                        let text = format!("generation {generation}: {}; following it", changes(&filter, &f));
                         session.update(f.clone());
                         filter = f;
-                        TraceLine::Note {
-                            text: format!("generation {generation} changed what {} names; following it", ask.describe()),
-                        }
+                        TraceLine::Note { text }
                     }
                     Err(e) => break (format!("generation {generation}: {e}"), false),
                 }
@@ -331,17 +330,20 @@ pub(crate) async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user
                 let own = std::mem::take(&mut window.2);
                 if held > 0 {
                     let bound = trace::control(lock(&d.tracer.clients).values(), 0).per_cpu_rate;
-                    TraceLine::Skipped {
+                    let kernel = TraceLine::Skipped {
                         records: held,
                         why: format!("held back by the kernel's rate bound ({bound}/s per CPU, the highest any trace client asked for)"),
+                    };
+                    if !write(&mut tx, &kernel).await {
+                        break ("the client went away".to_string(), false);
                     }
-                } else if own > 0 {
-                    TraceLine::Skipped {
-                        records: own,
-                        why: format!("over this client's --rate ({}/s per CPU)", filter.rate),
-                    }
-                } else {
+                }
+                if own == 0 {
                     continue;
+                }
+                TraceLine::Skipped {
+                    records: own,
+                    why: format!("over this client's --rate ({}/s per CPU)", filter.rate),
                 }
             },
             _ = gone(&rx) => break ("the client went away".to_string(), false),
@@ -357,6 +359,40 @@ pub(crate) async fn serve(stream: UnixStream, d: Arc<Shared>, req: Request, user
     drop(session);
     info!(user, "{what}: ended: {why}; {} sent", records(sent));
     write(&mut tx, &TraceLine::End { why, done }).await;
+}
+
+/// What a new generation changed in a trace's filter, for its note.
+fn changes(old: &Filter, new: &Filter) -> String {
+    let mut what = Vec::new();
+    if let (Some(o), Some(n)) = (old.vip, new.vip)
+        && o != n
+    {
+        what.push(format!(
+            "the VIP is now {} (was {})",
+            vip_label(&n),
+            vip_label(&o)
+        ));
+    }
+    if old.backend_id != new.backend_id {
+        what.push(format!(
+            "the backend's id is now {}",
+            new.backend_id.map_or("-".into(), |b| b.to_string())
+        ));
+    }
+    if what.is_empty() {
+        "the filter changed".into()
+    } else {
+        what.join(", ")
+    }
+}
+
+fn vip_label(v: &trace::VipMatch) -> String {
+    let proto = match v.proto {
+        lb_common::PROTO_TCP => "tcp",
+        lb_common::PROTO_UDP => "udp",
+        _ => "?",
+    };
+    format!("{}/{proto}", std::net::SocketAddr::new(v.addr, v.port))
 }
 
 /// "1 record", "2 records".

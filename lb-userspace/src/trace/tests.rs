@@ -189,7 +189,11 @@ fn requests_that_name_nothing_running_are_refused_with_what_is() {
     let e = n
         .filter(Some("web"), None, &["pass_not_vip".into()], None)
         .unwrap_err();
-    assert!(e.contains("name no VIP to see them"), "{e}");
+    assert!(e.contains("name neither to see them"), "{e}");
+    let e = n
+        .filter(None, Some("web/b1"), &["pass_not_vip".into()], None)
+        .unwrap_err();
+    assert!(e.contains("name neither to see them"), "{e}");
     let e = n.filter(None, None, &["dropped".into()], None).unwrap_err();
     assert!(
         e.starts_with("unknown reason \"dropped\": one of forwarded, pass_not_ip"),
