@@ -37,10 +37,31 @@ struct Cli {
     command: Command,
 }
 
+/// `xlb run`'s exit status, signals, files and environment, for its help and man page.
+const RUN_NOTES: &str = "\
+Exit status: 0 stopped (SIGTERM, SIGINT or `xlb teardown`); 78 a config problem (the file \
+is unreadable or unparsable, has no [daemon] interface, or is refused by the guardrails \
+with no generation to keep): the unit does not restart it; 2 any other failure (no \
+bpffs, a missing capability, an interface that does not exist).
+
+Signals: SIGHUP re-reads the config file and applies it through the guardrails (refused \
+if it would undo changes made since with the CLI); SIGTERM and SIGINT stop the daemon, \
+and the data plane keeps forwarding on the last generation.
+
+Files: the config file; [daemon] state_dir (default /var/lib/xlb: history/, audit.jsonl, \
+watch.jsonl, lock); pin_dir (default /sys/fs/bpf/xlb: the pinned maps, program and link); \
+socket (default /run/xlb/xlb.sock).
+
+Environment: RUST_LOG filters the log (default info); XLB_LOG_TIME=0 or 1 forces \
+timestamps off or on; NOTIFY_SOCKET (set by systemd) receives READY=1 once XDP is \
+attached and the socket serves.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: attach XDP, apply the config, serve the CLI.
+    #[command(after_long_help = RUN_NOTES)]
     Run {
+        /// The config file: [daemon] settings, guardrails and VIPs.
         #[arg(long, default_value = "/etc/xlb/xlb.toml")]
         config: PathBuf,
         /// Replace a pinned flow table whose capacity differs from daemon.flow_capacity
@@ -60,6 +81,11 @@ enum Command {
     },
     /// Show what applying FILE would change, and every violation: against the running
     /// daemon, or offline against a file written by `xlb export` (--against).
+    #[command(
+        after_long_help = "Exit status: 0 no violation (with --exit-code: and nothing \
+                           differs), 1 violations, 2 unreadable or unparsable input or no \
+                           daemon, 3 (with --exit-code) something differs."
+    )]
     Diff {
         file: PathBuf,
         /// Compare with this exported generation instead of asking the daemon (offline,
