@@ -30,7 +30,8 @@ use xlb::{api::Request, config::DEFAULT_SOCKET};
     about = "XDP load balancer with guarded weight changes"
 )]
 struct Cli {
-    /// The daemon's socket.
+    /// The daemon's socket, for the verbs that talk to it (`xlb run` itself listens on
+    /// its config's [daemon] socket).
     #[arg(long, global = true, env = "XLB_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
     #[command(subcommand)]
