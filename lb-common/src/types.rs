@@ -114,7 +114,7 @@ impl Backend {
 /// Address equality in four word compares (a slice compare would become a `bcmp` call
 /// in the BPF program).
 #[inline(always)]
-fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+pub fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     let w = crate::hash::word;
     w(a, 0) == w(b, 0) && w(a, 1) == w(b, 1) && w(a, 2) == w(b, 2) && w(a, 3) == w(b, 3)
 }

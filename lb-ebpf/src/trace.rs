@@ -6,7 +6,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_log_ebpf::info;
-use lb_common::{FlowKey, Reason, TRACE_ANY_BACKEND, TraceControl};
+use lb_common::{FlowKey, Reason, TRACE_ANY_BACKEND, TraceControl, same_addr};
 
 use crate::maps::TRACE_RATE;
 
@@ -71,7 +71,9 @@ fn record(control: &TraceControl, flow: &FlowKey, reason: u32, backend_id: u32, 
     if control.reasons & (1 << reason) == 0 {
         return;
     }
-    if control.family != 0 && (control.family != flow.family || !same(&control.addr, &flow.dst)) {
+    if control.family != 0
+        && (control.family != flow.family || !same_addr(&control.addr, &flow.dst))
+    {
         return;
     }
     if control.backend_id != TRACE_ANY_BACKEND && control.backend_id != backend_id {
@@ -112,15 +114,4 @@ fn record(control: &TraceControl, flow: &FlowKey, reason: u32, backend_id: u32, 
         backend_id,
         u8::from(new_flow)
     );
-}
-
-#[inline(always)]
-fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let mut diff = 0;
-    let mut i = 0;
-    while i < 16 {
-        diff |= a[i] ^ b[i];
-        i += 1;
-    }
-    diff == 0
 }
