@@ -363,6 +363,14 @@ impl Names {
     }
 }
 
+impl std::fmt::Display for VipMatch {
+    /// `198.18.0.100:80/tcp`, `[2001:db8::53]:53/udp`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = socket(self.addr, self.port);
+        write!(f, "{at}/{}", protocol_name(self.proto))
+    }
+}
+
 fn vip_match(key: &VipKey) -> VipMatch {
     let addr = if key.family == FAMILY_V4 {
         IpAddr::V4(Ipv4Addr::new(

@@ -36,7 +36,7 @@ pub(crate) const MAX_CONNECTIONS: usize = 4096;
 /// a second) is cut off here. The CLI writes its line at once.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An answer the client does not read within this is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of request lines that all connections together may hold while reading, past
 /// each connection's first `FIRST_READ`: four requests at the cap. A reader waits for
 /// budget (within its time limit) rather than growing memory, so many clients holding
@@ -136,8 +136,9 @@ pub(crate) async fn serve(listener: UnixListener, d: Arc<Shared>, conns: Arc<Sem
     }
 }
 
-fn line(r: &Response) -> Vec<u8> {
-    let mut out = serde_json::to_vec(r).unwrap_or_default();
+/// `value` as one JSON line.
+pub(super) fn line(value: &impl serde::Serialize) -> Vec<u8> {
+    let mut out = serde_json::to_vec(value).unwrap_or_default();
     out.push(b'\n');
     out
 }

@@ -22,7 +22,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::state::{Shared, lock, stopped};
+use super::{
+    socket::{WRITE_TIMEOUT, line},
+    state::{Shared, lock, stopped},
+};
 use crate::{
     api::{Request, Response, TraceLine, TraceStarted},
     dataplane::{Dataplane, DataplaneError, TraceSwitch},
@@ -31,8 +34,6 @@ use crate::{
 
 /// Records waiting for the slowest client; past this, it is told how many it missed.
 const BACKLOG: usize = 4096;
-/// A trace line the client does not take within this ends its trace.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The attached clients and the program's trace switch.
 pub(crate) struct Tracer {
@@ -367,11 +368,7 @@ fn changes(old: &Filter, new: &Filter) -> String {
     if let (Some(o), Some(n)) = (old.vip, new.vip)
         && o != n
     {
-        what.push(format!(
-            "the VIP is now {} (was {})",
-            vip_label(&n),
-            vip_label(&o)
-        ));
+        what.push(format!("the VIP is now {n} (was {o})"));
     }
     if old.backend_id != new.backend_id {
         what.push(format!(
@@ -384,15 +381,6 @@ fn changes(old: &Filter, new: &Filter) -> String {
     } else {
         what.join(", ")
     }
-}
-
-fn vip_label(v: &trace::VipMatch) -> String {
-    let proto = match v.proto {
-        lb_common::PROTO_TCP => "tcp",
-        lb_common::PROTO_UDP => "udp",
-        _ => "?",
-    };
-    format!("{}/{proto}", std::net::SocketAddr::new(v.addr, v.port))
 }
 
 /// "1 record", "2 records".
@@ -427,10 +415,9 @@ fn now_us() -> u64 {
 
 /// Writes one JSON line; false if the client did not take it.
 async fn write(tx: &mut tokio::net::unix::OwnedWriteHalf, value: &impl serde::Serialize) -> bool {
-    let mut line = serde_json::to_vec(value).unwrap_or_default();
-    line.push(b'\n');
+    // A line the client does not take within the socket's write timeout ends the trace.
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, tx.write_all(&line)).await,
+        tokio::time::timeout(WRITE_TIMEOUT, tx.write_all(&line(value))).await,
         Ok(Ok(()))
     )
 }
