@@ -75,19 +75,24 @@ fn attached(daemon: &Daemon, args: &[&str]) -> Child {
     let start = Instant::now();
     while !switch_on(daemon) {
         if start.elapsed() > Duration::from_secs(5) || child.try_wait().unwrap().is_some() {
-            xlb_lab::kill_and_reap(&mut child);
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("xlb trace {args:?} did not attach: {err}");
+            give_up(child, &format!("xlb trace {args:?} did not attach"));
         }
         thread::sleep(Duration::from_millis(20));
     }
     child
+}
+
+/// Stops a trace that misbehaved and fails with `why` and what it said on stderr.
+fn give_up(mut child: Child, why: &str) -> ! {
+    xlb_lab::kill_and_reap(&mut child);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    panic!("{why}: {err}");
 }
 
 /// `xlb trace ARGS --json`, running.
@@ -109,15 +114,7 @@ fn finish(mut child: Child, within: Duration) -> Output {
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > within {
-            child.kill().unwrap();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("xlb trace still running after {within:?}: {err}");
+            give_up(child, &format!("xlb trace still running after {within:?}"));
         }
         thread::sleep(Duration::from_millis(20));
     }
