@@ -51,10 +51,22 @@ pub const ALL: [&str; 10] = [
     REASON_STATS,
 ];
 
-/// Highest number of VIPs (VIP ids are `1..MAX_VIPS`; 0 means "none").
+/// Largest `[daemon] max_vips`: entries of the per-VIP arrays (VIP ids are
+/// `1..max_vips`; 0 means "none"). The object's maps have this many; the loader sizes
+/// `xlb_rings` and `xlb_vip_stats` to the configured number.
 pub const MAX_VIPS: u32 = 1024;
-/// Highest number of backends over all VIPs (ids are `1..MAX_BACKENDS`; 0 means "empty slot").
+/// Largest `[daemon] max_backends`: entries of the per-backend arrays (ids are
+/// `1..max_backends`; 0 means "empty slot"); the loader sizes `xlb_backends` and
+/// `xlb_be_stats` to the configured number.
 pub const MAX_BACKENDS: u32 = 4096;
+/// Default `[daemon] max_vips`.
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+/// Default `[daemon] max_backends`.
+pub const DEFAULT_MAX_BACKENDS: u32 = 512;
+/// The maps sized by `[daemon] max_vips`.
+pub const SIZED_BY_VIPS: [&str; 2] = [RINGS, VIP_STATS];
+/// The maps sized by `[daemon] max_backends`.
+pub const SIZED_BY_BACKENDS: [&str; 2] = [BACKENDS, BACKEND_STATS];
 /// Bits of `xlb_vip_filter` (a power of two; at 1023 VIPs about 1.6 % of them are set).
 pub const VIP_FILTER_BITS: u32 = 1 << 16;
 /// `xlb_vip_filter` entries: the bits in 64-bit words.

@@ -193,6 +193,15 @@ pub enum Forwarding {
     L2Dsr,
 }
 
+impl Forwarding {
+    /// The name the config file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forwarding::L2Dsr => "l2-dsr",
+        }
+    }
+}
+
 /// How changes are watched after they take effect (`[rollout]`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -231,18 +240,18 @@ impl Vip {
 
     /// `name (address:port/proto)`, for messages.
     pub fn label(&self) -> String {
-        // An IPv6 address in brackets, as in a socket address: [2001:db8::53]:53/udp.
+        format!("{} ({})", self.name, self.endpoint())
+    }
+
+    /// `address:port/proto`; an IPv6 address in brackets, as in a socket address:
+    /// `[2001:db8::53]:53/udp`.
+    pub fn endpoint(&self) -> String {
         let address = if self.address.contains(':') {
             format!("[{}]", self.address)
         } else {
             self.address.clone()
         };
-        format!(
-            "{} ({address}:{}/{})",
-            self.name,
-            self.port,
-            self.protocol.as_str()
-        )
+        format!("{address}:{}/{}", self.port, self.protocol.as_str())
     }
 
     pub fn backend(&self, name: &str) -> Option<&BackendSpec> {

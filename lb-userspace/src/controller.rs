@@ -13,10 +13,11 @@ mod failover;
 mod ids;
 mod install;
 mod macs;
+mod names;
 mod views;
 
 pub use failover::{HealthChange, Holds, Panic};
-pub use ids::assign_ids;
+pub use ids::{Capacity, assign_ids};
 pub use install::vip_key;
 pub use macs::MacRefresh;
 pub use views::{BackendStatsView, Explain, VipStatsView};
@@ -37,8 +38,16 @@ pub enum ApplyError {
     Rejected(Vec<guard::Violation>, Box<Plan>),
     #[error("{0}")]
     NotFound(String),
-    #[error("the maps hold no free backend id (all {max} in use or still referenced by flows)")]
-    NoFreeId { max: u32 },
+    #[error(
+        "the maps hold no free {what} id: every id below daemon.{key} = {capacity} is in use \
+         or still referenced by flows; raise daemon.{key} and restart `xlb run`, \
+         which resizes the maps and keeps their contents"
+    )]
+    NoFreeId {
+        what: &'static str,
+        key: &'static str,
+        capacity: u32,
+    },
     #[error("data plane: {0}")]
     Dataplane(#[from] DataplaneError),
     #[error("{0}")]
@@ -269,7 +278,7 @@ impl Controller {
             .unwrap_or_default();
         let in_flows = self.maps.flow_backend_ids();
         let maps = &self.maps;
-        let ids = assign_ids(&old_ids, &req.config, |id| {
+        let ids = assign_ids(&old_ids, &req.config, maps.capacity(), |id| {
             !in_flows.contains(&id) && maps.backend(id).is_ok_and(|b| !b.is_live())
         })?;
         let mut record = Record {

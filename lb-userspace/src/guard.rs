@@ -343,10 +343,6 @@ impl Plan {
     }
 }
 
-/// Most VIPs and backends the maps hold (id 0 is never used).
-pub const MAX_VIPS: usize = lb_common::maps::MAX_VIPS as usize - 1;
-pub const MAX_BACKENDS: usize = lb_common::maps::MAX_BACKENDS as usize - 1;
-
 /// Checks `desired` against `current` (the running config, if any).
 pub fn plan(
     desired: &Config,

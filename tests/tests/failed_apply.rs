@@ -64,7 +64,7 @@ struct Snapshot {
 fn snapshot(maps: &Maps) -> Snapshot {
     let mut vips = maps.vips();
     vips.sort_by_key(|(k, _)| (k.addr, k.port_be));
-    let live = (1..lb_common::maps::MAX_BACKENDS)
+    let live = (1..maps.capacity().backends)
         .filter_map(|id| Some((id, maps.backend(id).ok().filter(Backend::is_live)?)))
         .collect();
     let tables = (1..8)

@@ -33,6 +33,14 @@ pub struct Daemon {
     pub table_size: u32,
     /// Entries of the flow table (LRU); only takes effect when the maps are created.
     pub flow_capacity: u32,
+    /// VIP ids the maps hold (ids 1..max_vips): the size of the per-VIP arrays, and so
+    /// of their bpftool dumps. A start with another value resizes the pinned arrays,
+    /// keeping their contents.
+    pub max_vips: u32,
+    /// Backend ids the maps hold (ids 1..max_backends), over all VIPs; the same for the
+    /// per-backend arrays. A backend removed while flows still point at it keeps its id
+    /// until they are gone, so leave room for a full replacement.
+    pub max_backends: u32,
 }
 
 impl Default for Daemon {
@@ -48,6 +56,8 @@ impl Default for Daemon {
             hash_seed: 0,
             table_size: lb_common::maps::DEFAULT_TABLE_SIZE,
             flow_capacity: lb_common::maps::DEFAULT_FLOW_CAPACITY,
+            max_vips: lb_common::maps::DEFAULT_MAX_VIPS,
+            max_backends: lb_common::maps::DEFAULT_MAX_BACKENDS,
         }
     }
 }
@@ -75,6 +85,12 @@ impl Daemon {
                 "flow_capacity",
                 show(&self.flow_capacity),
                 show(&new.flow_capacity),
+            ),
+            ("max_vips", show(&self.max_vips), show(&new.max_vips)),
+            (
+                "max_backends",
+                show(&self.max_backends),
+                show(&new.max_backends),
             ),
         ]
         .into_iter()

@@ -9,11 +9,20 @@ use crate::{config::Config, history::Ids};
 
 use super::ApplyError;
 
-/// Gives every VIP and backend of `config` an id: kept from `old` where it exists, else
-/// the lowest id that is free (`usable`). Pure, so the rules are testable without BPF.
+/// How many ids the maps hold: VIP ids `1..vips`, backend ids `1..backends`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub vips: u32,
+    pub backends: u32,
+}
+
+/// Gives every VIP and backend of `config` an id below `cap`: kept from `old` where it
+/// exists, else the lowest id that is free (`usable`). Pure, so the rules are testable
+/// without BPF.
 pub fn assign_ids(
     old: &Ids,
     config: &Config,
+    cap: Capacity,
     mut usable: impl FnMut(u32) -> bool,
 ) -> Result<Ids, ApplyError> {
     let mut ids = Ids::default();
@@ -28,9 +37,11 @@ pub fn assign_ids(
                 while old_vip_ids.contains(&next_vip) || ids.vips.values().any(|&v| v == next_vip) {
                     next_vip += 1;
                 }
-                if next_vip >= lb_common::maps::MAX_VIPS {
+                if next_vip >= cap.vips {
                     return Err(ApplyError::NoFreeId {
-                        max: lb_common::maps::MAX_VIPS - 1,
+                        what: "VIP",
+                        key: "max_vips",
+                        capacity: cap.vips,
                     });
                 }
                 next_vip
@@ -52,9 +63,11 @@ pub fn assign_ids(
             let id = match old.backend(&vip.name, &b.name) {
                 Some(id) => id,
                 None => loop {
-                    if next_be >= lb_common::maps::MAX_BACKENDS {
+                    if next_be >= cap.backends {
                         return Err(ApplyError::NoFreeId {
-                            max: lb_common::maps::MAX_BACKENDS - 1,
+                            what: "backend",
+                            key: "max_backends",
+                            capacity: cap.backends,
                         });
                     }
                     let id = next_be;
@@ -77,6 +90,11 @@ mod tests {
     use super::*;
     use crate::config::Vip;
 
+    const CAP: Capacity = Capacity {
+        vips: 16,
+        backends: 8,
+    };
+
     fn cfg(vips: &[(&str, &[&str])]) -> Config {
         Config {
             vips: vips
@@ -96,34 +114,47 @@ mod tests {
 
     #[test]
     fn ids_are_kept_and_never_reused_within_an_apply() {
-        let a = assign_ids(&Ids::default(), &cfg(&[("web", &["a", "b"])]), |_| true).unwrap();
+        let a = assign_ids(&Ids::default(), &cfg(&[("web", &["a", "b"])]), CAP, |_| {
+            true
+        })
+        .unwrap();
         assert_eq!(a.vips["web"], 1);
         assert_eq!(
             (a.backend("web", "a"), a.backend("web", "b")),
             (Some(1), Some(2))
         );
         // b leaves and c arrives: c must not take b's id in the same apply.
-        let b = assign_ids(&a, &cfg(&[("web", &["a", "c"])]), |_| true).unwrap();
+        let b = assign_ids(&a, &cfg(&[("web", &["a", "c"])]), CAP, |_| true).unwrap();
         assert_eq!(
             (b.backend("web", "a"), b.backend("web", "c")),
             (Some(1), Some(3))
         );
         // Later, b's id 2 is free again unless a flow still points at it.
-        let c = assign_ids(&b, &cfg(&[("web", &["a", "c", "d"])]), |id| id != 2).unwrap();
+        let c = assign_ids(&b, &cfg(&[("web", &["a", "c", "d"])]), CAP, |id| id != 2).unwrap();
         assert_eq!(c.backend("web", "d"), Some(4));
-        let d = assign_ids(&b, &cfg(&[("web", &["a", "c", "d"])]), |_| true).unwrap();
+        let d = assign_ids(&b, &cfg(&[("web", &["a", "c", "d"])]), CAP, |_| true).unwrap();
         assert_eq!(d.backend("web", "d"), Some(2));
         // A second VIP gets the next VIP id; same backend names are different backends.
-        let e = assign_ids(&d, &cfg(&[("web", &["a"]), ("api", &["a"])]), |_| true).unwrap();
+        let e = assign_ids(&d, &cfg(&[("web", &["a"]), ("api", &["a"])]), CAP, |_| true).unwrap();
         assert_eq!(e.vips["api"], 2);
         assert_ne!(e.backend("api", "a"), e.backend("web", "a"));
     }
 
     #[test]
     fn running_out_of_ids_is_an_error() {
-        let many: Vec<String> = (0..5000).map(|i| format!("b{i}")).collect();
-        let names: Vec<&str> = many.iter().map(String::as_str).collect();
-        let err = assign_ids(&Ids::default(), &cfg(&[("web", &names)]), |_| true).unwrap_err();
-        assert!(matches!(err, ApplyError::NoFreeId { max: 4095 }));
+        let names = ["a", "b", "c", "d", "e", "f", "g"];
+        let full = assign_ids(&Ids::default(), &cfg(&[("web", &names)]), CAP, |_| true).unwrap();
+        assert_eq!(full.backend("web", "g"), Some(7));
+        // Id 8 would be the map's ninth entry.
+        let more = [&names[..], &["h"]].concat();
+        let err = assign_ids(&full, &cfg(&[("web", &more)]), CAP, |_| true).unwrap_err();
+        assert!(matches!(
+            err,
+            ApplyError::NoFreeId {
+                key: "max_backends",
+                capacity: 8,
+                ..
+            }
+        ));
     }
 }

@@ -212,7 +212,7 @@ impl Controller {
         if only_if_different {
             // Tables of VIP ids no key names: an apply that died between installing a
             // new VIP's table and committing left them behind.
-            for id in 1..lb_common::maps::MAX_VIPS {
+            for id in 1..self.maps.capacity().vips {
                 if !wanted_ids.contains(&id) && self.maps.table_size(id).is_ok_and(|n| n > 0) {
                     unwanted_tables.insert(id);
                 }
@@ -229,7 +229,7 @@ impl Controller {
         if only_if_different {
             // After a crash the maps may hold backends no record knows: retire every
             // live backend outside this generation.
-            for id in 1..lb_common::maps::MAX_BACKENDS {
+            for id in 1..self.maps.capacity().backends {
                 if self.maps.backend(id).is_ok_and(|b| b.is_live()) {
                     retire.insert(id);
                 }
@@ -242,6 +242,9 @@ impl Controller {
                 self.maps.put_backend(*id, &b)?;
             }
         }
+        // 5. What every id is, for bpftool.
+        let names = super::names::names_of(record);
+        self.maps.set_names(&names.vips, &names.backends)?;
         Ok(())
     }
 

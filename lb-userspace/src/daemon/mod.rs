@@ -45,7 +45,7 @@ use self::{
 use crate::{
     config,
     controller::{self, Controller},
-    dataplane::{Dataplane, LoadOptions},
+    dataplane::{Dataplane, DataplaneError, LoadOptions},
     history::History,
     lock::Locks,
     reload::Trigger,
@@ -115,6 +115,15 @@ fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Starte
         pin_dir: daemon.pin_dir.clone(),
         flow_capacity: daemon.flow_capacity,
         recreate_flow_table,
+        max_vips: daemon.max_vips,
+        max_backends: daemon.max_backends,
+    })
+    .map_err(|e| match e {
+        // The config asks for what the pinned maps cannot become without a decision.
+        DataplaneError::Resize { .. } | DataplaneError::FlowCapacity { .. } => {
+            anyhow::Error::from(ConfigProblem(format!("{}: {e}", config_path.display())))
+        }
+        e => e.into(),
     })?;
     // Whether this start attaches XDP (rather than adopting an attachment).
     let attaches = !daemon.pin_dir.join(crate::dataplane::pins::LINK).exists();

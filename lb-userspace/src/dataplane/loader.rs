@@ -20,7 +20,12 @@ use aya::{
 use lb_common::maps as names;
 use serde::{Deserialize, Serialize};
 
-use super::{DataplaneError, Maps, pins};
+use super::{
+    DataplaneError, Maps,
+    names::NameMaps,
+    pins,
+    resize::{self, Carried},
+};
 use crate::object::{EBPF_OBJECT, PROGRAM_NAME};
 
 /// Magic number of bpffs in `statfs.f_type` (linux/magic.h BPF_FS_MAGIC).
@@ -71,6 +76,11 @@ pub struct LoadOptions {
     pub flow_capacity: u32,
     /// Replace a pinned flow table whose capacity differs (its flows lose their entries).
     pub recreate_flow_table: bool,
+    /// Entries of the per-VIP arrays (`[daemon] max_vips`); pinned arrays of another
+    /// size are resized with their contents (`resize`).
+    pub max_vips: u32,
+    /// Entries of the per-backend arrays (`[daemon] max_backends`), likewise.
+    pub max_backends: u32,
 }
 
 impl Default for LoadOptions {
@@ -79,6 +89,8 @@ impl Default for LoadOptions {
             pin_dir: PathBuf::from(pins::DEFAULT_PIN_DIR),
             flow_capacity: names::DEFAULT_FLOW_CAPACITY,
             recreate_flow_table: false,
+            max_vips: names::DEFAULT_MAX_VIPS,
+            max_backends: names::DEFAULT_MAX_BACKENDS,
         }
     }
 }
@@ -98,17 +110,15 @@ impl Dataplane {
         }
         ensure_pin_dir(&opts.pin_dir)?;
         check_flow_capacity(opts)?;
-        let paths: Vec<(&'static str, PathBuf)> = names::ALL
-            .iter()
-            .map(|&name| (name, pins::map(&opts.pin_dir, name)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::FLOWS, opts.flow_capacity);
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
-        let maps = Maps::take(&mut ebpf, &opts.pin_dir)?;
+        let carried = Carried::take(&opts.pin_dir, opts.max_vips, opts.max_backends)?;
+        let (mut ebpf, mut maps) = match Self::load_object(opts) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                carried.put_back();
+                return Err(e);
+            }
+        };
+        carried.restore(&mut maps)?;
         let program = program_mut(&mut ebpf)?;
         program.load().map_err(|source| DataplaneError::Program {
             what: "verifier rejected or kernel refused the program".into(),
@@ -119,6 +129,33 @@ impl Dataplane {
             pin_dir: opts.pin_dir.clone(),
             maps,
         })
+    }
+
+    /// The object with every map created or adopted from its pin, sized as `opts` says.
+    fn load_object(opts: &LoadOptions) -> Result<(Ebpf, Maps), DataplaneError> {
+        let paths: Vec<(&'static str, PathBuf)> = names::ALL
+            .iter()
+            .map(|&name| (name, pins::map(&opts.pin_dir, name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::FLOWS, opts.flow_capacity);
+        for name in names::SIZED_BY_VIPS {
+            loader.map_max_entries(name, opts.max_vips);
+        }
+        for name in names::SIZED_BY_BACKENDS {
+            loader.map_max_entries(name, opts.max_backends);
+        }
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let mut maps = Maps::take(&mut ebpf, &opts.pin_dir)?;
+        maps.names = Some(NameMaps::create(
+            &opts.pin_dir,
+            opts.max_backends,
+            opts.max_vips,
+        )?);
+        Ok((ebpf, maps))
     }
 
     /// The maps, for reading and writing.
@@ -214,17 +251,9 @@ impl Dataplane {
 /// A pinned flow table keeps its capacity: resizing means a new, empty table. Refused
 /// unless asked for, since every established flow then loses its entry.
 fn check_flow_capacity(opts: &LoadOptions) -> Result<(), DataplaneError> {
-    let path = pins::map(&opts.pin_dir, names::FLOWS);
-    if !path.exists() {
+    let Some(have) = resize::pinned_size(&opts.pin_dir, names::FLOWS)? else {
         return Ok(());
-    }
-    let have = aya::maps::MapInfo::from_pin(&path)
-        .map_err(|source| DataplaneError::Map {
-            map: names::FLOWS,
-            what: format!("reading {}", path.display()),
-            source,
-        })?
-        .max_entries();
+    };
     if have == opts.flow_capacity {
         return Ok(());
     }
@@ -234,6 +263,7 @@ fn check_flow_capacity(opts: &LoadOptions) -> Result<(), DataplaneError> {
             want: opts.flow_capacity,
         });
     }
+    let path = pins::map(&opts.pin_dir, names::FLOWS);
     std::fs::remove_file(&path).map_err(|source| DataplaneError::PinDir {
         path: path.clone(),
         source,
@@ -373,6 +403,7 @@ pub fn teardown(pin_dir: &Path) -> Result<Teardown, DataplaneError> {
         .and_then(|l| l.info().ok().map(|i| (l, i.id(), i.program_id())));
     let mut paths = vec![link_path, pin_dir.join(pins::PROGRAM)];
     paths.extend(names::ALL.iter().map(|n| pins::map(pin_dir, n)));
+    paths.extend(super::names::ALL.iter().map(|n| pins::map(pin_dir, n)));
     for path in paths {
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(path),

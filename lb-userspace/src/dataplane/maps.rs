@@ -19,7 +19,12 @@ use lb_common::{
     reason::{REASON_COUNT, Reason},
 };
 
-use super::{DataplaneError, pins, table_mem};
+use super::{
+    DataplaneError,
+    names::{BackendName, NameMaps, VipName},
+    pins, table_mem,
+};
+use crate::controller::Capacity;
 
 /// A table to install for one VIP.
 #[derive(Clone, Copy, Debug)]
@@ -37,12 +42,14 @@ pub struct Maps {
     vip_filter: Array<MapData, u64>,
     vips: HashMap<MapData, VipKey, VipInfo>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
-    rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
-    backends: Array<MapData, Backend>,
+    pub(super) rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    pub(super) backends: Array<MapData, Backend>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    backend_stats: PerCpuArray<MapData, BackendStats>,
-    vip_stats: PerCpuArray<MapData, VipStats>,
+    pub(super) backend_stats: PerCpuArray<MapData, BackendStats>,
+    pub(super) vip_stats: PerCpuArray<MapData, VipStats>,
     reasons: PerCpuArray<MapData, ReasonStats>,
+    /// The name maps, for bpftool (none where the caller loaded without them).
+    pub(super) names: Option<NameMaps>,
 }
 
 fn map_err(map: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
@@ -117,7 +124,29 @@ impl Maps {
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
             vip_stats: take(ebpf, names::VIP_STATS)?,
             reasons: take(ebpf, names::REASON_STATS)?,
+            names: None,
         })
+    }
+
+    /// How many VIP and backend ids the maps hold (their sizes, fixed at load).
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            vips: self.rings.len(),
+            backends: self.backends.len(),
+        }
+    }
+
+    /// Makes the name maps say what every id of `entries` is, and nothing else.
+    pub fn set_names(
+        &mut self,
+        vips: &[(u32, VipName)],
+        backends: &[(u32, BackendName)],
+    ) -> Result<(), DataplaneError> {
+        let Some(names) = self.names.as_mut() else {
+            return Ok(());
+        };
+        names.set_vips(vips)?;
+        names.set_backends(backends)
     }
 
     /// The program-wide settings.

@@ -2,9 +2,12 @@
 //! and its maps (`loader`), and read and write those maps (`maps`). Everything above this
 //! module is pure and testable without BPF.
 
+mod btf;
 pub mod loader;
 pub mod maps;
+pub mod names;
 pub mod pins;
+mod resize;
 mod table_mem;
 mod trace;
 
@@ -52,6 +55,8 @@ pub enum DataplaneError {
         dir: PathBuf,
         what: String,
     },
+    #[error("cannot resize {path} to the configured size: {what}; nothing was changed")]
+    Resize { path: PathBuf, what: String },
     #[error(
         "the pinned flow table holds {have} entries but daemon.flow_capacity is {want}: \
          resizing recreates it, and every established flow loses its entry (a flow whose \

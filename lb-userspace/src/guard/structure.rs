@@ -8,7 +8,9 @@ use crate::{
     table,
 };
 
-use super::{MAX_BACKENDS, MAX_VIPS, Rule, Violation, health_check};
+use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
+
+use super::{Rule, Violation, health_check};
 
 pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
     let mut bad = |key: &str, message: String, hint: &str| {
@@ -47,19 +49,41 @@ pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
              at the top level",
         );
     }
-    if c.vips.len() > MAX_VIPS {
+    let (max_vips, max_backends) = (c.daemon.max_vips, c.daemon.max_backends);
+    for (key, value, limit) in [
+        ("daemon.max_vips", max_vips, MAX_VIPS),
+        ("daemon.max_backends", max_backends, MAX_BACKENDS),
+    ] {
+        if !(2..=limit).contains(&value) {
+            bad(
+                key,
+                format!("{key} = {value} is outside 2..={limit} (id 0 is reserved)"),
+                "size it for the ids this host needs, within the limit",
+            );
+        }
+    }
+    if c.vips.len() >= max_vips as usize {
         bad(
             "vip",
-            format!("{} VIPs; the maps hold {MAX_VIPS}", c.vips.len()),
-            "split the VIPs over several hosts",
+            format!(
+                "{} VIPs; daemon.max_vips = {max_vips} holds {}",
+                c.vips.len(),
+                max_vips.saturating_sub(1)
+            ),
+            "raise daemon.max_vips (it resizes the maps at the next `xlb run` start) or \
+             split the VIPs over several hosts",
         );
     }
     let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
-    if backends > MAX_BACKENDS {
+    if backends >= max_backends as usize {
         bad(
             "vip",
-            format!("{backends} backends in all; the maps hold {MAX_BACKENDS}"),
-            "split the VIPs over several hosts",
+            format!(
+                "{backends} backends in all; daemon.max_backends = {max_backends} holds {}",
+                max_backends.saturating_sub(1)
+            ),
+            "raise daemon.max_backends (it resizes the maps at the next `xlb run` start) \
+             or split the VIPs over several hosts",
         );
     }
     let p = &c.guardrails;
