@@ -15,7 +15,7 @@ use std::{
 use clap::{CommandFactory, Parser, Subcommand};
 use cli::{
     change::{self, GuardArgs, WeightOp},
-    explain, generate, history,
+    explain, generate, history, inspect,
     output::ERROR,
     pass::{self, PassOp},
     rollout::{self, RolloutOp, Steps, parse_steps},
@@ -191,6 +191,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the bpftool and jq commands that read this host's counters, by backend,
+    /// VIP and reason name, from the pinned maps alone (no daemon needed).
+    Inspect(inspect::Args),
     /// Stream the running program's per-packet decisions: flow, verdict, backend, and
     /// whether the packet's flow was new or known. Off until a trace runs; bounded in rate.
     Trace(trace::Args),
@@ -316,6 +319,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         Command::Export => history::export(&socket),
         Command::Explain { vip, client, json } => explain::explain(&socket, vip, client, json),
         Command::Trace(args) => trace::trace(&socket, args),
+        Command::Inspect(args) => inspect::inspect(&args),
         Command::Pass { op } => pass::pass(op),
         Command::Completions { shell } => {
             generate::completions(Cli::command(), shell);

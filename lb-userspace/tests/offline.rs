@@ -1,5 +1,6 @@
 //! The verbs a config repository's CI runs, on the real `xlb` binary with no daemon, no
-//! root and no BPF: `validate` and `diff --against` an exported generation. `cargo xtask
+//! root and no BPF: `validate` and `diff --against` an exported generation, and the
+//! commands `inspect` prints (the lab's `inspect` test runs them). `cargo xtask
 //! test` runs this file twice: in the full build, and in one built by stable Rust alone
 //! without the XDP program (`--no-default-features`), where `run` and `pass attach` must
 //! say that they cannot work.
@@ -243,4 +244,50 @@ fn a_build_without_the_xdp_program_says_what_it_cannot_do() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn the_readme_shows_exactly_the_commands_xlb_inspect_prints() {
+    let out = xlb(&["inspect"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let commands = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        commands.contains("/sys/fs/bpf/xlb/xlb_be_name"),
+        "{commands}"
+    );
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    assert!(
+        readme.contains(commands.trim()),
+        "README.md's \"Maps and inspecting them\" differs from `xlb inspect`:\n{commands}"
+    );
+    let out = xlb(&[
+        "inspect",
+        "--pin-dir",
+        "/sys/fs/bpf/lb1",
+        "--backend",
+        "web/b2",
+    ]);
+    let commands = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        commands.contains("--arg vip 'web' --arg backend 'b2'"),
+        "{commands}"
+    );
+    assert!(!commands.contains("/sys/fs/bpf/xlb/"), "{commands}");
+
+    for (args, says) in [
+        (
+            &["inspect", "--backend", "web"][..],
+            "--backend \"web\": expected VIP/BACKEND",
+        ),
+        (
+            &["inspect", "--pin-dir", "/sys/fs/bpf/a b"][..],
+            "would need shell quoting",
+        ),
+    ] {
+        let out = xlb(args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+        assert!(out.stdout.is_empty(), "{args:?} printed commands anyway");
+    }
 }
