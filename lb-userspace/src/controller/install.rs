@@ -99,12 +99,39 @@ impl Controller {
         if let Err(e) = self.history.commit(&record) {
             return Err(restore(self, e.to_string()));
         }
+        if let Some(previous) = &previous {
+            self.zero_retired(previous, &record);
+        }
         let generation = record.generation;
         self.running
             .send_replace(Some(std::sync::Arc::new(record.clone())));
         self.current = Some(record);
         self.current_plan = Some(install);
         Ok(generation)
+    }
+
+    /// Zeroes the counters of every id `previous` had and `record` no longer has, once
+    /// `record` is committed: a later owner of the id starts from zero, and a removed
+    /// backend stops counting anyway (it is no longer live, so its flows re-home). A
+    /// failure here is logged: the generation stands, and the id's next owner is zeroed
+    /// on arrival when its address or VIP differs.
+    fn zero_retired(&mut self, previous: &Record, record: &Record) {
+        let kept_backends: BTreeSet<u32> = record.ids.backends.values().copied().collect();
+        let kept_vips: BTreeSet<u32> = record.ids.vips.values().copied().collect();
+        for id in previous.ids.backends.values() {
+            if !kept_backends.contains(id)
+                && let Err(e) = self.maps.reset_backend_stats(*id)
+            {
+                tracing::warn!("zeroing retired backend id {id}'s counters: {e}");
+            }
+        }
+        for id in previous.ids.vips.values() {
+            if !kept_vips.contains(id)
+                && let Err(e) = self.maps.reset_vip_stats(*id)
+            {
+                tracing::warn!("zeroing retired VIP id {id}'s counters: {e}");
+            }
+        }
     }
 
     /// Writes `record`'s state into the maps, with the tables `plan` built for its config,

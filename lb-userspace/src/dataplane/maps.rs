@@ -69,6 +69,20 @@ fn table_err(what: &str, io_error: std::io::Error) -> DataplaneError {
     }
 }
 
+/// Zeroes entry `id` of a per-CPU array on every CPU.
+fn zero<T: aya::Pod + Default + Clone>(
+    map: &mut PerCpuArray<MapData, T>,
+    name: &'static str,
+    id: u32,
+) -> Result<(), DataplaneError> {
+    let cpus =
+        aya::util::nr_cpus().map_err(|(_, e)| map_err(name, "counting CPUs")(MapError::from(e)))?;
+    let zeros = aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])
+        .map_err(|e| map_err(name, "zeroing")(MapError::from(e)))?;
+    map.set(id, zeros, 0)
+        .map_err(map_err(name, format!("zeroing id {id}")))
+}
+
 pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -375,16 +389,14 @@ impl Maps {
         self.flows.get(key, 0).ok()
     }
 
-    /// Zeroes backend `id`'s counters (when the id gets a new owner).
+    /// Zeroes backend `id`'s counters (when the id is retired or gets a new owner).
     pub fn reset_backend_stats(&mut self, id: u32) -> Result<(), DataplaneError> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| map_err(names::BACKEND_STATS, "counting CPUs")(MapError::from(e)))?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![BackendStats::default(); cpus])
-            .map_err(|e| map_err(names::BACKEND_STATS, "zeroing")(MapError::from(e)))?;
-        self.backend_stats.set(id, zeros, 0).map_err(map_err(
-            names::BACKEND_STATS,
-            format!("zeroing backend {id}"),
-        ))
+        zero(&mut self.backend_stats, names::BACKEND_STATS, id)
+    }
+
+    /// Zeroes VIP `id`'s counters (when the id is retired).
+    pub fn reset_vip_stats(&mut self, id: u32) -> Result<(), DataplaneError> {
+        zero(&mut self.vip_stats, names::VIP_STATS, id)
     }
 
     /// Counters of backend `id`, summed over CPUs.
