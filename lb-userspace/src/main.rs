@@ -41,8 +41,9 @@ struct Cli {
 /// `xlb run`'s exit status, signals, files and environment, for its help and man page.
 const RUN_NOTES: &str = "\
 Exit status: 0 stopped (SIGTERM, SIGINT or `xlb teardown`); 78 a config problem (the file \
-is unreadable or unparsable, has no [daemon] interface, or is refused by the guardrails \
-with no generation to keep): the unit does not restart it; 2 any other failure (no \
+is unreadable or unparsable, has no [daemon] interface, is refused by the guardrails \
+with no generation to keep, or asks for a flow_capacity, max_vips or max_backends that the \
+pinned maps cannot take without a decision): the unit does not restart it; 2 any other failure (no \
 bpffs, a missing capability, an interface that does not exist).
 
 Signals: SIGHUP re-reads the config file and applies it through the guardrails (refused \

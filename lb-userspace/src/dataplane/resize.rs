@@ -24,10 +24,16 @@ pub(super) struct Carried {
     old: Vec<(PathBuf, MapData)>,
 }
 
-fn refused(path: &Path, what: String) -> DataplaneError {
+/// The refusal of a size below the highest id in use.
+fn too_small(path: &Path, key: &str, want: u32, highest: u32, state: &str) -> DataplaneError {
     DataplaneError::Resize {
         path: path.to_path_buf(),
-        what,
+        what: format!(
+            "daemon.{key} = {want} holds ids below {want}, but id {highest} {state} (the \
+             highest in use; ids are kept by name across generations): set daemon.{key} to \
+             at least {}",
+            highest + 1
+        ),
     }
 }
 
@@ -98,6 +104,7 @@ impl Carried {
             let rings: ArrayOfMaps<MapData, Array<MapData, u32>> =
                 ArrayOfMaps::try_from(Map::ArrayOfMaps(open(&path, names::RINGS)?))
                     .map_err(read_err(names::RINGS, 0))?;
+            let mut highest = None;
             for id in 1..have {
                 let Ok(table) = rings.get(&id, 0) else {
                     continue;
@@ -107,15 +114,13 @@ impl Carried {
                     continue;
                 }
                 if id >= max_vips {
-                    return Err(refused(
-                        &path,
-                        format!(
-                            "VIP id {id} has a table, and daemon.max_vips = {max_vips} holds \
-                             ids below {max_vips}: keep max_vips at {have} or above {id}"
-                        ),
-                    ));
+                    highest = Some(id);
+                } else {
+                    carried.tables.push((id, table));
                 }
-                carried.tables.push((id, table));
+            }
+            if let Some(id) = highest {
+                return Err(too_small(&path, "max_vips", max_vips, id, "has a table"));
             }
             unpin.push(path);
         }
@@ -128,23 +133,26 @@ impl Carried {
             let backends: Array<MapData, Backend> =
                 Array::try_from(Map::Array(open(&path, names::BACKENDS)?))
                     .map_err(read_err(names::BACKENDS, 0))?;
+            let mut highest = None;
             for id in 1..have {
                 let b = backends
                     .get(&id, 0)
                     .map_err(read_err(names::BACKENDS, id))?;
                 if id >= max_backends && b.is_live() {
-                    return Err(refused(
-                        &path,
-                        format!(
-                            "backend id {id} is live, and daemon.max_backends = {max_backends} \
-                             holds ids below {max_backends}: keep max_backends at {have} or \
-                             above {id}"
-                        ),
-                    ));
+                    highest = Some(id);
                 }
                 if id < max_backends && b != Backend::default() {
                     carried.backends.push((id, b));
                 }
+            }
+            if let Some(id) = highest {
+                return Err(too_small(
+                    &path,
+                    "max_backends",
+                    max_backends,
+                    id,
+                    "is live",
+                ));
             }
             unpin.push(path);
         }

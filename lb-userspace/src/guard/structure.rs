@@ -64,7 +64,7 @@ pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
     }
     if c.vips.len() >= max_vips as usize {
         bad(
-            "vip",
+            "daemon.max_vips",
             format!(
                 "{} VIPs; daemon.max_vips = {max_vips} holds {}",
                 c.vips.len(),
@@ -77,7 +77,7 @@ pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
     let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
     if backends >= max_backends as usize {
         bad(
-            "vip",
+            "daemon.max_backends",
             format!(
                 "{backends} backends in all; daemon.max_backends = {max_backends} holds {}",
                 max_backends.saturating_sub(1)
