@@ -248,7 +248,7 @@ fn a_build_without_the_xdp_program_says_what_it_cannot_do() {
 
 #[test]
 fn the_readme_shows_exactly_the_commands_xlb_inspect_prints() {
-    let out = xlb(&["inspect"]);
+    let out = xlb(&["inspect", "--no-check"]);
     assert!(out.status.success(), "{}", text(&out));
     let commands = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -263,6 +263,7 @@ fn the_readme_shows_exactly_the_commands_xlb_inspect_prints() {
     );
     let out = xlb(&[
         "inspect",
+        "--no-check",
         "--pin-dir",
         "/sys/fs/bpf/lb1",
         "--backend",

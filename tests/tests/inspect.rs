@@ -83,6 +83,19 @@ fn every_documented_bpftool_command_names_the_backends_and_sums_to_xlb_stats() {
 
     let commands = inspect(&daemon, "web/b2");
     assert_eq!(commands.len(), 8, "{commands:?}");
+    // A backend the pins do not name is refused, naming those that exist.
+    let out = Command::new(xlb_bin())
+        .args(["inspect", "--pin-dir"])
+        .arg(daemon.pin_dir())
+        .args(["--backend", "web/b9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no such backend") && text(&out).contains("web/b1, web/b2, web/b3"),
+        "{}",
+        text(&out)
+    );
     let mut answered = 0;
     for (what, command) in &commands {
         let out = run(command);
@@ -133,12 +146,12 @@ fn every_documented_bpftool_command_names_the_backends_and_sums_to_xlb_stats() {
             assert_eq!(forwarded["action"], "tx");
             let sum: u64 = backends.iter().map(|b| field(b, "packets")).sum();
             assert_eq!(field(forwarded, "packets"), sum, "forwarded packets");
-        } else if what.starts_with("How full") {
+        } else if what.starts_with("Flow table") {
             let (used, rest) = out.trim().split_once(" of ").unwrap();
             let used: u64 = used.parse().unwrap();
             assert!(used >= 60, "{out}");
             assert_eq!(rest, "65536 flow entries");
-        } else if what.starts_with("The attachment") {
+        } else if what.starts_with("The XDP link") {
             assert!(out.contains("xdp"), "{out}");
         } else {
             panic!("a command this test does not check: {what}");
@@ -255,7 +268,9 @@ fn a_restart_with_other_map_sizes_resizes_keeping_counters_or_refuses_and_change
         .unwrap();
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
     assert!(
-        text(&out).contains("backend id 3 is live, and daemon.max_backends = 3"),
+        text(&out).contains(
+            "daemon.max_backends = 3 holds ids below 3, but id 3 is live (the highest in use"
+        ) && text(&out).contains("set daemon.max_backends to at least 4"),
         "{}",
         text(&out)
     );
@@ -272,4 +287,42 @@ fn a_restart_with_other_map_sizes_resizes_keeping_counters_or_refuses_and_change
         30,
         "the data plane still serves"
     );
+}
+
+#[test]
+fn a_removed_backend_ids_counters_are_zeroed_so_a_later_owner_starts_from_zero() {
+    if !require_root("a_removed_backend_ids_counters_are_zeroed") {
+        return;
+    }
+    let (topo, daemon) = web_daemon("");
+    let _servers = Servers::start(&topo);
+    let vip: IpAddr = VIP4.parse().unwrap();
+    in_ns(&topo.client().name, move || http_many(vip, 30));
+    let before = counters(&daemon);
+    assert!(before.iter().all(|c| c.1 > 0), "{before:?}");
+
+    let two = daemon.write_file("two.toml", &[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1])]);
+    daemon.xlb_ok(&["apply", two.to_str().unwrap()]);
+    let after = counters(&daemon);
+    assert_eq!(
+        &after[..2],
+        &before[..2],
+        "kept backends keep their counters"
+    );
+    assert_eq!(
+        after[2],
+        (0, 0),
+        "the retired id 3 still counts {:?}",
+        after[2]
+    );
+
+    // b3 back, at its old address: whichever id it gets, it starts from zero.
+    let three = daemon.write_file(
+        "three.toml",
+        &[VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1])],
+    );
+    daemon.xlb_ok(&["apply", three.to_str().unwrap()]);
+    let b3 = daemon.backend("web", "b3");
+    assert_eq!(b3["new_flows"], 0, "{b3}");
+    assert_eq!(b3["packets"], 0, "{b3}");
 }
