@@ -325,4 +325,19 @@ fn a_removed_backend_ids_counters_are_zeroed_so_a_later_owner_starts_from_zero()
     let b3 = daemon.backend("web", "b3");
     assert_eq!(b3["new_flows"], 0, "{b3}");
     assert_eq!(b3["packets"], 0, "{b3}");
+
+    // At the default sizes (512 backend ids: a 290 KB dump on two CPUs) the printed
+    // commands still run, and show the new owner from zero.
+    let commands = inspect(&daemon, "web/b3");
+    let (_, every) = commands
+        .iter()
+        .find(|(what, _)| what.starts_with("Every backend"))
+        .unwrap();
+    let rows = lines(&run(every));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let row = rows.iter().find(|r| r["backend"] == "b3").unwrap();
+    assert_eq!(
+        (row["packets"].as_u64(), row["new_flows"].as_u64()),
+        (Some(0), Some(0))
+    );
 }
