@@ -6,7 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb_lab::{clients::Attempts, daemon::Daemon, servers::Servers, topology::Topology};
+use xlb_lab::{
+    clients::Attempts,
+    daemon::Daemon,
+    servers::Servers,
+    topology::{Topology, client4},
+};
 
 use super::lab::{
     INTERVAL, RISE, changes, daemon_weight, failed_flows, health_generations, requests, state,
@@ -141,7 +146,16 @@ pub(crate) fn outage(
     let first = attempts
         .first_answer_from("b2", repaired_at)
         .expect("b2 got no new flows after its repair");
-    assert!(attempts.failures_from(repaired_at).is_empty());
+    let late = attempts.failures_from(repaired_at);
+    assert!(
+        late.is_empty(),
+        "requests that started after the repair (at {repaired_at:?}, b2 back at full weight, \
+         first answer from b2 at {first:?}) failed: {late:#?}; their flows: {:#?}; log: {}",
+        late.iter()
+            .map(|a| daemon.explain("web", &format!("{}:{}", client4(0), a.port)))
+            .collect::<Vec<_>>(),
+        daemon.log()
+    );
     Outage {
         failed_at,
         last_failure: last.saturating_sub(failed_at),
