@@ -1,6 +1,7 @@
 //! xlb's control plane as a library: the pure core (table building) and the thin layers
 //! that load the XDP program and write its maps. The `xlb` binary is a thin CLI on top.
 
+pub mod announce;
 pub mod api;
 pub mod config;
 pub mod controller;

@@ -59,7 +59,8 @@ impl Check {
         }
     }
 
-    fn render(&self) -> String {
+    /// The `[vip.health]` table.
+    pub fn render(&self) -> String {
         let mut text = format!(
             "\n[vip.health]\nport = {}\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n",
             self.port, self.interval_ms, self.timeout_ms, self.rise, self.fall
@@ -126,10 +127,15 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon for `topo` (not started).
     pub fn new(topo: &Topology) -> Daemon {
+        Daemon::in_namespace(&topo.lb.name)
+    }
+
+    /// A daemon for the load-balancer namespace `lb_ns` (not started).
+    pub fn in_namespace(lb_ns: &str) -> Daemon {
         Daemon {
             dir: tempfile::tempdir().expect("tempdir"),
             pins: PinDir::new("daemon"),
-            lb_ns: topo.lb.name.clone(),
+            lb_ns: lb_ns.to_string(),
             child: None,
             metrics: None,
             run_args: Vec::new(),

@@ -9,6 +9,7 @@
 
 pub mod clients;
 pub mod daemon;
+pub mod fleet;
 pub mod netns;
 pub mod packet;
 pub mod servers;

@@ -33,6 +33,9 @@ pub struct Daemon {
     pub table_size: u32,
     /// Entries of the flow table (LRU); only takes effect when the maps are created.
     pub flow_capacity: u32,
+    /// `[daemon.announce]`: announce the VIPs through the routing daemon (none: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce: Option<super::Announce>,
 }
 
 impl Default for Daemon {
@@ -48,6 +51,7 @@ impl Default for Daemon {
             hash_seed: 0,
             table_size: lb_common::maps::DEFAULT_TABLE_SIZE,
             flow_capacity: lb_common::maps::DEFAULT_FLOW_CAPACITY,
+            announce: None,
         }
     }
 }
@@ -76,6 +80,7 @@ impl Daemon {
                 show(&self.flow_capacity),
                 show(&new.flow_capacity),
             ),
+            ("announce", show(&self.announce), show(&new.announce)),
         ]
         .into_iter()
         .filter(|(_, a, b)| a != b)
