@@ -107,7 +107,9 @@ pub enum Request {
     RolloutAbort,
     /// `xlb host drain`: withdraw every VIP (kept across restarts until `HostUndrain`),
     /// then wait up to `timeout_ms` for this host's VIP traffic to stop.
-    HostDrain { timeout_ms: u64 },
+    HostDrain {
+        timeout_ms: u64,
+    },
     /// `xlb host undrain`: announce again what the health allows.
     HostUndrain,
     /// `xlb trace`: stream the program's per-packet decisions.

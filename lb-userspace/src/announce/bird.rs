@@ -57,11 +57,13 @@ pub fn parse_line(line: &str) -> Option<Line> {
         return None;
     }
     let code: u16 = code.parse().ok()?;
-    match rest.chars().next() {
-        Some('-') => Some(Line::More(rest[1..].to_string())),
-        Some(' ') | None => Some(Line::Last(code, rest.trim_start().to_string())),
-        _ => None,
+    if let Some(text) = rest.strip_prefix('-') {
+        return Some(Line::More(text.to_string()));
     }
+    if rest.is_empty() || rest.starts_with(' ') {
+        return Some(Line::Last(code, rest.trim_start().to_string()));
+    }
+    None
 }
 
 /// Whether a final reply code means the command was done (`0xxx`); `8xxx` and `9xxx`
@@ -97,10 +99,12 @@ fn read_reply(
     let mut texts = Vec::new();
     loop {
         let mut line = String::new();
-        let n = reader.read_line(&mut line).map_err(|source| BirdError::Io {
-            socket: socket.to_path_buf(),
-            source,
-        })?;
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|source| BirdError::Io {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
         if n == 0 {
             return Err(BirdError::Closed {
                 command: command.into(),

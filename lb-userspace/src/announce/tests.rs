@@ -31,12 +31,18 @@ fn whys(decisions: &[Decision]) -> Vec<(String, bool, Why)> {
 fn a_healthy_vip_on_a_serving_host_is_announced() {
     let d = decide(SERVING, 1, &[state("web", "198.19.0.100", 3)]);
     assert_eq!(whys(&d), [("web".into(), true, Why::Serving)]);
-    assert_eq!(routes(&d), BTreeSet::from(["198.19.0.100".parse().unwrap()]));
+    assert_eq!(
+        routes(&d),
+        BTreeSet::from(["198.19.0.100".parse().unwrap()])
+    );
 }
 
 #[test]
 fn the_host_state_withdraws_every_vip_and_says_why() {
-    let vips = [state("web", "198.19.0.100", 3), state("dns", "2001:db8::53", 2)];
+    let vips = [
+        state("web", "198.19.0.100", 3),
+        state("dns", "2001:db8::53", 2),
+    ];
     for (host, why) in [
         (
             Host {
@@ -103,7 +109,10 @@ fn too_few_healthy_backends_or_panic_withdraw_that_vip_only() {
             ("api".into(), false, Why::Panic),
         ]
     );
-    assert_eq!(routes(&d), BTreeSet::from(["198.19.0.100".parse().unwrap()]));
+    assert_eq!(
+        routes(&d),
+        BTreeSet::from(["198.19.0.100".parse().unwrap()])
+    );
 }
 
 #[test]
@@ -138,9 +147,7 @@ fn the_routes_file_has_both_protocols_and_a_host_route_per_address() {
     ]);
     let text = routes_file(&routes);
     assert!(
-        text.contains(
-            "protocol static xlb4 {\n  ipv4;\n  route 198.19.0.100/32 blackhole;\n}\n"
-        ),
+        text.contains("protocol static xlb4 {\n  ipv4;\n  route 198.19.0.100/32 blackhole;\n}\n"),
         "{text}"
     );
     assert!(
@@ -151,7 +158,10 @@ fn the_routes_file_has_both_protocols_and_a_host_route_per_address() {
     );
     // Nothing announced: the protocols stay, empty, so BIRD's export filters still parse.
     let empty = routes_file(&BTreeSet::new());
-    assert!(empty.contains("protocol static xlb4 {\n  ipv4;\n}\n"), "{empty}");
+    assert!(
+        empty.contains("protocol static xlb4 {\n  ipv4;\n}\n"),
+        "{empty}"
+    );
     assert!(!empty.contains("  route "), "{empty}");
 }
 
@@ -180,7 +190,13 @@ fn healthy_counts_weighted_up_and_reachable_backends() {
         vips: vec![fixture::vip("web", &[("b1", 1), ("b2", 1)])],
         ..Config::default()
     };
-    let record = Record::fixture(3, Source::Startup { file: "xlb.toml".into() }, config);
+    let record = Record::fixture(
+        3,
+        Source::Startup {
+            file: "xlb.toml".into(),
+        },
+        config,
+    );
     let view = VipStatsView {
         vip: "web".into(),
         label: "web".into(),

@@ -108,7 +108,9 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
         data["hash_seed"],
         data["table_size"]
     );
-    if let Ok(Some(view)) = serde_json::from_value::<Option<xlb::announce::View>>(data["announce"].clone()) {
+    if let Ok(Some(view)) =
+        serde_json::from_value::<Option<xlb::announce::View>>(data["announce"].clone())
+    {
         super::host::print_view(&view);
     }
     match data["trace_clients"].as_u64() {

@@ -241,8 +241,11 @@ pub(crate) async fn withdraw_and_wait(d: &Shared) {
     let decisions = lock(&a.view).vips.clone();
     publish(&a, decisions, true).await;
     let wait = a.settings.drain_time;
-    match lock(&a.view).error.clone() {
-        None => info!("announce: every VIP withdrawn; waiting {wait:?} (daemon.announce.drain_time)"),
+    let error = lock(&a.view).error.clone();
+    match error {
+        None => {
+            info!("announce: every VIP withdrawn; waiting {wait:?} (daemon.announce.drain_time)")
+        }
         Some(e) => warn!("announce: withdrawing failed ({e}); waiting {wait:?} anyway"),
     }
     tokio::time::sleep(wait).await;

@@ -37,13 +37,12 @@ pub struct DrainReport {
     pub view: View,
 }
 
-fn announcing(d: &Shared) -> Result<Arc<Announcing>, Response> {
-    d.announcing.clone().ok_or_else(|| {
-        Response::error(
-            "this daemon announces nothing ([daemon.announce] is not in its config), so \
-             there is nothing to withdraw; add [daemon.announce] and restart it",
-        )
-    })
+/// The announcement, or why `xlb host` has nothing to act on.
+fn announcing(d: &Shared) -> Result<Arc<Announcing>, &'static str> {
+    d.announcing.clone().ok_or(
+        "this daemon announces nothing ([daemon.announce] is not in its config), so there \
+         is nothing to withdraw; add [daemon.announce] and restart it",
+    )
 }
 
 /// Waits until BIRD runs the routes of a decision made with the drain mark as it is now
@@ -90,7 +89,7 @@ async fn vip_packets(d: &Shared) -> Option<u64> {
 pub(crate) async fn drain(d: &Arc<Shared>, timeout: Duration, user: String) -> Response {
     let a = match announcing(d) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return Response::error(e),
     };
     let start = Instant::now();
     if a.drained().is_none() {
@@ -139,7 +138,7 @@ pub(crate) async fn drain(d: &Arc<Shared>, timeout: Duration, user: String) -> R
 pub(crate) async fn undrain(d: &Arc<Shared>) -> Response {
     let a = match announcing(d) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(e) => return Response::error(e),
     };
     if let Err(e) = a.set_drained(None) {
         return Response::error(e);

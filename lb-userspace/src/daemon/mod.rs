@@ -40,11 +40,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-pub use self::{host::DrainReport, rates::Rates};
 use self::{
     file::FileError,
     state::{Shared, Stop, stopped},
 };
+pub use self::{host::DrainReport, rates::Rates};
 use crate::{
     config,
     controller::{self, Controller},

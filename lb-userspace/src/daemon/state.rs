@@ -67,9 +67,10 @@ impl Shared {
         settings: config::Daemon,
         tracer: super::trace::Tracer,
     ) -> Self {
-        let announcing = settings.announce.clone().map(|a| {
-            Arc::new(super::announcer::Announcing::new(a, &settings.state_dir))
-        });
+        let announcing = settings
+            .announce
+            .clone()
+            .map(|a| Arc::new(super::announcer::Announcing::new(a, &settings.state_dir)));
         Shared {
             announcing,
             running: controller.watch_running(),
