@@ -59,8 +59,7 @@ impl Check {
         }
     }
 
-    /// The `[vip.health]` table.
-    pub fn render(&self) -> String {
+    fn render(&self) -> String {
         let mut text = format!(
             "\n[vip.health]\nport = {}\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n",
             self.port, self.interval_ms, self.timeout_ms, self.rise, self.fall
@@ -73,6 +72,31 @@ impl Check {
         }
         text
     }
+}
+
+/// The `[[vip]]` tables of `vips`, backend `i` of each at `address(i, vip address)`.
+pub fn render_vips(vips: &[VipSpec], address: impl Fn(usize, IpAddr) -> String) -> String {
+    let mut text = String::new();
+    for v in vips {
+        text += &format!(
+            "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
+            v.name,
+            v.address,
+            v.port,
+            if v.udp { "udp" } else { "tcp" }
+        );
+        if let Some(check) = &v.health {
+            text += &check.render();
+        }
+        for (i, w) in v.weights.iter().enumerate() {
+            text += &format!(
+                "\n[[vip.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"neighbour\"\nweight = {w}\n",
+                backend_name(i),
+                address(i, v.address)
+            );
+        }
+    }
+    text
 }
 
 /// One VIP of a lab config; its backends are the topology's b1..bN in order.
@@ -178,25 +202,7 @@ impl Daemon {
         if !self.guardrails.is_empty() {
             text += &format!("\n[guardrails]\n{}\n", self.guardrails.trim_end());
         }
-        for v in vips {
-            text += &format!(
-                "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
-                v.name,
-                v.address,
-                v.port,
-                if v.udp { "udp" } else { "tcp" }
-            );
-            if let Some(check) = &v.health {
-                text += &check.render();
-            }
-            for (i, w) in v.weights.iter().enumerate() {
-                text += &format!(
-                    "\n[[vip.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"neighbour\"\nweight = {w}\n",
-                    backend_name(i),
-                    backend_addr(i, v.address)
-                );
-            }
-        }
+        text += &render_vips(vips, backend_addr);
         text
     }
 

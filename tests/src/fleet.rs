@@ -26,7 +26,7 @@ use std::{
 };
 
 use crate::{
-    daemon::{Daemon, VipSpec},
+    daemon::{Daemon, VipSpec, render_vips},
     netns::Netns,
     servers::{Servers, Site},
     topology::{all_cpus_mask, attach_xdp},
@@ -129,9 +129,11 @@ impl Drop for Bird {
 
 /// `examples/bird/NAME` with `replace` done, each `from` required to be there.
 fn example(name: &str, replace: &[(&str, String)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bird").join(name);
-    let mut conf = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/bird")
+        .join(name);
+    let mut conf =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     for (from, to) in replace {
         assert!(conf.contains(from), "{} lost {from:?}", path.display());
         conf = conf.replace(from, to);
@@ -149,7 +151,10 @@ fn router_conf(hosts: usize) -> String {
         .map(|l| format!("{l}\n"))
         .collect();
     for i in 0..hosts {
-        conf += &format!("protocol bgp lb{i} from xlb_host {{ neighbor {}; }}\n", host4(i));
+        conf += &format!(
+            "protocol bgp lb{i} from xlb_host {{ neighbor {}; }}\n",
+            host4(i)
+        );
     }
     conf
 }
@@ -185,6 +190,8 @@ pub struct Spec {
     /// Per host (missing: 0).
     pub hash_seeds: Vec<u32>,
     pub drain_time_ms: u64,
+    /// Serve `/metrics` on every host at this address (inside its namespace).
+    pub metrics: Option<String>,
 }
 
 impl Spec {
@@ -197,6 +204,7 @@ impl Spec {
             vips,
             hash_seeds: Vec::new(),
             drain_time_ms: 500,
+            metrics: None,
         }
     }
 }
@@ -235,10 +243,8 @@ impl Fleet {
             switch.sh(&format!("sysctl -qw net.ipv6.conf.{br}.disable_ipv6=1"));
             switch.sh(&format!("ip link set {br} up"));
         }
-        switch.sh(
-            "sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
-             net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0",
-        );
+        switch.sh("sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+             net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0");
         let router = Netns::new("rtr");
         plug(&switch, "br0", &router, "prtr", "eth0");
         plug(&switch, "br1", &router, "prtc", "eth1");
@@ -323,7 +329,8 @@ impl Fleet {
                 &format!("lb{i}"),
                 &host_conf(i, &routes_file),
             );
-            let daemon = Daemon::in_namespace(&ns.name);
+            let mut daemon = Daemon::in_namespace(&ns.name);
+            daemon.metrics.clone_from(&spec.metrics);
             hosts.push(Host {
                 daemon,
                 bird,
@@ -363,30 +370,13 @@ impl Fleet {
             h.routes_file.display(),
             self.spec.drain_time_ms
         );
-        for v in vips {
-            text += &format!(
-                "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
-                v.name,
-                v.address,
-                v.port,
-                if v.udp { "udp" } else { "tcp" }
-            );
-            if let Some(check) = &v.health {
-                text += &check.render();
+        text += &render_vips(vips, |b, vip| {
+            if vip.is_ipv4() {
+                backend4(b)
+            } else {
+                backend6(b)
             }
-            for (b, w) in v.weights.iter().enumerate() {
-                let address = if v.address.is_ipv4() {
-                    backend4(b)
-                } else {
-                    backend6(b)
-                };
-                text += &format!(
-                    "\n[[vip.backend]]\nname = \"{}\"\naddress = \"{address}\"\n\
-                     mac = \"neighbour\"\nweight = {w}\n",
-                    crate::topology::backend_name(b)
-                );
-            }
-        }
+        });
         text
     }
 
@@ -457,10 +447,12 @@ impl Fleet {
     }
 
     /// Host `i` dies: its link goes down first (so nothing it sends says goodbye), then
-    /// its xlb and its BIRD are killed with SIGKILL.
-    pub fn kill_host(&mut self, i: usize) {
+    /// its xlb and its BIRD are killed with SIGKILL. Returns when the link went down.
+    pub fn kill_host(&mut self, i: usize) -> Instant {
         self.hosts[i].ns.sh("ip link set eth0 down");
+        let down = Instant::now();
         self.hosts[i].daemon.stop_with(libc::SIGKILL);
         self.hosts[i].bird.kill();
+        down
     }
 }
