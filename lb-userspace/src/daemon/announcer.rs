@@ -1,7 +1,7 @@
 //! The announcer: keeps BIRD's routes file on what `announce::decide` says, on start,
-//! on every new generation (health included), on `xlb host drain|undrain`, every second
-//! (so a BIRD that was down or refused the file gets it again), and withdraws everything
-//! when the daemon stops or tears down. Writing the file and `configure` happen one at a
+//! on every new generation (health included), on `xlb host drain|undrain`, and every
+//! second (then only asking BIRD whether it runs; a BIRD that was down or refused the
+//! file gets it again), and withdraws everything when the daemon stops or tears down. Writing the file and `configure` happen one at a
 //! time; once a stop withdrew, nothing announces again.
 
 use std::{
@@ -194,15 +194,21 @@ async fn publish(a: &Arc<Announcing>, mut decisions: Vec<Decision>, stopping: bo
         view.vips = decisions;
         view.applied && view.routes == wanted
     };
-    if unchanged {
-        return;
-    }
     let settings = a.settings.clone();
-    let result = tokio::task::spawn_blocking(move || write_and_configure(&settings, &routes))
-        .await
-        .unwrap_or_else(|e| Err(format!("internal error: {e}")));
+    // Nothing to change: BIRD is only asked whether it still runs (a BIRD that died took
+    // the routes with its sessions; once back, it is given the file again).
+    let result = tokio::task::spawn_blocking(move || {
+        if unchanged {
+            bird::command(&settings.bird_socket, "show status").map_err(|e| e.to_string())
+        } else {
+            write_and_configure(&settings, &routes)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("internal error: {e}")));
     let mut view = lock(&a.view);
     match result {
+        Ok(_) if unchanged => {}
         Ok(reply) => {
             if view.error.is_some() || view.routes != wanted {
                 info!("announce: BIRD took {} route(s): {reply}", wanted.len());
