@@ -67,6 +67,9 @@ pub fn client4(i: usize) -> String {
 pub struct Bird {
     child: Option<Child>,
     pub ctl: PathBuf,
+    ns: String,
+    conf: PathBuf,
+    log: PathBuf,
 }
 
 impl Bird {
@@ -74,31 +77,45 @@ impl Bird {
     fn start(ns: &Netns, dir: &Path, name: &str, conf: &str) -> Bird {
         let path = dir.join(format!("{name}.conf"));
         std::fs::write(&path, conf).expect("write the BIRD config");
-        let ctl = dir.join(format!("{name}.ctl"));
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("BIRD log");
+        let mut bird = Bird {
+            child: None,
+            ctl: dir.join(format!("{name}.ctl")),
+            ns: ns.name.clone(),
+            conf: path,
+            log: dir.join(format!("{name}.log")),
+        };
+        bird.restart();
+        bird
+    }
+
+    /// Starts BIRD (again, after `kill`) and waits until its control socket answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "BIRD already runs");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("BIRD log");
         // `ip netns exec` execs BIRD: the child's pid is BIRD's.
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
-            .arg(&path)
+            .args(["netns", "exec", &self.ns, "bird", "-f", "-c"])
+            .arg(&self.conf)
             .arg("-s")
-            .arg(&ctl)
+            .arg(&self.ctl)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("bird (Debian package bird2; `cargo xtask setup` installs it)");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&ctl).is_err() {
+        while std::os::unix::net::UnixStream::connect(&self.ctl).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "BIRD {name} did not open {}: {}",
-                ctl.display(),
-                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+                "BIRD did not open {}: {}",
+                self.ctl.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             thread::sleep(Duration::from_millis(20));
-        }
-        Bird {
-            child: Some(child),
-            ctl,
         }
     }
 

@@ -12,6 +12,7 @@
 
 mod failure;
 mod lab;
+mod lifecycle;
 mod metrics;
 
 use std::{thread, time::Duration};
