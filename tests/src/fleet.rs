@@ -36,6 +36,11 @@ use crate::{
 pub const VIP4: &str = "198.19.0.100";
 pub const VIP4_ALT: &str = "198.19.0.101";
 pub const VIP6: &str = "2001:db8:19::100";
+/// `VIP4` as an address.
+pub fn vip4() -> std::net::IpAddr {
+    VIP4.parse().expect("VIP4 is an IPv4 address")
+}
+
 /// The router on the hosts' segment and on the clients'.
 pub const ROUTER4: &str = "198.19.1.1";
 pub const ROUTER6: &str = "2001:db8:19:1::1";

@@ -9,6 +9,7 @@
 
 pub mod clients;
 pub mod daemon;
+pub mod demo;
 pub mod fleet;
 pub mod netns;
 pub mod packet;

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr, thread};
 use xlb_lab::{
     clients::{Echo, http_many},
     daemon::{Check, Daemon, VipSpec},
-    fleet::{Fleet, VIP4, VIP4_ALT},
+    fleet::{Fleet, VIP4, VIP4_ALT, vip4},
     servers::ECHO_PORT,
     topology::enter,
 };
@@ -27,10 +27,6 @@ pub(crate) fn alt() -> VipSpec {
         health: Some(Check::tcp(ECHO_PORT)),
         ..VipSpec::tcp("alt", VIP4_ALT, 80, &[1, 1, 1])
     }
-}
-
-pub(crate) fn vip4() -> IpAddr {
-    VIP4.parse().expect("VIP4")
 }
 
 /// Runs `f` on a thread in every client namespace at once; their results in client

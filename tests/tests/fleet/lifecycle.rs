@@ -10,11 +10,11 @@ use std::{
 
 use xlb_lab::{
     clients::Load,
-    fleet::{Fleet, Spec, VIP4},
+    fleet::{Fleet, Spec, VIP4, vip4},
     require_root,
 };
 
-use crate::lab::{http_from_all, vip4, web};
+use crate::lab::{http_from_all, web};
 
 /// A load from every client, bounded in count and time.
 fn loads(fleet: &Fleet) -> Vec<Load> {

@@ -19,12 +19,12 @@ use std::{thread, time::Duration};
 
 use xlb_lab::{
     clients::{Load, follows},
-    fleet::{BFD_DETECTION, Fleet, Spec, VIP4, VIP4_ALT, client4, host4},
+    fleet::{BFD_DETECTION, Fleet, Spec, VIP4, VIP4_ALT, client4, host4, vip4},
     require_root,
 };
 
 use failure::fail_busiest_host;
-use lab::{alt, echo, fingerprints, http_from_all, open_echoes, vip4, web};
+use lab::{alt, echo, fingerprints, http_from_all, open_echoes, web};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
