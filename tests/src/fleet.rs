@@ -189,7 +189,7 @@ fn host_conf(i: usize, routes_file: &Path) -> String {
         &[
             ("198.18.255.2", host4(i)),
             ("198.18.255.1", ROUTER4.to_string()),
-            ("/etc/bird/xlb-vips.conf", routes_file.display().to_string()),
+            ("/etc/bird/xlb/vips.conf", routes_file.display().to_string()),
         ],
     )
 }

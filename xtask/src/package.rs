@@ -45,7 +45,7 @@ const FILES: [(&str, Source<'_>); 5] = [
 ];
 
 /// Files of the repository under /usr/share/doc/xlb/: `docs/` flattened, `examples/` kept.
-const DOCS: [&str; 15] = [
+const DOCS: [&str; 16] = [
     "packaging/debian/copyright",
     "README.md",
     "docs/install.md",
@@ -56,6 +56,7 @@ const DOCS: [&str; 15] = [
     "examples/xlb.toml",
     "examples/bird/bird.conf",
     "examples/bird/router.conf",
+    "examples/bird/xlb-announce.conf",
     "examples/prometheus/xlb-alerts.yml",
     "examples/prometheus/prometheus.yml",
     "examples/grafana/xlb.json",

@@ -235,7 +235,7 @@ fn healthy_counts_weighted_up_and_reachable_backends() {
 fn bad_settings_name_their_key() {
     let bad = Announce {
         bird_socket: "bird.ctl".into(),
-        routes_file: "/etc/bird/xlb-vips.conf".into(),
+        routes_file: "/etc/bird/xlb/vips.conf".into(),
         min_healthy_backends: 0,
         drain_time: std::time::Duration::from_secs(600),
     };

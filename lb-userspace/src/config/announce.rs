@@ -26,7 +26,7 @@ pub struct Announce {
 /// BIRD's own default control socket.
 pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 /// Where the package's BIRD config includes the routes from.
-pub const DEFAULT_ROUTES_FILE: &str = "/etc/bird/xlb-vips.conf";
+pub const DEFAULT_ROUTES_FILE: &str = "/etc/bird/xlb/vips.conf";
 /// Longest drain time accepted: a stop must not hang for longer than a unit's timeout.
 pub const MAX_DRAIN_TIME: Duration = Duration::from_secs(300);
 

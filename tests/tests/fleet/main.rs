@@ -231,6 +231,14 @@ fn host_drain_under_load_moves_the_traffic_away_with_no_failed_request() {
     assert_eq!(fleet.next_hops(VIP4), [host4(0), host4(2)]);
     let status = fleet.hosts[1].daemon.status();
     assert!(status["announce"]["drained"].is_object(), "{status}");
+    let text = fleet.hosts[1].daemon.xlb_ok(&["status"]);
+    for line in [
+        "host DRAINED by root",
+        "routing daemon: 0 route(s) announced",
+        "web 198.19.0.100: withdrawn: the host is drained",
+    ] {
+        assert!(text.contains(line), "no {line:?} in `xlb status`:\n{text}");
+    }
     fleet.hosts[1].daemon.xlb_ok(&["host", "undrain"]);
     fleet.wait_next_hops(VIP4, &[0, 1, 2], Duration::from_secs(5));
     let back = packets(&fleet);
