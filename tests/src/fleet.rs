@@ -14,9 +14,11 @@
 //! The router installs one multipath route per VIP (BIRD `merge paths`) and hashes flows
 //! over its next hops by their 5-tuple (`fib_multipath_hash_policy=1`). BFD (100 ms x 3)
 //! takes a silent host's routes away; the BGP hold time (3 s) is the fallback. Both BIRD
-//! configs are the ones shipped in examples/bird/. Graceful
-//! restart is off on both sides: a dead host's routes must go at once, not be kept
-//! stale. Everything is deleted on drop, also after a panic.
+//! configs are the ones shipped in examples/bird/, with a session per address family.
+//! Graceful restart is off on both sides: a dead host's routes must go at once, not be
+//! kept stale. Dual-stack: 198.19.1.0/24 and 2001:db8:19:1::/64 on the hosts' segment,
+//! 198.19.2.0/24 and 2001:db8:19:2::/64 on the clients'. Everything is deleted on drop,
+//! also after a panic.
 
 use std::{
     path::{Path, PathBuf},
@@ -45,6 +47,7 @@ pub fn vip4() -> std::net::IpAddr {
 pub const ROUTER4: &str = "198.19.1.1";
 pub const ROUTER6: &str = "2001:db8:19:1::1";
 pub const ROUTER_CLIENT4: &str = "198.19.2.1";
+pub const ROUTER_CLIENT6: &str = "2001:db8:19:2::1";
 /// BFD's detection time as examples/bird/*.conf set it (100 ms x 3): a host that stops
 /// answering loses its routes on the router this long after its last packet.
 pub const BFD_DETECTION: Duration = Duration::from_millis(300);
@@ -52,6 +55,10 @@ pub const BFD_DETECTION: Duration = Duration::from_millis(300);
 /// Host `i`'s (0-based) address on the segment.
 pub fn host4(i: usize) -> String {
     format!("198.19.1.{}", 2 + i)
+}
+
+pub fn host6(i: usize) -> String {
+    format!("2001:db8:19:1::{}", 2 + i)
 }
 
 /// Backend `i`'s (0-based) addresses.
@@ -163,8 +170,8 @@ fn example(name: &str, replace: &[(&str, String)]) -> String {
     conf
 }
 
-/// The router's BIRD (examples/bird/router.conf): a BGP session with BFD per host,
-/// multipath routes into the kernel.
+/// The router's BIRD (examples/bird/router.conf): a BGP session with BFD per host and
+/// family, multipath routes into the kernel.
 fn router_conf(hosts: usize) -> String {
     let conf = example("router.conf", &[("198.18.255.1", ROUTER4.to_string())]);
     let mut conf: String = conf
@@ -174,8 +181,12 @@ fn router_conf(hosts: usize) -> String {
         .collect();
     for i in 0..hosts {
         conf += &format!(
-            "protocol bgp lb{i} from xlb_host {{ neighbor {}; }}\n",
+            "protocol bgp lb{i} from xlb_host4 {{ neighbor {}; }}\n",
             host4(i)
+        );
+        conf += &format!(
+            "protocol bgp lb{i}_6 from xlb_host6 {{ neighbor {}; }}\n",
+            host6(i)
         );
     }
     conf
@@ -189,6 +200,8 @@ fn host_conf(i: usize, routes_file: &Path) -> String {
         &[
             ("198.18.255.2", host4(i)),
             ("198.18.255.1", ROUTER4.to_string()),
+            ("2001:db8:ffff::2", host6(i)),
+            ("2001:db8:ffff::1", ROUTER6.to_string()),
             ("/etc/bird/xlb/vips.conf", routes_file.display().to_string()),
         ],
     )
@@ -273,6 +286,9 @@ impl Fleet {
         router.sh(&format!("ip addr add {ROUTER4}/24 dev eth0"));
         router.sh(&format!("ip -6 addr add {ROUTER6}/64 dev eth0 nodad"));
         router.sh(&format!("ip addr add {ROUTER_CLIENT4}/24 dev eth1"));
+        router.sh(&format!(
+            "ip -6 addr add {ROUTER_CLIENT6}/64 dev eth1 nodad"
+        ));
         router.sh(
             "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
              net.ipv4.fib_multipath_hash_policy=1 net.ipv6.fib_multipath_hash_policy=1",
@@ -284,6 +300,7 @@ impl Fleet {
             let port: &'static str = Box::leak(format!("pl{i}").into_boxed_str());
             plug(&switch, "br0", &ns, port, "eth0");
             ns.sh(&format!("ip addr add {}/24 dev eth0", host4(i)));
+            ns.sh(&format!("ip -6 addr add {}/64 dev eth0 nodad", host6(i)));
             // Native XDP_TX on a veth reaches only a peer that runs XDP.
             passes.push(attach_xdp(
                 &switch.name,
@@ -328,7 +345,12 @@ impl Fleet {
             let ns = Netns::new(&format!("fc{i}"));
             plug(&switch, "br1", &ns, &format!("pc{i}"), "eth0");
             ns.sh(&format!("ip addr add {}/24 dev eth0", client4(i)));
+            ns.sh(&format!(
+                "ip -6 addr add 2001:db8:19:2::{}/64 dev eth0 nodad",
+                21 + i
+            ));
             ns.sh(&format!("ip route add default via {ROUTER_CLIENT4}"));
+            ns.sh(&format!("ip -6 route add default via {ROUTER_CLIENT6}"));
             // Native XDP forwarding would leave the client's partial checksums unfinished.
             ns.sh("ethtool -K eth0 tx off");
             ns.sh("sysctl -qw net.ipv4.ip_local_port_range='1024 65535'");
@@ -408,9 +430,13 @@ impl Fleet {
             .expect("write config");
     }
 
-    /// The router's next hops (host addresses) for `vip`, sorted.
+    /// The router's next hops (host addresses of `vip`'s family) for `vip`, sorted.
     pub fn next_hops(&self, vip: &str) -> Vec<String> {
-        let out = self.router.sh(&format!("ip -j route show {vip}/32"));
+        let out = if vip.contains(':') {
+            self.router.sh(&format!("ip -6 -j route show {vip}/128"))
+        } else {
+            self.router.sh(&format!("ip -j route show {vip}/32"))
+        };
         let routes: serde_json::Value = serde_json::from_str(&out).expect("ip -j route");
         let mut hops: Vec<String> = routes
             .as_array()
@@ -429,7 +455,8 @@ impl Fleet {
     /// Polls the router's route for `vip` every 5 ms until its next hops are the
     /// addresses of `hosts`; returns how long it took.
     pub fn wait_next_hops(&self, vip: &str, hosts: &[usize], within: Duration) -> Duration {
-        let mut want: Vec<String> = hosts.iter().map(|&i| host4(i)).collect();
+        let address = if vip.contains(':') { host6 } else { host4 };
+        let mut want: Vec<String> = hosts.iter().map(|&i| address(i)).collect();
         want.sort();
         let start = Instant::now();
         loop {

@@ -19,7 +19,7 @@ use std::{thread, time::Duration};
 
 use xlb_lab::{
     clients::{Load, follows},
-    fleet::{BFD_DETECTION, Fleet, Spec, VIP4, VIP4_ALT, client4, host4, vip4},
+    fleet::{BFD_DETECTION, Fleet, Spec, VIP4, VIP4_ALT, VIP6, client4, host4, host6, vip4},
     require_root,
 };
 
@@ -305,4 +305,29 @@ fn a_host_with_another_hash_seed_shows_in_its_table_metric() {
     eprintln!("{odd} of 100 flows get another backend on the host with hash_seed 7");
     assert!(odd > 30, "only {odd} of 100 flows differ with another seed");
     metrics::mismatch_alert_fires(&info, "web", 2);
+}
+
+#[test]
+fn ipv6_vips_are_announced_spread_and_withdrawn_like_ipv4() {
+    if !require_root("ipv6_vips_are_announced_spread_and_withdrawn_like_ipv4") {
+        return;
+    }
+    let web6 = xlb_lab::daemon::VipSpec::tcp("web6", VIP6, 80, &[2, 3, 4]);
+    let fleet = Fleet::new(Spec::new(3, vec![web(), web6]));
+    fleet.wait_next_hops(VIP6, &[0, 1, 2], CONVERGE);
+    let flows = |i| fleet.vip_counter(i, "web6", "new_flows");
+    let before: Vec<u64> = (0..3).map(flows).collect();
+    let counts = http_from_all(&fleet, VIP6.parse().expect("VIP6"), 300);
+    let per_host: Vec<u64> = (0..3).map(|i| flows(i) - before[i]).collect();
+    eprintln!("600 IPv6 connections: per host {per_host:?}, per backend {counts:?}");
+    assert_eq!(per_host.iter().sum::<u64>(), 600, "{per_host:?}");
+    assert!(per_host.iter().all(|&n| n >= 100), "{per_host:?}");
+    // Draining a host withdraws both families.
+    fleet.hosts[2]
+        .daemon
+        .xlb_ok(&["host", "drain", "--timeout", "10s"]);
+    assert_eq!(fleet.next_hops(VIP6), [host6(0), host6(1)]);
+    assert_eq!(fleet.next_hops(VIP4), [host4(0), host4(1)]);
+    let counts = http_from_all(&fleet, VIP6.parse().expect("VIP6"), 50);
+    assert_eq!(counts.values().sum::<u32>(), 100, "{counts:?}");
 }
