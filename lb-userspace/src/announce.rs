@@ -1,9 +1,8 @@
 //! Which VIPs this host announces to its routers, and the routes file BIRD includes:
 //! pure functions of the host's state, the VIPs' health and `[daemon.announce]`. A route
 //! carries an address, not a port: an address is announced only while every VIP on it
-//! is. `bird` talks to the routing daemon; the daemon's `announcer` task applies these.
-
-pub mod bird;
+//! is. `crate::bird` talks to the routing daemon; the daemon's `announcer` task applies
+//! these.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

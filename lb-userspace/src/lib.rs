@@ -3,6 +3,7 @@
 
 pub mod announce;
 pub mod api;
+pub mod bird;
 pub mod config;
 pub mod controller;
 pub mod daemon;

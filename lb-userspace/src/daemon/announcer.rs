@@ -20,7 +20,8 @@ use tracing::{info, warn};
 
 use super::state::{Shared, lock, stopped};
 use crate::{
-    announce::{self, Decision, Drained, Host, View, Why, bird},
+    announce::{self, Decision, Drained, Host, View, Why},
+    bird,
     config::Announce,
     dataplane::pins,
 };
@@ -49,7 +50,11 @@ impl Announcing {
     pub(crate) fn new(settings: Announce, state_dir: &Path) -> Announcing {
         let drained_file = state_dir.join(DRAINED_FILE);
         let drained = match std::fs::read(&drained_file) {
-            Ok(bytes) => match serde_json::from_slice::<Drained>(&bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            read => match read
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Drained>(&b).map_err(|e| e.to_string()))
+            {
                 Ok(d) => {
                     info!(
                         "host drained since {} (Unix time) by {} ({}): no VIP is \
@@ -72,7 +77,6 @@ impl Announcing {
                     })
                 }
             },
-            Err(_) => None,
         };
         Announcing {
             settings,
@@ -277,4 +281,42 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announcing(dir: &Path) -> Announcing {
+        Announcing::new(Announce::default(), dir)
+    }
+
+    #[test]
+    fn the_drain_mark_survives_a_restart_until_undrain() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(announcing(dir.path()).drained(), None);
+        let mark = Drained {
+            since: 1_800_000_000,
+            user: "ops".into(),
+        };
+        announcing(dir.path())
+            .set_drained(Some(mark.clone()))
+            .unwrap();
+        // A new daemon on the same state directory starts drained.
+        let restarted = announcing(dir.path());
+        assert_eq!(restarted.drained(), Some(mark.clone()));
+        assert_eq!(restarted.view().drained, Some(mark));
+        restarted.set_drained(None).unwrap();
+        assert_eq!(announcing(dir.path()).drained(), None);
+        // Undrain of a host that is not drained is no error.
+        restarted.set_drained(None).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_drain_mark_counts_as_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DRAINED_FILE), "{not json").unwrap();
+        let a = announcing(dir.path());
+        assert_eq!(a.drained().map(|d| d.user), Some("unknown".into()));
+    }
 }

@@ -1,7 +1,8 @@
 //! BIRD's control socket (the one `birdc` uses): one command, and its reply read by the
 //! documented reply codes (BIRD's `doc/reply_codes`: `0xxx` done, `8xxx` run-time error,
 //! `9xxx` parse error; `NNNN-` or a leading space continues a reply, `NNNN ` ends it).
-//! xlb only ever sends `configure`, after replacing the routes file.
+//! xlb sends `configure` after replacing the routes file, and `show status` to see that
+//! BIRD still runs.
 
 use std::{
     io::{BufRead, BufReader, Write},
