@@ -55,7 +55,7 @@ fn a_stop_and_a_teardown_withdraw_first_and_no_request_fails() {
     let exited = term.elapsed();
     eprintln!("SIGTERM: withdrawn after {withdrawn:?}, exited after {exited:?}");
     assert!(
-        exited >= withdrawn + Duration::from_millis(900),
+        exited >= withdrawn + Duration::from_millis(800),
         "the daemon exited {exited:?} after SIGTERM, withdrawn at {withdrawn:?}: no drain time"
     );
     fleet.hosts[1].daemon.start();
