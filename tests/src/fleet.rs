@@ -75,6 +75,12 @@ pub fn client4(i: usize) -> String {
     format!("198.19.2.{}", 21 + i)
 }
 
+/// Next-hop ids of `hosts` as an `ip nexthop` group: host `i` is id `i + 1`.
+fn group(hosts: &[usize]) -> String {
+    let ids: Vec<String> = hosts.iter().map(|i| (i + 1).to_string()).collect();
+    ids.join("/")
+}
+
 /// A BIRD in a namespace, in the foreground, killed on drop.
 pub struct Bird {
     child: Option<Child>,
@@ -430,12 +436,15 @@ impl Fleet {
             .expect("write config");
     }
 
-    /// The router's next hops (host addresses of `vip`'s family) for `vip`, sorted.
+    /// The router's next hops (host addresses of `vip`'s family) for `vip` as BIRD
+    /// installed them from BGP, sorted.
     pub fn next_hops(&self, vip: &str) -> Vec<String> {
         let out = if vip.contains(':') {
-            self.router.sh(&format!("ip -6 -j route show {vip}/128"))
+            self.router
+                .sh(&format!("ip -6 -j route show {vip}/128 proto bird"))
         } else {
-            self.router.sh(&format!("ip -j route show {vip}/32"))
+            self.router
+                .sh(&format!("ip -j route show {vip}/32 proto bird"))
         };
         let routes: serde_json::Value = serde_json::from_str(&out).expect("ip -j route");
         let mut hops: Vec<String> = routes
@@ -493,6 +502,34 @@ impl Fleet {
             .filter(|&i| self.hosts[i].daemon.pid().is_some())
             .filter(|&i| self.hosts[i].daemon.explain(vip, client)["why"] == "flow-entry")
             .collect()
+    }
+
+    /// Puts a route for `VIP4` over a resilient next-hop group of `hosts` in front of
+    /// BIRD's (a lower metric), as a router whose routing stack programs resilient
+    /// groups would: a next hop that leaves takes only its own buckets with it.
+    pub fn resilient_route(&self, hosts: &[usize]) {
+        for &i in hosts {
+            self.router.sh(&format!(
+                "ip nexthop add id {} via {} dev eth0",
+                i + 1,
+                host4(i)
+            ));
+        }
+        self.router.sh(&format!(
+            "ip nexthop add id 100 group {} type resilient buckets 128",
+            group(hosts)
+        ));
+        self.router
+            .sh(&format!("ip route add {VIP4}/32 nhid 100 metric 1"));
+    }
+
+    /// Makes `hosts` the resilient group's members: a host that leaves it (withdrawn)
+    /// gives its buckets to the others, every other bucket stays where it is.
+    pub fn resilient_group(&self, hosts: &[usize]) {
+        self.router.sh(&format!(
+            "ip nexthop replace id 100 group {} type resilient buckets 128",
+            group(hosts)
+        ));
     }
 
     /// Host `i` dies: its link goes down first (so nothing it sends says goodbye), then

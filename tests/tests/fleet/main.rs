@@ -23,7 +23,7 @@ use xlb_lab::{
     require_root,
 };
 
-use failure::fail_busiest_host;
+use failure::{fail_busiest_host, weight_change_then_failure};
 use lab::{alt, echo, fingerprints, http_from_all, open_echoes, web};
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -69,12 +69,8 @@ fn a_dead_host_is_withdrawn_by_bfd_and_every_connection_keeps_its_backend() {
     let mut fleet = Fleet::new(Spec::new(3, vec![web(), echo()]));
     fleet.wait_next_hops(VIP4, &[0, 1, 2], CONVERGE);
     let mut conns = open_echoes(&fleet, 30);
-    let f = fail_busiest_host(&mut fleet, &mut conns);
-    eprintln!(
-        "host {} killed with {} of 60 connections: withdrawn by the router {:?} after its \
-         link went down; {} connections on survivors moved to the other survivor",
-        f.victim, f.on_victim, f.detection, f.rehashed
-    );
+    let f = fail_busiest_host(&mut fleet, &mut conns, false);
+    eprintln!("{f}");
     assert!(
         f.on_victim > 0,
         "no connection went through the killed host"
@@ -101,52 +97,20 @@ fn after_a_weight_change_on_every_host_a_dead_host_resets_only_moved_slots() {
     if !require_root("after_a_weight_change_on_every_host_a_dead_host_resets_only_moved_slots") {
         return;
     }
-    let mut fleet = Fleet::new(Spec::new(3, vec![web(), echo()]));
-    fleet.wait_next_hops(VIP4, &[0, 1, 2], CONVERGE);
-    let mut conns = open_echoes(&fleet, 30);
-    for h in &fleet.hosts {
-        h.daemon.xlb_ok(&["weight", "set", "echo", "b1", "4"]);
+    let f = weight_change_then_failure(false);
+    eprintln!("after the weight change, hash-threshold ECMP: {f}");
+}
+
+#[test]
+fn with_a_resilient_next_hop_group_only_the_dead_hosts_flows_move() {
+    if !require_root("with_a_resilient_next_hop_group_only_the_dead_hosts_flows_move") {
+        return;
     }
-    let first = fingerprints(&fleet.hosts[0].daemon);
-    for h in &fleet.hosts[1..] {
-        assert_eq!(fingerprints(&h.daemon), first, "the hosts' tables differ");
-    }
-    // A connection's slot changed owner when a host without its flow entry would send
-    // it elsewhere now.
-    let homes = lab::hosts_of(&fleet, "echo", &conns);
-    let moved_slot: Vec<bool> = conns
-        .iter()
-        .zip(&homes)
-        .map(|(e, &home)| {
-            let other = &fleet.hosts[(home + 1) % 3].daemon;
-            let x = other.explain("echo", &e.local.to_string());
-            assert_eq!(x["why"], "table-slot", "{x}");
-            x["backend"] != e.backend.as_str()
-        })
-        .collect();
-    let f = fail_busiest_host(&mut fleet, &mut conns);
-    let reset = f.conns.iter().filter(|c| c.2.is_some()).count();
-    eprintln!(
-        "after the weight change: {} of 60 connections in slots that changed owner; host {} \
-         killed with {} connections, withdrawn after {:?}; {} connections moved host \
-         ({} between survivors); {reset} reset",
-        moved_slot.iter().filter(|m| **m).count(),
-        f.victim,
-        f.on_victim,
-        f.detection,
-        f.conns.iter().filter(|c| c.1).count(),
-        f.rehashed
-    );
-    // Without flow state shared between hosts, a connection breaks exactly when it
-    // moves to another host and its slot changed owner: the new host picks from the new
-    // table. Every other connection keeps its backend.
-    for (i, ((_, moved, err), slot)) in f.conns.iter().zip(&moved_slot).enumerate() {
-        assert_eq!(
-            err.is_some(),
-            *moved && *slot,
-            "connection {i} ({}): moved host {moved}, slot changed {slot}, error {err:?}",
-            conns[i].local
-        );
+    let f = weight_change_then_failure(true);
+    eprintln!("after the weight change, resilient group: {f}");
+    assert_eq!(f.rehashed, 0, "connections moved between survivors: {f}");
+    for (old, moved, _) in &f.conns {
+        assert_eq!(*moved, *old == f.victim, "{f}");
     }
 }
 
