@@ -105,6 +105,13 @@ pub enum Request {
     RolloutStatus,
     /// Stop the rollout in progress and return to where it started.
     RolloutAbort,
+    /// `xlb host drain`: withdraw every VIP (kept across restarts until `HostUndrain`),
+    /// then wait up to `timeout_ms` for this host's VIP traffic to stop.
+    HostDrain {
+        timeout_ms: u64,
+    },
+    /// `xlb host undrain`: announce again what the health allows.
+    HostUndrain,
     /// `xlb trace`: stream the program's per-packet decisions.
     Trace {
         vip: Option<String>,
@@ -129,7 +136,10 @@ impl Request {
             | Request::Drain { guarded, .. }
             | Request::Rollback { guarded, .. }
             | Request::Rollout { guarded, .. } => !guarded.dry_run,
-            Request::Teardown | Request::RolloutAbort => true,
+            Request::Teardown
+            | Request::RolloutAbort
+            | Request::HostDrain { .. }
+            | Request::HostUndrain => true,
             Request::Status
             | Request::Stats
             | Request::History { .. }

@@ -30,10 +30,12 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod announce;
 mod daemon;
 mod health_check;
 mod parse;
 
+pub use announce::{Announce, DEFAULT_BIRD_SOCKET, DEFAULT_ROUTES_FILE, MAX_DRAIN_TIME};
 pub use daemon::{Daemon, XdpMode};
 pub use health_check::{CheckKind, HealthCheck};
 pub use parse::{load, parse, to_toml};

@@ -1,7 +1,9 @@
 //! xlb's control plane as a library: the pure core (table building) and the thin layers
 //! that load the XDP program and write its maps. The `xlb` binary is a thin CLI on top.
 
+pub mod announce;
 pub mod api;
+pub mod bird;
 pub mod config;
 pub mod controller;
 pub mod daemon;

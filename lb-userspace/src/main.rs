@@ -15,7 +15,9 @@ use std::{
 use clap::{CommandFactory, Parser, Subcommand};
 use cli::{
     change::{self, GuardArgs, WeightOp},
-    explain, generate, history, inspect,
+    explain, generate, history,
+    host::{self, HostOp},
+    inspect,
     output::ERROR,
     pass::{self, PassOp},
     rollout::{self, RolloutOp, Steps, parse_steps},
@@ -209,7 +211,14 @@ enum Command {
     /// Write a man page per verb into DIR (the package's man pages).
     #[command(hide = true)]
     Manpages { dir: PathBuf },
-    /// Detach XDP and unpin everything (stops a running daemon too).
+    /// Withdraw this host's VIPs from its routers and wait for its traffic to stop, or
+    /// announce them again ([daemon.announce]).
+    Host {
+        #[command(subcommand)]
+        op: HostOp,
+    },
+    /// Detach XDP and unpin everything (stops a running daemon too; with
+    /// [daemon.announce], withdraws every VIP and waits its drain_time first).
     Teardown {
         /// Without a daemon answering on --socket, the pin directory to tear down (never
         /// assumed: e.g. /sys/fs/bpf/xlb).
@@ -327,6 +336,7 @@ fn run(cli: Cli) -> Result<u8, String> {
             Ok(0)
         }
         Command::Manpages { dir } => generate::manpages(Cli::command(), &dir),
+        Command::Host { op } => host::host(&socket, op),
         Command::Teardown { pin_dir } => teardown::teardown(&socket, pin_dir),
     }
 }

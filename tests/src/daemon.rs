@@ -74,6 +74,31 @@ impl Check {
     }
 }
 
+/// The `[[vip]]` tables of `vips`, backend `i` of each at `address(i, vip address)`.
+pub fn render_vips(vips: &[VipSpec], address: impl Fn(usize, IpAddr) -> String) -> String {
+    let mut text = String::new();
+    for v in vips {
+        text += &format!(
+            "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
+            v.name,
+            v.address,
+            v.port,
+            if v.udp { "udp" } else { "tcp" }
+        );
+        if let Some(check) = &v.health {
+            text += &check.render();
+        }
+        for (i, w) in v.weights.iter().enumerate() {
+            text += &format!(
+                "\n[[vip.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"neighbour\"\nweight = {w}\n",
+                backend_name(i),
+                address(i, v.address)
+            );
+        }
+    }
+    text
+}
+
 /// One VIP of a lab config; its backends are the topology's b1..bN in order.
 #[derive(Clone, Debug)]
 pub struct VipSpec {
@@ -126,10 +151,15 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon for `topo` (not started).
     pub fn new(topo: &Topology) -> Daemon {
+        Daemon::in_namespace(&topo.lb.name)
+    }
+
+    /// A daemon for the load-balancer namespace `lb_ns` (not started).
+    pub fn in_namespace(lb_ns: &str) -> Daemon {
         Daemon {
             dir: tempfile::tempdir().expect("tempdir"),
             pins: PinDir::new("daemon"),
-            lb_ns: topo.lb.name.clone(),
+            lb_ns: lb_ns.to_string(),
             child: None,
             metrics: None,
             run_args: Vec::new(),
@@ -172,25 +202,7 @@ impl Daemon {
         if !self.guardrails.is_empty() {
             text += &format!("\n[guardrails]\n{}\n", self.guardrails.trim_end());
         }
-        for v in vips {
-            text += &format!(
-                "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\n",
-                v.name,
-                v.address,
-                v.port,
-                if v.udp { "udp" } else { "tcp" }
-            );
-            if let Some(check) = &v.health {
-                text += &check.render();
-            }
-            for (i, w) in v.weights.iter().enumerate() {
-                text += &format!(
-                    "\n[[vip.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"neighbour\"\nweight = {w}\n",
-                    backend_name(i),
-                    backend_addr(i, v.address)
-                );
-            }
-        }
+        text += &render_vips(vips, backend_addr);
         text
     }
 

@@ -9,6 +9,8 @@
 
 pub mod clients;
 pub mod daemon;
+pub mod demo;
+pub mod fleet;
 pub mod netns;
 pub mod packet;
 pub mod servers;
@@ -153,8 +155,8 @@ fn lab_pid(name: &str) -> Option<u32> {
         .ok()
 }
 
-/// Removes lab namespaces and pin directories whose creating process no longer runs
-/// (after a SIGKILL, drop handlers never ran).
+/// Removes lab namespaces (and the processes left in them) and pin directories whose
+/// creating process no longer runs (after a SIGKILL, drop handlers never ran).
 pub fn remove_stale() {
     let dead =
         |name: &str| lab_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
@@ -168,6 +170,8 @@ pub fn remove_stale() {
                 continue;
             }
             if dir == "/run/netns" {
+                // What that run started there (a daemon, BIRD) would outlive the name.
+                netns::kill_all_in(&name);
                 // Dropping a handle deletes the namespace.
                 drop(netns::Netns { name });
             } else {

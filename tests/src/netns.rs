@@ -17,6 +17,20 @@ pub fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Kills (SIGKILL) every process in lab namespace `name`: those a killed test run left.
+pub fn kill_all_in(name: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: kill has no memory-safety preconditions; the pid was in the namespace.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
 /// A network namespace deleted on drop.
 pub struct Netns {
     pub name: String,

@@ -44,6 +44,15 @@ pub struct Counts {
     pub discarded_bytes: AtomicU64,
 }
 
+/// Where one backend's servers run: its namespace, its name (what it answers with) and
+/// its own IPv4 and IPv6 addresses.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub ns: String,
+    pub name: String,
+    pub own: [String; 2],
+}
+
 /// The servers of every backend; stopped and joined on drop. Each backend's servers can
 /// also be killed and restarted alone (`kill`, `restart`), as a backend process that dies
 /// and comes back.
@@ -62,6 +71,8 @@ struct Backend {
     name: String,
     /// The backend's own IPv4 and IPv6 addresses.
     own: [String; 2],
+    /// The IPv4 and IPv6 VIPs the UDP echo binds.
+    vips: [String; 2],
     counts: Arc<Counts>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
@@ -74,7 +85,7 @@ impl Backend {
         assert!(self.thread.is_none(), "{}'s servers already run", self.name);
         self.stop = Arc::new(AtomicBool::new(false));
         let (ns, name, stop) = (self.ns.clone(), self.name.clone(), Arc::clone(&self.stop));
-        let own = self.own.clone();
+        let (own, vips) = (self.own.clone(), self.vips.clone());
         let (counts, open) = (Arc::clone(&self.counts), Arc::clone(&self.open));
         let (tx, rx) = std::sync::mpsc::channel();
         self.thread = Some(thread::spawn(move || {
@@ -87,7 +98,7 @@ impl Backend {
                 s.set_nonblocking(true).expect("nonblocking udp");
                 s
             };
-            let vips = [VIP4, VIP6].map(udp);
+            let vips = vips.each_ref().map(|a| udp(a));
             let own = own.each_ref().map(|a| udp(a));
             for l in [&http, &echo, &discard] {
                 l.set_nonblocking(true).expect("nonblocking listener");
@@ -127,12 +138,29 @@ impl Backend {
 impl Servers {
     /// Starts the servers in every backend namespace of `topo`; returns when all listen.
     pub fn start(topo: &Topology) -> Servers {
-        let mut backends = Vec::new();
-        for (i, ns) in topo.backends.iter().enumerate() {
-            let mut b = Backend {
+        let sites: Vec<Site> = topo
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| Site {
                 ns: ns.name.clone(),
                 name: backend_name(i),
                 own: [backend4(i), backend6(i)],
+            })
+            .collect();
+        Servers::start_on(&sites, [VIP4, VIP6])
+    }
+
+    /// Starts the servers on `sites`, the UDP echo on `vips` (IPv4, IPv6); returns when
+    /// all listen.
+    pub fn start_on(sites: &[Site], vips: [&str; 2]) -> Servers {
+        let mut backends = Vec::new();
+        for site in sites {
+            let mut b = Backend {
+                ns: site.ns.clone(),
+                name: site.name.clone(),
+                own: site.own.clone(),
+                vips: vips.map(String::from),
                 counts: Arc::new(Counts::default()),
                 stop: Arc::new(AtomicBool::new(false)),
                 thread: None,

@@ -81,7 +81,7 @@ pub struct Topology {
 /// connection it just accepted stays open (seen as `Connection reset by peer` about
 /// once in 50000 short connections, with or without xlb changing anything). Receive
 /// packet steering on the backends' eth0 keeps each flow on one CPU, as a NIC's RSS does.
-fn all_cpus_mask() -> String {
+pub(crate) fn all_cpus_mask() -> String {
     let cpus = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(32);

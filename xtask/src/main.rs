@@ -28,7 +28,12 @@ enum Task {
     /// Install or verify the toolchain pieces, packages and mounts of every task.
     Setup,
     /// Setup, build, then the demo on the embedded lab topology (as root, under 2 minutes).
-    Demo,
+    Demo {
+        /// The fleet demo instead: three load-balancer hosts behind a BIRD router with
+        /// ECMP, one killed mid-stream (docs/fleet.md).
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Setup, then check the example Prometheus config, alert rules and Grafana dashboard,
     /// lint, build the package, and run every test: host, packet (BPF_PROG_TEST_RUN),
     /// namespace, the package on a clean Debian root, and the validator built by stable
@@ -55,7 +60,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup(setup::Task::All),
-        Task::Demo => setup(setup::Task::Demo).and_then(|()| demo()),
+        Task::Demo { fleet } => setup(setup::Task::Demo).and_then(|()| demo(fleet)),
         Task::Test => setup(setup::Task::Test).and_then(|()| test()),
         Task::Bench { quick } => setup(setup::Task::Bench).and_then(|()| bench(quick)),
         Task::Package { out, revision } => setup(setup::Task::Package)
@@ -109,12 +114,14 @@ fn built(name: &str) -> Result<PathBuf> {
     Ok(target_dir().join("release").join(name))
 }
 
-/// Builds the binaries and runs `xlb-demo` (it needs root: namespaces and XDP).
-fn demo() -> Result<()> {
+/// Builds the binaries and runs `xlb-demo`, or `xlb-fleet-demo` with `fleet` (they need
+/// root: namespaces and XDP).
+fn demo(fleet: bool) -> Result<()> {
     if !is_root() {
         bail!("the demo creates namespaces and attaches XDP: run `sudo cargo xtask demo`");
     }
-    run(&mut Command::new(built("xlb-demo")?))
+    let name = if fleet { "xlb-fleet-demo" } else { "xlb-demo" };
+    run(&mut Command::new(built(name)?))
 }
 
 /// Builds the binaries and runs `xlb-bench`, which writes BENCHMARKS.md.

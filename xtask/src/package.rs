@@ -45,14 +45,18 @@ const FILES: [(&str, Source<'_>); 5] = [
 ];
 
 /// Files of the repository under /usr/share/doc/xlb/: `docs/` flattened, `examples/` kept.
-const DOCS: [&str; 12] = [
+const DOCS: [&str; 16] = [
     "packaging/debian/copyright",
     "README.md",
     "docs/install.md",
     "docs/control-plane.md",
     "docs/datapath.md",
     "docs/lab.md",
+    "docs/fleet.md",
     "examples/xlb.toml",
+    "examples/bird/bird.conf",
+    "examples/bird/router.conf",
+    "examples/bird/xlb-announce.conf",
     "examples/prometheus/xlb-alerts.yml",
     "examples/prometheus/prometheus.yml",
     "examples/grafana/xlb.json",

@@ -22,7 +22,7 @@ pub(crate) enum Task {
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages, the command each provides, and the tasks that call it.
-const PACKAGES: [(&str, &str, &[Task]); 10] = [
+const PACKAGES: [(&str, &str, &[Task]); 11] = [
     // The lab's namespaces, veth and XDP inspection.
     ("iproute2", "ip", &[Task::Demo, Task::Test, Task::Bench]),
     ("bpftool", "bpftool", &[Task::Demo, Task::Test, Task::Bench]),
@@ -34,8 +34,12 @@ const PACKAGES: [(&str, &str, &[Task]); 10] = [
     ("binutils", "objdump", &[Task::Test, Task::Package]),
     // The clean Debian 12 root the package is installed into (tests/tests/package.rs).
     ("mmdebstrap", "mmdebstrap", &[Task::Test]),
-    // The benchmarks' kernel comparison (nftables DNAT).
-    ("nftables", "nft", &[Task::Bench]),
+    // The fleet lab's routing daemon: the router's and every load-balancer host's BIRD
+    // (tests/src/fleet.rs, `cargo xtask demo --fleet`). Its own service is not used.
+    ("bird2", "bird", &[Task::Demo, Task::Test]),
+    // The benchmarks' kernel comparison (nftables DNAT); the fleet test that makes one
+    // host's health checks fail (tests/tests/fleet/).
+    ("nftables", "nft", &[Task::Test, Task::Bench]),
     // The benchmarks' comparison (HAProxy in TCP mode); its service is not started.
     ("haproxy", "haproxy", &[Task::Bench]),
     // The benchmarks' profile of the established-flow case (`perf record`).

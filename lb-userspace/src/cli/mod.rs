@@ -9,6 +9,7 @@ pub(crate) mod change;
 pub(crate) mod explain;
 pub(crate) mod generate;
 pub(crate) mod history;
+pub(crate) mod host;
 pub(crate) mod inspect;
 pub(crate) mod pass;
 pub(crate) mod rollout;

@@ -103,6 +103,16 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
             secs("window_ms")
         );
     }
+    say!(
+        "hash_seed {}  table_size {} (the same on every host of an ECMP group)",
+        data["hash_seed"],
+        data["table_size"]
+    );
+    if let Ok(Some(view)) =
+        serde_json::from_value::<Option<xlb::announce::View>>(data["announce"].clone())
+    {
+        super::host::print_view(&view);
+    }
     match data["trace_clients"].as_u64() {
         Some(0) | None => {}
         Some(n) => say!("xlb trace: {n} attached (the program reports decisions)"),

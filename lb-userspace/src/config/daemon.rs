@@ -41,6 +41,9 @@ pub struct Daemon {
     /// per-backend arrays. A backend removed while flows still point at it keeps its id
     /// until they are gone, so leave room for a full replacement.
     pub max_backends: u32,
+    /// `[daemon.announce]`: announce the VIPs through the routing daemon (none: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce: Option<super::Announce>,
 }
 
 impl Default for Daemon {
@@ -58,6 +61,7 @@ impl Default for Daemon {
             flow_capacity: lb_common::maps::DEFAULT_FLOW_CAPACITY,
             max_vips: lb_common::maps::DEFAULT_MAX_VIPS,
             max_backends: lb_common::maps::DEFAULT_MAX_BACKENDS,
+            announce: None,
         }
     }
 }
@@ -92,6 +96,7 @@ impl Daemon {
                 show(&self.max_backends),
                 show(&new.max_backends),
             ),
+            ("announce", show(&self.announce), show(&new.announce)),
         ]
         .into_iter()
         .filter(|(_, a, b)| a != b)

@@ -46,8 +46,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// Line of every top-level key and of every key of the `[daemon]` and `[guardrails]`
-/// tables. The text already
+/// Line of every top-level key and of every key of the `[daemon]` (`[daemon.announce]`
+/// included) and `[guardrails]` tables. The text already
 /// parsed, so a second parse cannot fail; if it did, reports just go without lines.
 fn key_lines(text: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -60,11 +60,17 @@ fn key_lines(text: &str) -> BTreeMap<String, usize> {
         if !matches!(table, "daemon" | "guardrails" | "rollout") {
             continue;
         }
-        for (key, _) in value.get_ref().as_table().into_iter().flatten() {
-            out.insert(
-                format!("{table}.{}", key.get_ref()),
-                line_of(text, key.span().start),
-            );
+        for (key, inner) in value.get_ref().as_table().into_iter().flatten() {
+            let line = line_of(text, key.span().start);
+            let key = format!("{table}.{}", key.get_ref());
+            // `[daemon.announce]` is a table of its own inside `[daemon]`.
+            for (sub, _) in inner.get_ref().as_table().into_iter().flatten() {
+                out.insert(
+                    format!("{key}.{}", sub.get_ref()),
+                    line_of(text, sub.span().start),
+                );
+            }
+            out.insert(key, line);
         }
     }
     out

@@ -28,11 +28,14 @@ pub(crate) struct Daemon {
     pub health_round: Option<Duration>,
     /// `xlb trace` clients attached now.
     pub trace_clients: usize,
+    /// Table identity and announcement, for comparing the hosts of a fleet.
+    pub fleet: super::fleet_metrics::Fleet,
 }
 
 /// The `/metrics` body for `sample` and the daemon's own state `daemon`.
 pub(crate) fn render(sample: Arc<Sample>, daemon: Daemon) -> String {
     let mut registry = Registry::default();
+    registry.register_collector(Box::new(daemon.fleet.clone()));
     registry.register_collector(Box::new(Metrics(sample, daemon)));
     let mut out = String::new();
     #[expect(
@@ -328,6 +331,7 @@ mod tests {
             rollouts: [("completed", 2), ("rolled_back", 0)].into(),
             health_round: Some(Duration::from_millis(250)),
             trace_clients: 2,
+            fleet: Default::default(),
         };
         render(
             Arc::new(Sample {

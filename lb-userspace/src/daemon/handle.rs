@@ -80,6 +80,8 @@ fn describe(req: &Request) -> String {
         Request::RolloutStatus => "rollout status".into(),
         Request::RolloutAbort => "rollout abort".into(),
         Request::Trace { .. } => "trace".into(),
+        Request::HostDrain { timeout_ms } => format!("host drain (timeout {timeout_ms} ms)"),
+        Request::HostUndrain => "host undrain".into(),
     }
 }
 
@@ -181,10 +183,27 @@ pub(crate) async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i3
             );
             return r;
         }
+        Request::HostDrain { timeout_ms } => {
+            drop(turn);
+            let r = super::host::drain(d, Duration::from_millis(timeout_ms), user.clone()).await;
+            info!(user, "{what}: {}", if r.ok { "done" } else { &r.error });
+            return r;
+        }
+        Request::HostUndrain => {
+            drop(turn);
+            let r = super::host::undrain(d).await;
+            info!(user, "{what}: {}", if r.ok { "done" } else { &r.error });
+            return r;
+        }
         _ => {}
     }
+    let tearing_down = matches!(req, Request::Teardown);
+    if tearing_down {
+        // Routers move traffic away before XDP goes.
+        super::announcer::withdraw_and_wait(d).await;
+    }
     if changes
-        && !matches!(req, Request::Teardown)
+        && !tearing_down
         && let Some(busy) = super::rollouts::busy(d)
     {
         info!(user, "{what}: refused: {busy}");
@@ -213,6 +232,9 @@ pub(crate) async fn handle(d: &Arc<Shared>, req: Request, user: String, peer: i3
         })
         .await
         .unwrap_or_else(Response::error);
+    if tearing_down && !response.ok {
+        super::announcer::resume(d);
+    }
     let result = outcome(&response);
     match (changes, response.ok) {
         (true, true) => info!(user, force = g.force, reason, "{what}: {result}"),
@@ -458,6 +480,9 @@ fn execute(
                 "min_flows": crate::watch::MIN_FLOWS,
                 "watch": watch,
                 "trace_clients": d.tracer.clients(),
+                "hash_seed": daemon.hash_seed,
+                "table_size": daemon.table_size,
+                "announce": d.announcing.as_ref().map(|a| a.view()),
             })),
             Err(e) => Response::error(e.to_string()),
         },
@@ -545,8 +570,8 @@ fn execute(
         Request::Rollout { .. } | Request::RolloutStatus | Request::RolloutAbort => {
             Response::error("internal error: a rollout request reached the controller")
         }
-        Request::Trace { .. } => {
-            Response::error("internal error: a trace request reached the controller")
+        Request::Trace { .. } | Request::HostDrain { .. } | Request::HostUndrain => {
+            Response::error("internal error: a streaming or host request reached the controller")
         }
         Request::Teardown => match loader::teardown(&daemon.pin_dir) {
             Ok(removed) => {

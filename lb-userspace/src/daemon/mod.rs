@@ -13,10 +13,13 @@
 //! apply never stalls an accept loop.
 
 mod accept;
+mod announcer;
 mod exposition;
 mod file;
+mod fleet_metrics;
 mod handle;
 mod health;
+mod host;
 mod log;
 mod metrics;
 mod neighbours;
@@ -37,11 +40,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-pub use self::rates::Rates;
 use self::{
     file::FileError,
     state::{Shared, Stop, stopped},
 };
+pub use self::{host::DrainReport, rates::Rates};
 use crate::{
     config,
     controller::{self, Controller},
@@ -222,6 +225,7 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
     tokio::spawn(trace::reader(Arc::clone(&d), trace_records));
     tokio::spawn(trace::renewer(Arc::clone(&d)));
     tokio::spawn(health::checker(Arc::clone(&d)));
+    tokio::spawn(announcer::announcer(Arc::clone(&d)));
     if let Some(iface) = daemon.interface.clone() {
         tokio::spawn(neighbours::refresher(Arc::clone(&d), iface));
     }
@@ -247,6 +251,9 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     d.stop(why);
+    // Withdraw first and give the routers `drain_time` to move traffic away (a teardown
+    // did so before it detached XDP).
+    announcer::withdraw_and_wait(&d).await;
     socket::remove(&daemon.socket);
     // Let an apply in progress finish and every answer go out; queued changes are refused
     // now that the daemon is stopping.

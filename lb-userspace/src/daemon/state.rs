@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub tracer: Arc<super::trace::Tracer>,
     /// The running generation, updated on every commit without waiting for a turn.
     pub running: watch::Receiver<Option<Arc<crate::history::Record>>>,
+    /// The VIP announcement, with `[daemon.announce]`.
+    pub announcing: Option<Arc<super::announcer::Announcing>>,
     stop: watch::Sender<Stop>,
 }
 
@@ -65,7 +67,12 @@ impl Shared {
         settings: config::Daemon,
         tracer: super::trace::Tracer,
     ) -> Self {
+        let announcing = settings
+            .announce
+            .clone()
+            .map(|a| Arc::new(super::announcer::Announcing::new(a, &settings.state_dir)));
         Shared {
+            announcing,
             running: controller.watch_running(),
             controller: Arc::new(tokio::sync::Mutex::new(controller)),
             config_path,
@@ -93,6 +100,12 @@ impl Shared {
             rollouts: lock(&self.rollouts).clone(),
             health_round: *lock(&self.health_round),
             trace_clients: self.tracer.clients(),
+            fleet: super::fleet_metrics::Fleet {
+                announce: self.announcing.as_ref().map(|a| a.view()),
+                running: self.running.borrow().clone(),
+                hash_seed: self.settings.hash_seed,
+                table_size: self.settings.table_size,
+            },
         }
     }
 

@@ -39,6 +39,11 @@ pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
             "leave it out (default 65536) or size it for the concurrent flows expected",
         );
     }
+    if let Some(a) = &c.daemon.announce {
+        for (key, message, hint) in crate::announce::check(a) {
+            bad(key, message, hint);
+        }
+    }
     if c.vips.is_empty() && !c.allow_empty {
         bad(
             "vip",

@@ -2,68 +2,29 @@
 //! backends), with the real daemon, CLI and traffic. Five steps, each checked; the exit
 //! status is non-zero if any step did not behave as shown.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::IpAddr, process::ExitCode, thread, time::Duration};
 
 use xlb_lab::{
     bpftool_sum,
     clients::{Echo, Load, LoadReport, Requests, follows},
     daemon::{Check, Daemon, VipSpec, text},
+    demo::{Step, interrupted, sleep},
     servers::{ECHO_PORT, HTTP_PORT, Servers},
     topology::{Topology, VIP4, backend_name, in_ns},
 };
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-type Step = Result<(), String>;
-
 fn main() -> ExitCode {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the demo builds namespaces and attaches XDP: run it as root");
-        return ExitCode::from(2);
-    }
-    // Ctrl-C ends the demo through the normal path, so namespaces, daemon and pins are
-    // removed by their drop handlers.
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    match run() {
-        Ok(()) => {
-            println!("\nAll five steps behaved as shown. Everything is cleaned up.");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("\nDEMO FAILED: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    xlb_lab::demo::main(
+        "the demo builds namespaces and attaches XDP",
+        "All five steps behaved as shown.",
+        run,
+    )
 }
 
 const WEIGHTS: [i64; 3] = [2, 3, 4];
 
 fn heading(n: u32, what: &str) {
     println!("\n=== {n}. {what}");
-}
-
-fn sleep(d: Duration) -> Step {
-    let steps = d.as_millis() / 100;
-    for _ in 0..steps {
-        if INTERRUPTED.load(Ordering::Relaxed) {
-            return Err("interrupted".into());
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// New connections per backend, summed over the clients' loads.
@@ -317,7 +278,7 @@ fn until(
 ) -> Result<Duration, String> {
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if interrupted() {
             return Err("interrupted".into());
         }
         if daemon

@@ -327,3 +327,90 @@ fn example_config_in_the_repo_is_valid() {
     assert!(p.violations.is_empty(), "{:#?}", p.violations);
     assert_eq!(c.vips.len(), 2);
 }
+
+#[test]
+fn the_example_announce_settings_are_the_defaults_and_valid() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/xlb.toml"));
+    let text = std::fs::read_to_string(path).unwrap();
+    // The commented block, from its table header to the next blank line, uncommented.
+    let mut inside = false;
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            inside = (inside || l == "# [daemon.announce]") && !l.is_empty();
+            let line = if inside {
+                l.strip_prefix("# ").unwrap_or(l)
+            } else {
+                l
+            };
+            format!("{line}\n")
+        })
+        .collect();
+    assert!(
+        uncommented.contains("\n[daemon.announce]\n"),
+        "{uncommented}"
+    );
+    let c = config::parse(&uncommented, path).unwrap();
+    assert_eq!(c.daemon.announce, Some(config::Announce::default()));
+    let p = check(&c, None);
+    assert!(p.violations.is_empty(), "{:#?}", p.violations);
+}
+
+#[test]
+fn bad_announce_settings_name_their_key_and_line() {
+    let text = r#"
+[daemon]
+interface = "eth0"
+
+[daemon.announce]
+bird_socket = "bird.ctl"
+min_healthy_backends = 0
+drain_time = "10m"
+
+[[vip]]
+name = "web"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+
+[[vip.backend]]
+name = "a"
+address = "198.18.0.11"
+weight = 1
+
+[[vip.backend]]
+name = "b"
+address = "198.18.0.12"
+weight = 1
+"#;
+    let c = config::parse(text, Path::new("t.toml")).unwrap();
+    let p = check(&c, None);
+    let got: Vec<(Option<usize>, &str)> = p
+        .violations
+        .iter()
+        .map(|v| (v.line, v.message.split(':').next().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(7), "daemon.announce.min_healthy_backends = 0"),
+            (Some(8), "daemon.announce.drain_time = 10m"),
+            (
+                Some(6),
+                "daemon.announce.bird_socket = \"bird.ctl\" is not an absolute path"
+            ),
+        ],
+        "{:#?}",
+        p.violations
+    );
+    let unknown = config::parse(
+        "[daemon.announce]\nbird_sock = \"/run/bird/bird.ctl\"\n",
+        Path::new("t.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        unknown.starts_with("t.toml:2: daemon.announce"),
+        "{unknown}"
+    );
+}
