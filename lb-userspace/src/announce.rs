@@ -172,8 +172,9 @@ pub fn routes_file(routes: &BTreeSet<IpAddr>) -> String {
 }
 
 /// Each VIP of the running generation with its health from `stats` (the counters' view
-/// of the same generation); a VIP whose address does not parse is left out (the
-/// structure rule refuses such a config).
+/// of the same generation): backends with weight, a MAC and, where the VIP is checked,
+/// an "up" verdict; a VIP whose address does not parse is left out (the structure rule
+/// refuses such a config).
 pub fn vip_states(record: &Record, stats: &[VipStatsView]) -> Vec<VipState> {
     record
         .config
@@ -182,10 +183,19 @@ pub fn vip_states(record: &Record, stats: &[VipStatsView]) -> Vec<VipState> {
         .filter_map(|v| {
             let address = v.address.parse().ok()?;
             let view = stats.iter().find(|s| s.vip == v.name);
+            // A checked VIP counts only backends a probe since the start found up: before
+            // that verdict (a start, a reload adding the VIP) they do not count.
             let healthy = view.map_or(0, |s| {
                 s.backends
                     .iter()
-                    .filter(|b| b.weight > 0 && b.healthy != Some(false) && b.mac.is_some())
+                    .filter(|b| {
+                        let up = if s.checked {
+                            b.healthy == Some(true) && b.confirmed == Some(true)
+                        } else {
+                            b.healthy != Some(false)
+                        };
+                        b.weight > 0 && up && b.mac.is_some()
+                    })
                     .count() as u32
             });
             Some(VipState {

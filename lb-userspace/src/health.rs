@@ -36,6 +36,9 @@ pub struct BackendHealth {
     pub streak: u32,
     /// The last probe's result: `ok` or the failure.
     pub last: Option<String>,
+    /// A probe since the tracker started has agreed with `up` (a good probe while up, or
+    /// a change of state): `up` is a verdict, not the starting assumption.
+    pub confirmed: bool,
     /// When it went down within `FLAP_WINDOW`, oldest first (time since the tracker
     /// started).
     downs: VecDeque<Duration>,
@@ -47,6 +50,7 @@ impl BackendHealth {
             up,
             streak: 0,
             last: None,
+            confirmed: false,
             downs: VecDeque::new(),
         }
     }
@@ -129,6 +133,7 @@ impl Tracker {
             });
             if result.is_ok() == b.up {
                 b.streak = 0;
+                b.confirmed = true;
                 continue;
             }
             b.streak += 1;
@@ -142,6 +147,7 @@ impl Tracker {
             }
             b.up = !b.up;
             b.streak = 0;
+            b.confirmed = true;
             let why = match result {
                 Ok(_) => format!("{needed} good probes"),
                 Err(e) => format!("{needed} failed probes: {e}"),

@@ -177,6 +177,7 @@ fn backend(name: &str, weight: u32, healthy: Option<bool>, mac: bool) -> Backend
         held: None,
         table_share: 0.5,
         healthy,
+        confirmed: healthy.map(|_| true),
         last_probe: None,
         packets: 0,
         bytes: 0,
@@ -214,10 +215,25 @@ fn healthy_counts_weighted_up_and_reachable_backends() {
             backend("b3", 0, Some(true), true),
             backend("b4", 1, None, false),
             backend("b5", 1, None, true),
+            // Up only as the start assumes: no probe has said so yet.
+            BackendStatsView {
+                confirmed: Some(false),
+                ..backend("b6", 1, Some(true), true)
+            },
         ],
     };
+    // Checked: only b1 has an "up" verdict from a probe; b6 is up only by assumption.
     let states = vip_states(&record, std::slice::from_ref(&view));
-    assert_eq!(states, [state("web", "198.18.0.100", 2)]);
+    assert_eq!(states, [state("web", "198.18.0.100", 1)]);
+    // Unchecked: every backend with weight and a MAC that no probe found down.
+    let unchecked = VipStatsView {
+        checked: false,
+        ..view.clone()
+    };
+    assert_eq!(
+        vip_states(&record, &[unchecked]),
+        [state("web", "198.18.0.100", 3)]
+    );
     let panicking = VipStatsView {
         panic: Some(Panic {
             up: 1,

@@ -134,6 +134,10 @@ impl Controller {
                     held,
                     table_share: row.map_or(0.0, |r| r.share_after),
                     healthy: vip.health.as_ref().map(|_| probe.is_none_or(|h| h.up)),
+                    confirmed: vip
+                        .health
+                        .as_ref()
+                        .map(|_| probe.is_some_and(|h| h.confirmed)),
                     last_probe: probe.and_then(|h| h.last.clone()),
                     packets: s.packets,
                     bytes: s.bytes,
@@ -211,6 +215,10 @@ pub struct BackendStatsView {
     pub table_share: f64,
     /// Up (after rise/fall) for VIPs with health checks.
     pub healthy: Option<bool>,
+    /// For VIPs with health checks: whether `healthy` rests on a probe since the daemon
+    /// started (a backend starts up, or held down, until its probes say otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<bool>,
     /// The last probe's result: `ok` or why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<String>,

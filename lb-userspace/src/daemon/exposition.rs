@@ -289,6 +289,7 @@ mod tests {
             held: (healthy == Some(false)).then(|| "down".into()),
             table_share: 0.25,
             healthy,
+            confirmed: None,
             last_probe: None,
             packets: 10,
             bytes: 1500,

@@ -126,3 +126,19 @@ fn backends_no_longer_probed_are_forgotten() {
     t.observe(&BTreeMap::new(), &Probes::new(), secs(2));
     assert!(t.health().is_empty());
 }
+
+#[test]
+fn up_is_confirmed_only_by_a_probe_that_agrees_or_a_change() {
+    let checks = check(2, 3);
+    let mut t = Tracker::default();
+    let confirmed = |t: &Tracker, b: &str| t.backend("web", b).map(|h| (h.up, h.confirmed));
+    // The start assumes up; a failed probe (not yet `fall`) leaves that unconfirmed.
+    t.observe(&checks, &round(&[("b1", false), ("b2", true)]), secs(0));
+    assert_eq!(confirmed(&t, "b1"), Some((true, false)));
+    assert_eq!(confirmed(&t, "b2"), Some((true, true)));
+    // Going down is a verdict; later failures before a rise do not undo it.
+    t.observe(&checks, &round(&[("b1", false), ("b2", false)]), secs(1));
+    t.observe(&checks, &round(&[("b1", false), ("b2", true)]), secs(2));
+    assert_eq!(confirmed(&t, "b1"), Some((false, true)));
+    assert_eq!(confirmed(&t, "b2"), Some((true, true)), "one failure undoes nothing");
+}

@@ -13,6 +13,7 @@ fn backend(name: &str, id: u32, share: f64, new_flows: u64) -> BackendStatsView 
         held: None,
         table_share: share,
         healthy: None,
+        confirmed: None,
         last_probe: None,
         packets: new_flows,
         bytes: 0,

@@ -15,7 +15,10 @@ mod lab;
 mod lifecycle;
 mod metrics;
 
-use std::{thread, time::Duration};
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 use xlb_lab::{
     clients::{Load, follows},
@@ -119,7 +122,7 @@ fn a_vip_failing_health_on_one_host_is_withdrawn_there_only() {
     if !require_root("a_vip_failing_health_on_one_host_is_withdrawn_there_only") {
         return;
     }
-    let fleet = Fleet::new(Spec::new(3, vec![web(), alt()]));
+    let mut fleet = Fleet::new(Spec::new(3, vec![web(), alt()]));
     fleet.wait_next_hops(VIP4, &[0, 1, 2], CONVERGE);
     fleet.wait_next_hops(VIP4_ALT, &[0, 1, 2], CONVERGE);
     // Host 0 can no longer reach alt's check port on any backend (its probes are
@@ -150,6 +153,26 @@ fn a_vip_failing_health_on_one_host_is_withdrawn_there_only() {
     assert!(
         after[1] > before[1] && after[2] > before[2],
         "{before:?} -> {after:?}"
+    );
+    // A start with the probes still failing: web (unchecked) is announced again, alt
+    // never, not even before its first verdict.
+    fleet.hosts[0].daemon.stop_with(libc::SIGTERM);
+    fleet.wait_next_hops(VIP4, &[1, 2], Duration::from_secs(5));
+    fleet.hosts[0].daemon.start();
+    let started = Instant::now();
+    let mut web_back = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(
+            !fleet.next_hops(VIP4_ALT).contains(&host4(0)),
+            "host 0 announced alt {:?} after its start, with every probe failing",
+            started.elapsed()
+        );
+        web_back |= fleet.next_hops(VIP4).contains(&host4(0));
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        web_back,
+        "host 0 did not announce web again within 3 s of its start"
     );
     // The checks pass again: host 0 announces alt again.
     fleet.hosts[0].ns.sh("nft delete table ip lab");
