@@ -5,7 +5,9 @@
 //! BIRD still runs.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader, Write},
+    net::IpAddr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
@@ -135,6 +137,27 @@ fn read_reply(
             }
         }
     }
+}
+
+/// Replaces `a`'s routes file with one announcing `routes` (write, then rename) and asks BIRD to `configure`.
+pub fn publish(a: &crate::config::Announce, routes: &BTreeSet<IpAddr>) -> Result<String, String> {
+    let text = crate::announce::routes_file(routes);
+    replace_file(&a.routes_file, text.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", a.routes_file.display()))?;
+    command(&a.bird_socket, "configure").map_err(|e| e.to_string())
+}
+
+/// Writes `path` whole or not at all: a reader (BIRD, a restarted daemon) sees the old or
+/// the new content, never part of it.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -222,8 +222,13 @@ enum Command {
     Teardown {
         /// Without a daemon answering on --socket, the pin directory to tear down (never
         /// assumed: e.g. /sys/fs/bpf/xlb).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "config")]
         pin_dir: Option<PathBuf>,
+        /// Without a daemon: tear down this config's pin_dir, and with [daemon.announce]
+        /// first withdraw its VIPs (an empty routes file, BIRD `configure`) and wait its
+        /// drain_time.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -337,7 +342,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         }
         Command::Manpages { dir } => generate::manpages(Cli::command(), &dir),
         Command::Host { op } => host::host(&socket, op),
-        Command::Teardown { pin_dir } => teardown::teardown(&socket, pin_dir),
+        Command::Teardown { pin_dir, config } => teardown::teardown(&socket, pin_dir, config),
     }
 }
 

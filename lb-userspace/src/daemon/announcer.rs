@@ -5,7 +5,6 @@
 //! time; once a stop withdrew, nothing announces again.
 
 use std::{
-    collections::BTreeSet,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{
@@ -106,7 +105,7 @@ impl Announcing {
         match &mark {
             Some(d) => {
                 let text = serde_json::to_vec(d).map_err(|e| e.to_string())?;
-                replace_file(path, &text)
+                bird::replace_file(path, &text)
                     .map_err(|e| format!("writing {}: {e}", path.display()))?;
             }
             None => match std::fs::remove_file(path) {
@@ -205,7 +204,7 @@ async fn publish(a: &Arc<Announcing>, mut decisions: Vec<Decision>, stopping: bo
         if unchanged {
             bird::command(&settings.bird_socket, "show status").map_err(|e| e.to_string())
         } else {
-            write_and_configure(&settings, &routes)
+            bird::publish(&settings, &routes)
         }
     })
     .await
@@ -229,14 +228,6 @@ async fn publish(a: &Arc<Announcing>, mut decisions: Vec<Decision>, stopping: bo
             view.error = Some(e);
         }
     }
-}
-
-/// Replaces the routes file (write, then rename) and asks BIRD to `configure`.
-fn write_and_configure(a: &Announce, routes: &BTreeSet<IpAddr>) -> Result<String, String> {
-    let text = announce::routes_file(routes);
-    replace_file(&a.routes_file, text.as_bytes())
-        .map_err(|e| format!("writing {}: {e}", a.routes_file.display()))?;
-    bird::command(&a.bird_socket, "configure").map_err(|e| e.to_string())
 }
 
 /// A stop or teardown: withdraws every VIP, then waits `drain_time` for the routers to
@@ -267,20 +258,6 @@ pub(crate) fn resume(d: &Shared) {
         a.withdrawn.store(false, Ordering::SeqCst);
         a.wake.notify_one();
     }
-}
-
-/// Writes `path` whole or not at all: a reader (BIRD, a restarted daemon) sees the old or
-/// the new content, never part of it.
-fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

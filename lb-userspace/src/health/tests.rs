@@ -140,5 +140,9 @@ fn up_is_confirmed_only_by_a_probe_that_agrees_or_a_change() {
     t.observe(&checks, &round(&[("b1", false), ("b2", false)]), secs(1));
     t.observe(&checks, &round(&[("b1", false), ("b2", true)]), secs(2));
     assert_eq!(confirmed(&t, "b1"), Some((false, true)));
-    assert_eq!(confirmed(&t, "b2"), Some((true, true)), "one failure undoes nothing");
+    assert_eq!(
+        confirmed(&t, "b2"),
+        Some((true, true)),
+        "one failure undoes nothing"
+    );
 }

@@ -10,7 +10,8 @@ use std::{
 
 use xlb_lab::{
     clients::Load,
-    fleet::{Fleet, Spec, VIP4, vip4},
+    daemon::text,
+    fleet::{Fleet, Spec, VIP4, host4, vip4},
     require_root,
 };
 
@@ -66,7 +67,7 @@ fn a_stop_and_a_teardown_withdraw_first_and_no_request_fails() {
     let out = fleet.hosts[1].daemon.xlb_ok(&["teardown"]);
     let took = start.elapsed();
     eprintln!("teardown took {took:?}: {}", out.trim());
-    assert_eq!(fleet.next_hops(VIP4), [xlb_lab::fleet::host4(0)]);
+    assert_eq!(fleet.next_hops(VIP4), [host4(0)]);
     assert!(
         took >= Duration::from_millis(1000),
         "teardown did not wait: {took:?}"
@@ -126,4 +127,24 @@ fn a_crashed_xlb_keeps_its_routes_and_a_crashed_bird_takes_them() {
         Duration::from_secs(5),
         |s| s["announce"]["applied"] == true,
     );
+    // xlb killed, then torn down without it: `--config` withdraws the routes it left
+    // announced before the program goes, so no client is sent into a detached host.
+    fleet.hosts[1].daemon.stop_with(libc::SIGKILL);
+    let config = fleet.hosts[1].daemon.config_path();
+    let out = fleet.hosts[1]
+        .daemon
+        .xlb(&["teardown", "--config", config.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("every VIP withdrawn") && text(&out).contains("XDP detached"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fleet.next_hops(VIP4),
+        [host4(0)],
+        "withdrawn before detaching"
+    );
+    let counts = http_from_all(&fleet, vip4(), 100);
+    assert_eq!(counts.values().sum::<u32>(), 200, "{counts:?}");
 }
