@@ -52,15 +52,18 @@ pub(crate) fn host(socket: &Path, op: HostOp) -> Result<u8, String> {
                 );
                 if report.quiet {
                     say!(
-                        "traffic stopped {} ms after the withdrawal ({} packets since)",
-                        report.last_packet_ms,
-                        report.packets_after
+                        "{} packets since the drain began, the last {} ms after it (counters \
+                         read every 100 ms); none for a second since",
+                        report.packets_since,
+                        report.last_packet_ms
                     );
                 } else {
                     say!(
-                        "traffic still arrives after {} ms ({} packets since the withdrawal)",
+                        "traffic had not stopped when --timeout {} ms ran out ({} packets \
+                         since the drain began, the last {} ms after it)",
                         report.timeout_ms,
-                        report.packets_after
+                        report.packets_since,
+                        report.last_packet_ms
                     );
                 }
             }

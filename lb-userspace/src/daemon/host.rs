@@ -29,10 +29,11 @@ pub struct DrainReport {
     pub withdrawn_ms: u64,
     /// The counters stayed still for `QUIET` before the timeout.
     pub quiet: bool,
-    /// From the withdrawal to the last packet counted.
+    /// From the drain's start to the last change of the VIP counters seen (they are
+    /// read every `POLL`); 0: none changed.
     pub last_packet_ms: u64,
-    /// VIP packets counted after the withdrawal.
-    pub packets_after: u64,
+    /// VIP packets counted since the drain began (before BIRD took the withdrawal too).
+    pub packets_since: u64,
     pub timeout_ms: u64,
     pub view: View,
 }
@@ -47,8 +48,8 @@ fn announcing(d: &Shared) -> Result<Arc<Announcing>, &'static str> {
 
 /// Waits until BIRD runs the routes of a decision made with the drain mark as it is now
 /// (or `APPLY_WAIT` passes).
-async fn applied(a: &Announcing, drained: bool) -> Result<(), String> {
-    let deadline = Instant::now() + APPLY_WAIT;
+async fn applied(a: &Announcing, drained: bool, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
     loop {
         {
             let v = a.view();
@@ -65,7 +66,7 @@ async fn applied(a: &Announcing, drained: bool) -> Result<(), String> {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "BIRD has not taken the routes file within {APPLY_WAIT:?}: {}",
+                    "BIRD has not taken the routes file within {within:?}: {}",
                     v.error.as_deref().unwrap_or("no answer yet")
                 ));
             }
@@ -92,6 +93,9 @@ pub(crate) async fn drain(d: &Arc<Shared>, timeout: Duration, user: String) -> R
         Err(e) => return Response::error(e),
     };
     let start = Instant::now();
+    let Some(first) = vip_packets(d).await else {
+        return Response::error("cannot read the VIP counters");
+    };
     if a.drained().is_none() {
         let mark = Drained {
             since: crate::history::now(),
@@ -101,16 +105,13 @@ pub(crate) async fn drain(d: &Arc<Shared>, timeout: Duration, user: String) -> R
             return Response::error(e);
         }
     }
-    if let Err(e) = applied(&a, true).await {
+    if let Err(e) = applied(&a, true, timeout.clamp(POLL, APPLY_WAIT)).await {
         return Response::error(format!(
             "the host is marked drained, but {e}; `xlb status` shows the announcement"
         ));
     }
     let withdrawn = Instant::now();
-    let Some(first) = vip_packets(d).await else {
-        return Response::error("cannot read the VIP counters");
-    };
-    let (mut last, mut last_change) = (first, withdrawn);
+    let (mut last, mut last_change) = (first, start);
     let quiet = loop {
         tokio::time::sleep(POLL).await;
         let now = vip_packets(d).await.unwrap_or(last);
@@ -120,15 +121,15 @@ pub(crate) async fn drain(d: &Arc<Shared>, timeout: Duration, user: String) -> R
         if last_change.elapsed() >= QUIET {
             break true;
         }
-        if withdrawn.elapsed() >= timeout {
+        if start.elapsed() >= timeout {
             break false;
         }
     };
     Response::data(DrainReport {
         withdrawn_ms: (withdrawn - start).as_millis() as u64,
         quiet,
-        last_packet_ms: (last_change - withdrawn).as_millis() as u64,
-        packets_after: last - first,
+        last_packet_ms: (last_change - start).as_millis() as u64,
+        packets_since: last - first,
         timeout_ms: timeout.as_millis() as u64,
         view: a.view(),
     })
@@ -143,7 +144,7 @@ pub(crate) async fn undrain(d: &Arc<Shared>) -> Response {
     if let Err(e) = a.set_drained(None) {
         return Response::error(e);
     }
-    match applied(&a, false).await {
+    match applied(&a, false, APPLY_WAIT).await {
         Ok(()) => Response::data(a.view()),
         Err(e) => Response::error(format!("the drain mark is gone, but {e}")),
     }
