@@ -154,14 +154,18 @@ pub fn routes(decisions: &[Decision]) -> BTreeSet<IpAddr> {
 
 /// The routes file: one static protocol per family, both always present (BIRD's BGP
 /// export filters name them), each host route a blackhole: BIRD exports it with itself
-/// as next hop and never installs it in this host's kernel.
-pub fn routes_file(routes: &BTreeSet<IpAddr>) -> String {
+/// as next hop and never installs it in this host's kernel. Each protocol's description
+/// is `xlb TOKEN`, by which xlb checks that BIRD runs this very file.
+pub fn routes_file(routes: &BTreeSet<IpAddr>, token: &str) -> String {
     let mut text = String::from(
         "# Written by xlb (daemon.announce.routes_file) on every change of what this host\n\
          # announces; BIRD reads it on `configure`. Do not edit: xlb replaces it.\n",
     );
     for (name, family, v4) in [(PROTOCOL4, "ipv4", true), (PROTOCOL6, "ipv6", false)] {
-        text += &format!("protocol static {name} {{\n  {family};\n");
+        text += &format!(
+            "protocol static {name} {{\n  description \"{}\";\n  {family};\n",
+            description(token)
+        );
         for a in routes.iter().filter(|a| a.is_ipv4() == v4) {
             let len = if v4 { 32 } else { 128 };
             text += &format!("  route {a}/{len} blackhole;\n");
@@ -169,6 +173,11 @@ pub fn routes_file(routes: &BTreeSet<IpAddr>) -> String {
         text += "}\n";
     }
     text
+}
+
+/// The description of the routes file's protocols for `token`.
+pub fn description(token: &str) -> String {
+    format!("xlb {token}")
 }
 
 /// Each VIP of the running generation with its health from `stats` (the counters' view

@@ -141,10 +141,30 @@ fn read_reply(
 
 /// Replaces `a`'s routes file with one announcing `routes` (write, then rename) and asks BIRD to `configure`.
 pub fn publish(a: &crate::config::Announce, routes: &BTreeSet<IpAddr>) -> Result<String, String> {
-    let text = crate::announce::routes_file(routes);
-    replace_file(&a.routes_file, text.as_bytes())
+    use crate::announce::{PROTOCOL4, PROTOCOL6, description, routes_file};
+    let token = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    replace_file(&a.routes_file, routes_file(routes, &token).as_bytes())
         .map_err(|e| format!("writing {}: {e}", a.routes_file.display()))?;
-    command(&a.bird_socket, "configure").map_err(|e| e.to_string())
+    let reply = command(&a.bird_socket, "configure").map_err(|e| e.to_string())?;
+    // BIRD took some config; that it is this file shows in the protocols' description.
+    for p in [PROTOCOL4, PROTOCOL6] {
+        let shown = command(&a.bird_socket, &format!("show protocols all {p}"))
+            .map_err(|e| e.to_string())?;
+        if !shown.contains(&description(&token)) {
+            return Err(format!(
+                "BIRD runs protocol {p} without the routes xlb just wrote to {}: does BIRD's \
+                 config include that file (and nothing else define {p})?",
+                a.routes_file.display()
+            ));
+        }
+    }
+    Ok(reply)
 }
 
 /// Writes `path` whole or not at all: a reader (BIRD, a restarted daemon) sees the old or

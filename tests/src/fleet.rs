@@ -370,7 +370,7 @@ impl Fleet {
             // What the package ships before xlb first writes it: nothing announced.
             std::fs::write(
                 &routes_file,
-                xlb::announce::routes_file(&Default::default()),
+                xlb::announce::routes_file(&Default::default(), "lab"),
             )
             .expect("write the routes file");
             let bird = Bird::start(

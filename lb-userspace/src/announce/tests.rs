@@ -145,21 +145,21 @@ fn the_routes_file_has_both_protocols_and_a_host_route_per_address() {
         "198.19.0.100".parse().unwrap(),
         "2001:db8:19::100".parse().unwrap(),
     ]);
-    let text = routes_file(&routes);
+    let text = routes_file(&routes, "t");
     assert!(
-        text.contains("protocol static xlb4 {\n  ipv4;\n  route 198.19.0.100/32 blackhole;\n}\n"),
+        text.contains("protocol static xlb4 {\n  description \"xlb t\";\n  ipv4;\n  route 198.19.0.100/32 blackhole;\n}\n"),
         "{text}"
     );
     assert!(
         text.contains(
-            "protocol static xlb6 {\n  ipv6;\n  route 2001:db8:19::100/128 blackhole;\n}\n"
+            "protocol static xlb6 {\n  description \"xlb t\";\n  ipv6;\n  route 2001:db8:19::100/128 blackhole;\n}\n"
         ),
         "{text}"
     );
     // Nothing announced: the protocols stay, empty, so BIRD's export filters still parse.
-    let empty = routes_file(&BTreeSet::new());
+    let empty = routes_file(&BTreeSet::new(), "t");
     assert!(
-        empty.contains("protocol static xlb4 {\n  ipv4;\n}\n"),
+        empty.contains("protocol static xlb4 {\n  description \"xlb t\";\n  ipv4;\n}\n"),
         "{empty}"
     );
     assert!(!empty.contains("  route "), "{empty}");

@@ -148,3 +148,34 @@ fn a_crashed_xlb_keeps_its_routes_and_a_crashed_bird_takes_them() {
     let counts = http_from_all(&fleet, vip4(), 100);
     assert_eq!(counts.values().sum::<u32>(), 200, "{counts:?}");
 }
+
+#[test]
+fn a_routes_file_that_bird_does_not_read_is_reported_not_applied() {
+    if !require_root("a_routes_file_that_bird_does_not_read_is_reported_not_applied") {
+        return;
+    }
+    let mut fleet = Fleet::new(Spec::new(2, vec![web()]));
+    fleet.wait_next_hops(VIP4, &[0, 1], Duration::from_secs(20));
+    // Host 1 restarted with a routes file its BIRD does not include (a typo, say).
+    fleet.hosts[1].daemon.stop_with(libc::SIGTERM);
+    fleet.wait_next_hops(VIP4, &[0], Duration::from_secs(5));
+    let path = fleet.hosts[1].daemon.config_path();
+    let included = fleet.hosts[1].routes_file.display().to_string();
+    let config = std::fs::read_to_string(&path).expect("config");
+    let typo = config.replace(&included, &format!("{included}.typo"));
+    assert_ne!(config, typo);
+    std::fs::write(&path, typo).expect("config");
+    fleet.hosts[1].daemon.start();
+    let (status, _) = fleet.hosts[1].daemon.wait_status(
+        "xlb reports that BIRD does not run its routes file",
+        Duration::from_secs(5),
+        |s| s["announce"]["applied"] == false && !s["announce"]["error"].is_null(),
+    );
+    let error = status["announce"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("does BIRD's config include"), "{status:#}");
+    assert_eq!(
+        fleet.next_hops(VIP4),
+        [host4(0)],
+        "the router got host 1 anyway"
+    );
+}
