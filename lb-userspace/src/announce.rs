@@ -157,10 +157,9 @@ pub fn routes(decisions: &[Decision]) -> BTreeSet<IpAddr> {
 /// as next hop and never installs it in this host's kernel. Each protocol's description
 /// is `xlb TOKEN`, by which xlb checks that BIRD runs this very file.
 pub fn routes_file(routes: &BTreeSet<IpAddr>, token: &str) -> String {
-    let mut text = String::from(
-        "# Written by xlb (daemon.announce.routes_file) on every change of what this host\n\
-         # announces; BIRD reads it on `configure`. Do not edit: xlb replaces it.\n",
-    );
+    let mut text = String::from(ROUTES_FILE_HEADER);
+    text += " (daemon.announce.routes_file) on every change of what this host\n\
+             # announces; BIRD reads it on `configure`. Do not edit: xlb replaces it.\n";
     for (name, family, v4) in [(PROTOCOL4, "ipv4", true), (PROTOCOL6, "ipv6", false)] {
         text += &format!(
             "protocol static {name} {{\n  description \"{}\";\n  {family};\n",
@@ -173,6 +172,15 @@ pub fn routes_file(routes: &BTreeSet<IpAddr>, token: &str) -> String {
         text += "}\n";
     }
     text
+}
+
+/// How every routes file xlb writes begins.
+pub const ROUTES_FILE_HEADER: &str = "# Written by xlb";
+
+/// Whether xlb may replace a file holding `existing`: one it wrote, or an empty one
+/// (installed for BIRD's first start). Anything else is someone else's file.
+pub fn may_replace(existing: &str) -> bool {
+    existing.trim().is_empty() || existing.starts_with(ROUTES_FILE_HEADER)
 }
 
 /// The description of the routes file's protocols for `token`.

@@ -149,6 +149,19 @@ pub fn publish(a: &crate::config::Announce, routes: &BTreeSet<IpAddr>) -> Result
             .unwrap_or_default()
             .as_nanos()
     );
+    match std::fs::read_to_string(&a.routes_file) {
+        Ok(existing) if !crate::announce::may_replace(&existing) => {
+            return Err(format!(
+                "{} is not a routes file xlb wrote (it does not begin with {:?}): not \
+                 replacing it; point daemon.announce.routes_file at a file of its own",
+                a.routes_file.display(),
+                crate::announce::ROUTES_FILE_HEADER
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("reading {}: {e}", a.routes_file.display())),
+    }
     replace_file(&a.routes_file, routes_file(routes, &token).as_bytes())
         .map_err(|e| format!("writing {}: {e}", a.routes_file.display()))?;
     let reply = command(&a.bird_socket, "configure").map_err(|e| e.to_string())?;

@@ -266,3 +266,12 @@ fn bad_settings_name_their_key() {
     );
     assert!(check(&Announce::default()).is_empty());
 }
+
+#[test]
+fn only_files_xlb_wrote_or_empty_ones_are_replaced() {
+    assert!(may_replace(""));
+    assert!(may_replace("\n"));
+    assert!(may_replace(&routes_file(&BTreeSet::new(), "t")));
+    assert!(!may_replace("router id 1.2.3.4; # operator-owned\n"));
+    assert!(!may_replace("protocol static xlb4 {\n  ipv4;\n}\n"));
+}

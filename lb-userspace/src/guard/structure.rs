@@ -43,6 +43,21 @@ pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
         for (key, message, hint) in crate::announce::check(a) {
             bad(key, message, hint);
         }
+        for v in &c.vips {
+            let weighted = v.backends.iter().filter(|b| b.weight > 0).count();
+            if (weighted as u64) < u64::from(a.min_healthy_backends) {
+                bad(
+                    "daemon.announce.min_healthy_backends",
+                    format!(
+                        "VIP {} has {weighted} backend(s) with weight above 0 and \
+                         daemon.announce.min_healthy_backends is {}: it would never be \
+                         announced",
+                        v.name, a.min_healthy_backends
+                    ),
+                    "lower min_healthy_backends or add backends",
+                );
+            }
+        }
     }
     if c.vips.is_empty() && !c.allow_empty {
         bad(

@@ -403,6 +403,31 @@ weight = 1
         "{:#?}",
         p.violations
     );
+    // More healthy backends asked for than a VIP has: it would never be announced.
+    let c = config::parse(
+        &text
+            .replace("min_healthy_backends = 0", "min_healthy_backends = 3")
+            .replace("drain_time = \"10m\"", "")
+            .replace("\"bird.ctl\"", "\"/run/bird/bird.ctl\""),
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    let p = check(&c, None);
+    let got: Vec<(Option<usize>, &str)> = p
+        .violations
+        .iter()
+        .map(|v| (v.line, v.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [(
+            Some(7),
+            "VIP web has 2 backend(s) with weight above 0 and \
+             daemon.announce.min_healthy_backends is 3: it would never be announced"
+        )],
+        "{:#?}",
+        p.violations
+    );
     let unknown = config::parse(
         "[daemon.announce]\nbird_sock = \"/run/bird/bird.ctl\"\n",
         Path::new("t.toml"),
