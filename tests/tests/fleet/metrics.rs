@@ -53,9 +53,12 @@ pub(crate) fn mismatch_alert_fires(lines: &[Vec<String>], vip: &str, tables: usi
          \x20             description: >-\n                The hosts of VIP {vip} have differed for 10 minutes in the table\n\
          \x20               fingerprint, hash_seed or table_size of xlb_vip_table_info, so a flow\n\
          \x20               that moves between two of them changes backend. Compare\n\
-         \x20               xlb_vip_table_info{{vip=\"{vip}\"}} by instance, then apply the config\n\
-         \x20               repository's file to the odd host (hash_seed and table_size take effect\n\
-         \x20               when `xlb run` starts).\n",
+         \x20               xlb_vip_table_info{{vip=\"{vip}\"}} by instance. A different hash_seed or\n\
+         \x20               table_size is a config difference: apply the config repository's file to\n\
+         \x20               the host that differs (both take effect when `xlb run` starts). The same\n\
+         \x20               seed and size with another fingerprint is a different table: a config or\n\
+         \x20               weight change not on every host, or health seen differently (`xlb status`\n\
+         \x20               on each host shows which backends are down).\n",
         rules.display()
     );
     let path = dir.path().join("fleet.test.yml");
