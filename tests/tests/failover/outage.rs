@@ -30,7 +30,9 @@ pub(crate) enum Failure {
 /// What `outage` measured, on the request loop's clock.
 pub(crate) struct Outage {
     pub(crate) failed_at: Duration,
-    /// From the failure to the start of the last failed request.
+    pub(crate) repaired_at: Duration,
+    /// From the failure to the start of the last failed request that started before
+    /// the repair.
     pub(crate) last_failure: Duration,
     /// From the failure to `held: down` in status.
     pub(crate) detected: Duration,
@@ -141,15 +143,20 @@ pub(crate) fn outage(
         "failed requests went elsewhere than b2: {failures:?}"
     );
     let last = attempts
-        .last_failure()
+        .failures()
+        .map(|a| a.at)
+        .filter(|&at| at < repaired_at)
+        .max()
         .expect("no request failed: b2 did not fail");
     let first = attempts
         .first_answer_from("b2", repaired_at)
         .expect("b2 got no new flows after its repair");
-    // Requests that b2 should have answered once it answered one: b2's probes come from
-    // the load balancer, and the first client connections after a link comes back can
-    // still time out on b2's own return path (seen under heavy load: three within 11 ms,
-    // 0.45 s after the repair, answered again 0.5 s later), which no probe sees.
+    // Requests that b2 should have answered once it answered one. Before that, the first
+    // connections after its link returns can time out on b2's own return path, which
+    // the probes (from the load balancer) do not cross: seen in full runs, b2 answering
+    // clients again up to 1 s after its probes passed, most likely its neighbour entry
+    // for the client, left incomplete while the link was down, waiting for its next
+    // retransmit (1 s).
     let late = attempts.failures_from(first);
     assert!(
         late.is_empty(),
@@ -163,6 +170,7 @@ pub(crate) fn outage(
     );
     Outage {
         failed_at,
+        repaired_at,
         last_failure: last.saturating_sub(failed_at),
         detected,
         first_answer: first.saturating_sub(repaired_at),
@@ -195,11 +203,15 @@ pub(crate) fn check_outage(what: &str, o: &Outage, bound: Duration) {
         "{what}: failures went on for {:?}",
         o.last_failure
     );
-    assert!(
-        o.attempts.failures_from(o.failed_at + bound).is_empty(),
-        "{what}: {:?}",
-        o.attempts.failures_from(o.failed_at + bound)
-    );
+    // Failures after the repair (before b2 answered again: `outage` allows none after)
+    // are b2's own return path, not the outage's length.
+    let late: Vec<_> = o
+        .attempts
+        .failures_from(o.failed_at + bound)
+        .into_iter()
+        .filter(|a| a.at < o.repaired_at)
+        .collect();
+    assert!(late.is_empty(), "{what}: {late:?}");
     let rise = INTERVAL * (RISE - 1);
     assert!(
         o.first_answer >= rise && o.first_answer <= INTERVAL * RISE + Duration::from_secs(1),
