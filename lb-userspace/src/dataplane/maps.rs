@@ -52,21 +52,31 @@ pub struct Maps {
     pub(super) names: Option<NameMaps>,
 }
 
-fn map_err(map: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
+/// A failed map operation on `map`, saying what was being done.
+pub(super) fn map_err(
+    map: &'static str,
+    what: impl Into<String>,
+) -> impl FnOnce(MapError) -> DataplaneError {
     let what = what.into();
     move |source| DataplaneError::Map { map, what, source }
 }
 
-/// Mapping a table into memory failed; reported like aya's own map errors.
+/// A system call about `map` that aya does not make for us, reported like aya's own.
+pub(super) fn syscall_err(
+    map: &'static str,
+    what: impl Into<String>,
+    call: &'static str,
+    io_error: std::io::Error,
+) -> DataplaneError {
+    map_err(map, what)(MapError::SyscallError(aya::sys::SyscallError {
+        call,
+        io_error,
+    }))
+}
+
+/// Mapping a table into memory failed.
 fn table_err(what: &str, io_error: std::io::Error) -> DataplaneError {
-    DataplaneError::Map {
-        map: names::RINGS,
-        what: what.to_string(),
-        source: MapError::SyscallError(aya::sys::SyscallError {
-            call: "mmap",
-            io_error,
-        }),
-    }
+    syscall_err(names::RINGS, what, "mmap", io_error)
 }
 
 /// Zeroes entry `id` of a per-CPU array on every CPU.

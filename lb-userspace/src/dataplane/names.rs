@@ -13,7 +13,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData};
 use bytemuck::{Pod, Zeroable};
 use lb_common::reason::{REASON_COUNT, Reason, XDP_DROP, XDP_PASS, XDP_TX};
 
@@ -21,6 +21,7 @@ pub(crate) use super::btf::text;
 use super::{
     DataplaneError,
     btf::{self, Field},
+    maps::{map_err, syscall_err},
     pins,
 };
 
@@ -132,10 +133,11 @@ impl NameMaps {
             ("xlb_vip_name", &VIP_FIELDS),
             ("xlb_reason_name", &REASON_FIELDS),
         ]);
-        let btf_fd = load_btf(&blob).map_err(|e| create_err(BACKEND_NAMES, "loading BTF", e))?;
+        let btf_fd = load_btf(&blob)
+            .map_err(|e| syscall_err(BACKEND_NAMES, "loading BTF", "BPF_BTF_LOAD", e))?;
         let make = |name: &'static str, map_type, entries, value: (u32, u32)| {
             let fd = create_map(name, map_type, entries, value, ids.u32_id, &btf_fd)
-                .map_err(|e| create_err(name, "creating", e))?;
+                .map_err(|e| syscall_err(name, "creating", "BPF_MAP_CREATE", e))?;
             let data = MapData::from_fd(fd).map_err(map_err(name, "adopting"))?;
             let path = pins::map(pin_dir, name);
             match std::fs::remove_file(&path) {
@@ -215,19 +217,6 @@ fn replace<V: aya::Pod + PartialEq>(
             .map_err(map_err(name, format!("removing id {id}")))?;
     }
     Ok(())
-}
-
-fn map_err(map: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
-    let what = what.into();
-    move |source| DataplaneError::Map { map, what, source }
-}
-
-fn create_err(map: &'static str, call: &'static str, io_error: std::io::Error) -> DataplaneError {
-    DataplaneError::Map {
-        map,
-        what: call.into(),
-        source: MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
-    }
 }
 
 /// `union bpf_attr` for BPF_BTF_LOAD (every field up to `btf_token_fd`, so no padding

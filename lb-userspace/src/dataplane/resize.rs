@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
 use lb_common::{Backend, BackendStats, VipStats, maps as names};
 
-use super::{DataplaneError, Maps, pins};
+use super::{DataplaneError, Maps, maps::map_err, pins};
 
 /// The contents of every array that is being resized.
 #[derive(Default)]
@@ -38,19 +38,14 @@ fn too_small(path: &Path, key: &str, want: u32, highest: u32, state: &str) -> Da
 }
 
 fn open(path: &Path, name: &'static str) -> Result<MapData, DataplaneError> {
-    MapData::from_pin(path).map_err(|source| DataplaneError::Map {
-        map: name,
-        what: format!("opening {} to resize it", path.display()),
-        source,
-    })
+    MapData::from_pin(path).map_err(map_err(
+        name,
+        format!("opening {} to resize it", path.display()),
+    ))
 }
 
 fn read_err(name: &'static str, id: u32) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
-    move |source| DataplaneError::Map {
-        map: name,
-        what: format!("reading id {id} to resize"),
-        source,
-    }
+    map_err(name, format!("reading id {id} to resize"))
 }
 
 /// The size (`max_entries`) of map `name` pinned under `pin_dir`, if it is pinned.
@@ -62,11 +57,8 @@ pub(super) fn pinned_size(
     if !path.exists() {
         return Ok(None);
     }
-    let info = MapInfo::from_pin(&path).map_err(|source| DataplaneError::Map {
-        map: name,
-        what: format!("reading {}", path.display()),
-        source,
-    })?;
+    let info =
+        MapInfo::from_pin(&path).map_err(map_err(name, format!("reading {}", path.display())))?;
     Ok(Some(info.max_entries()))
 }
 
@@ -186,13 +178,8 @@ impl Carried {
 
     /// Writes the carried entries into the freshly created maps.
     pub(super) fn restore(self, maps: &mut Maps) -> Result<(), DataplaneError> {
-        let err = |map: &'static str, id: u32| {
-            move |source| DataplaneError::Map {
-                map,
-                what: format!("writing id {id} after resizing"),
-                source,
-            }
-        };
+        let err =
+            |map: &'static str, id: u32| map_err(map, format!("writing id {id} after resizing"));
         for (id, table) in self.tables {
             maps.rings
                 .set(id, &table, 0)

@@ -6,7 +6,10 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use aya_log::EbpfLogger;
 use lb_common::{TraceControl, TraceRate, maps as names};
 
-use super::{Dataplane, DataplaneError, maps::take};
+use super::{
+    Dataplane, DataplaneError,
+    maps::{map_err, take},
+};
 
 /// Turns the program's trace on, off or to another filter.
 pub struct TraceSwitch {
@@ -35,20 +38,15 @@ impl TraceSwitch {
     pub fn set(&mut self, control: &TraceControl) -> Result<(), DataplaneError> {
         self.control
             .set(0, control, 0)
-            .map_err(|source| DataplaneError::Map {
-                map: names::TRACE,
-                what: "setting the trace".into(),
-                source,
-            })
+            .map_err(map_err(names::TRACE, "setting the trace"))
     }
 
     /// Records the rate bound held back since the program was loaded, over all CPUs.
     pub fn suppressed(&self) -> Result<u64, DataplaneError> {
-        let per_cpu = self.rate.get(&0, 0).map_err(|source| DataplaneError::Map {
-            map: names::TRACE_RATE,
-            what: "reading".into(),
-            source,
-        })?;
+        let per_cpu = self
+            .rate
+            .get(&0, 0)
+            .map_err(map_err(names::TRACE_RATE, "reading"))?;
         Ok(per_cpu.iter().map(|r| r.suppressed).sum())
     }
 }
