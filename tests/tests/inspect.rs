@@ -6,7 +6,10 @@
 
 #![cfg(test)]
 
-use std::{net::IpAddr, process::Command};
+use std::{
+    net::IpAddr,
+    process::{Command, Output},
+};
 
 use serde_json::Value;
 use xlb_lab::{
@@ -18,14 +21,19 @@ use xlb_lab::{
     topology::{Topology, VIP4, in_ns},
 };
 
-/// `xlb inspect` for `daemon`'s pin directory: (question, command) pairs.
-fn inspect(daemon: &Daemon, backend: &str) -> Vec<(String, String)> {
-    let out = Command::new(xlb_bin())
+/// `xlb inspect --pin-dir DAEMON'S --backend BACKEND`, run.
+fn inspect_output(daemon: &Daemon, backend: &str) -> Output {
+    Command::new(xlb_bin())
         .args(["inspect", "--pin-dir"])
         .arg(daemon.pin_dir())
         .args(["--backend", backend])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `xlb inspect` for `daemon`'s pin directory: (question, command) pairs.
+fn inspect(daemon: &Daemon, backend: &str) -> Vec<(String, String)> {
+    let out = inspect_output(daemon, backend);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
     stdout
@@ -84,12 +92,7 @@ fn every_documented_bpftool_command_names_the_backends_and_sums_to_xlb_stats() {
     let commands = inspect(&daemon, "web/b2");
     assert_eq!(commands.len(), 8, "{commands:?}");
     // A backend the pins do not name is refused, naming those that exist.
-    let out = Command::new(xlb_bin())
-        .args(["inspect", "--pin-dir"])
-        .arg(daemon.pin_dir())
-        .args(["--backend", "web/b9"])
-        .output()
-        .unwrap();
+    let out = inspect_output(&daemon, "web/b9");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("no such backend") && text(&out).contains("web/b1, web/b2, web/b3"),
