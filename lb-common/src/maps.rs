@@ -16,8 +16,11 @@ pub const VIP_ADDRS: &str = "xlb_vip_addrs";
 pub const RINGS: &str = "xlb_rings";
 /// Backend id -> where to send (MAC, address) and whether it is live.
 pub const BACKENDS: &str = "xlb_backends";
-/// Flow 5-tuple -> backend id and table generation (LRU).
+/// Flow 5-tuple -> backend id, generation, last packet time; only flows in changed
+/// slots have an entry (a hash map that never evicts: userspace ages entries out).
 pub const FLOWS: &str = "xlb_flows";
+/// Per CPU: flow-table inserts, inserts refused (full, flood guard), the guard's window.
+pub const FLOW_STATS: &str = "xlb_flow_stats";
 /// Backend id -> per-CPU {packets, bytes, new_flows}.
 pub const BACKEND_STATS: &str = "xlb_be_stats";
 /// VIP id -> per-CPU {packets, bytes, new_flows, drops}.
@@ -38,7 +41,7 @@ pub const TRACE_LOGS: &str = "AYA_LOGS";
 pub const PROGRAM_LOCAL: [&str; 3] = [TRACE, TRACE_RATE, TRACE_LOGS];
 
 /// Every pinned map the program defines, in one list for loaders and tests.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     CONFIG,
     VIP_FILTER,
     VIPS,
@@ -46,6 +49,7 @@ pub const ALL: [&str; 10] = [
     RINGS,
     BACKENDS,
     FLOWS,
+    FLOW_STATS,
     BACKEND_STATS,
     VIP_STATS,
     REASON_STATS,
@@ -71,17 +75,27 @@ pub const SIZED_BY_BACKENDS: [&str; 2] = [BACKENDS, BACKEND_STATS];
 pub const VIP_FILTER_BITS: u32 = 1 << 16;
 /// `xlb_vip_filter` entries: the bits in 64-bit words.
 pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
-/// Default flow-table capacity; the loader may set another one.
-pub const DEFAULT_FLOW_CAPACITY: u32 = 65536;
+/// Default flow-table capacity (2^20 entries); the loader may set another one. The
+/// table allocates entries as they are written (`BPF_F_NO_PREALLOC`), so its memory
+/// follows the flows in changed slots, not this bound.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
+/// `BPF_F_NO_PREALLOC`: a hash map allocates each element when it is inserted.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// Default flood guard: new flow entries per second per CPU.
+pub const DEFAULT_FLOW_INSERT_RATE: u32 = 125_000;
 
-/// Entries at the start of every table (inner map) before the slots: the table size and
-/// the table's generation. Keeping them inside the table makes "size, generation and
-/// slots" one object that is swapped as a whole.
-pub const TABLE_HEADER: u32 = 2;
+/// Entries at the start of every table (inner map) before the slots: the table size,
+/// the table's generation and the end of its UDP grace window. Keeping them inside the
+/// table makes "size, generation and slots" one object that is swapped as a whole.
+pub const TABLE_HEADER: u32 = 3;
 /// Header index of the number of slots.
 pub const TABLE_HDR_SIZE: u32 = 0;
 /// Header index of the generation (low 32 bits) that built this table.
 pub const TABLE_HDR_GENERATION: u32 = 1;
+/// Header index of the end of the UDP grace window (`CLOCK_MONOTONIC` seconds): until
+/// then, a UDP flow with no entry in a changed slot is taken to be older than the
+/// change (see `unknown_flow_follows_previous`).
+pub const TABLE_HDR_UDP_GRACE: u32 = 2;
 /// Default table size: a prime, so every backend's permutation visits every slot.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest table size the program accepts (the template inner map's capacity is

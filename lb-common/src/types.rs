@@ -136,14 +136,75 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of `xlb_flows`.
+/// Value of `xlb_flows`. Only flows in a changed slot have one (see [`Slot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowValue {
     /// The backend this flow is pinned to.
     pub backend_id: u32,
-    /// Generation (low 32 bits) of the table that chose the backend.
+    /// Generation (low 32 bits) of the table that was live when the entry was written.
     pub generation: u32,
+    /// `CLOCK_MONOTONIC` time (ns, `bpf_ktime_get_coarse_ns`) of the flow's latest
+    /// packet: userspace deletes entries idle for longer than `flow_idle_timeout`.
+    pub last_seen_ns: u64,
+}
+
+/// A table slot as stored: the backend id that owns it (bits 0-15) and, while the slot
+/// is *changed*, the id of an earlier owner whose flows may still be alive (bits 16-31;
+/// 0: the slot is stateless). Backend ids are below 4096, so both fit.
+///
+/// A packet in a stateless slot goes to the owner with no flow-table access at all. In a
+/// changed slot the flow table decides, and a flow it does not know follows
+/// [`unknown_flow_follows_previous`]. Userspace sets `previous` when a new table gives
+/// the slot another owner (keeping the oldest previous owner if the slot is already
+/// changed), and clears it once no live flow entry of the slot names another backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub owner: u32,
+    pub previous: u32,
+}
+
+impl Slot {
+    /// Decodes a stored slot.
+    #[inline(always)]
+    pub const fn unpack(v: u32) -> Slot {
+        Slot {
+            owner: v & 0xffff,
+            previous: v >> 16,
+        }
+    }
+
+    /// The stored form.
+    #[inline(always)]
+    pub const fn pack(self) -> u32 {
+        (self.owner & 0xffff) | (self.previous << 16)
+    }
+
+    /// Whether packets in this slot consult the flow table.
+    #[inline(always)]
+    pub const fn is_changed(self) -> bool {
+        self.previous != 0
+    }
+}
+
+/// Where a packet of a flow with no entry goes in a changed slot: `true` for the slot's
+/// previous owner, `false` for its owner. A TCP SYN starts a connection, which follows
+/// the new table; any other TCP packet belongs to a connection older than the change.
+/// UDP has no connection start: during the grace window after the VIP's latest table
+/// change (`now_s < grace_until_s`, `CLOCK_MONOTONIC` seconds) an unknown flow is taken
+/// to be an old one, afterwards to be new. The program and `xlb explain` both ask this.
+#[inline(always)]
+pub const fn unknown_flow_follows_previous(
+    proto: u8,
+    syn: bool,
+    now_s: u32,
+    grace_until_s: u32,
+) -> bool {
+    if proto == PROTO_TCP {
+        !syn
+    } else {
+        now_s < grace_until_s
+    }
 }
 
 /// Value of `xlb_config` (a one-entry array).
@@ -155,6 +216,8 @@ pub struct Config {
     /// MAC of the interface the program is attached to: the source MAC of forwarded frames.
     pub if_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The flood guard: at most this many new flow entries per second on each CPU.
+    pub flow_insert_rate: u32,
 }
 
 /// Value of `xlb_be_stats` (per CPU; sum the CPUs).
@@ -174,6 +237,27 @@ pub struct VipStats {
     pub bytes: u64,
     pub new_flows: u64,
     pub drops: u64,
+    /// Forwarded packets that consulted the flow table (their slot was changed); the
+    /// rest of `packets` took the stateless path.
+    pub stateful: u64,
+}
+
+/// Value of `xlb_flow_stats` (per CPU, one entry; sum the CPUs): the flow table's
+/// traffic and the flood guard's window. Only packets in changed slots touch it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowStats {
+    /// New entries written.
+    pub inserts: u64,
+    /// Entries not written because the table was full (nothing is ever evicted).
+    pub refused_full: u64,
+    /// Entries not written because this CPU had used its `flow_insert_rate` this second.
+    pub refused_rate: u64,
+    /// Start of the guard's current one-second window (`bpf_ktime_get_coarse_ns`).
+    pub window_ns: u64,
+    /// Entries written in the current window.
+    pub window_inserts: u32,
+    pub _pad: u32,
 }
 
 /// Value of `xlb_reasons` (per CPU; sum the CPUs).
@@ -229,10 +313,11 @@ const _: () = {
     assert!(size_of::<VipAddrKey>() == 20);
     assert!(size_of::<Backend>() == 52);
     assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<FlowValue>() == 8);
-    assert!(size_of::<Config>() == 12);
+    assert!(size_of::<FlowValue>() == 16);
+    assert!(size_of::<Config>() == 16);
     assert!(size_of::<BackendStats>() == 24);
-    assert!(size_of::<VipStats>() == 32);
+    assert!(size_of::<VipStats>() == 40);
+    assert!(size_of::<FlowStats>() == 40);
     assert!(size_of::<ReasonStats>() == 16);
     assert!(size_of::<TraceControl>() == 40);
     assert!(size_of::<TraceRate>() == 24);
@@ -263,6 +348,8 @@ mod user {
     unsafe impl aya::Pod for VipStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ReasonStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TraceControl {}
     // SAFETY: as above.

@@ -28,6 +28,7 @@ pub(crate) fn count_forwarded(chosen: &Chosen, len: u64) {
             (*s).packets += 1;
             (*s).bytes += len;
             (*s).new_flows += new;
+            (*s).stateful += u64::from(chosen.stateful);
         }
     }
     if let Some(s) = BACKEND_STATS.get_ptr_mut(chosen.backend_id) {

@@ -1,7 +1,7 @@
 //! The xlb XDP program: entry point only. The packet path is one stage per module:
-//! `parse` -> `vip` filter -> `select` (a known flow's backend; otherwise the `vip`
-//! lookup and the VIP's weighted table) -> `forward` -> `counters` -> `trace`. Every exit
-//! carries a named `Reason`.
+//! `parse` -> `vip` (filter, then lookup) -> `select` (the slot of the VIP's weighted
+//! table; in a changed slot, `flowstate` consults the flow table) -> `forward` ->
+//! `counters` -> `trace`. Every exit carries a named `Reason`.
 #![no_std]
 #![no_main]
 #![expect(
@@ -11,6 +11,7 @@
 )]
 
 mod counters;
+mod flowstate;
 mod forward;
 mod maps;
 mod parse;
@@ -50,16 +51,7 @@ fn process(
 ) -> Result<(), Reason> {
     let parsed = parse::parse(ctx, flow)?;
     vip::screen(flow)?;
-    // A SYN opens a connection: it is a new flow whatever entry its 5-tuple has left.
-    let known = if parsed.syn {
-        None
-    } else {
-        select::established(flow)
-    };
-    let chosen = match known {
-        Some(chosen) => chosen,
-        None => select::new_flow(flow, &vip::lookup_vip(flow)?, parsed.syn)?,
-    };
+    let chosen = select::select(flow, &vip::lookup_vip(flow)?, parsed.syn)?;
     decision.backend_id = chosen.backend_id;
     decision.new_flow = chosen.new_flow;
     forward::l2_dsr(ctx, chosen.backend)?;

@@ -2,22 +2,22 @@
 //! object against that list); capacities the loader may override are marked.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, TraceRate, VipAddrKey, VipInfo,
-    VipKey, VipStats,
+    Backend, BackendStats, Config, FlowKey, FlowStats, FlowValue, ReasonStats, TraceRate,
+    VipAddrKey, VipInfo, VipKey, VipStats,
     maps::{
-        DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, TABLE_HEADER,
-        TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
+        BPF_F_NO_PREALLOC, DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS,
+        TABLE_HEADER, TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
     },
     reason::REASON_COUNT,
 };
 
 const TEMPLATE_TABLE_ENTRIES: usize = (DEFAULT_TABLE_SIZE + TABLE_HEADER) as usize;
 
-/// Hash seed and this interface's MAC (one entry).
+/// Hash seed, this interface's MAC, the flood guard's rate (one entry).
 #[btf_map(name = "xlb_config")]
 pub(crate) static CONFIG: Array<Config, 1> = Array::new();
 
@@ -34,8 +34,9 @@ pub(crate) static VIPS: HashMap<VipKey, VipInfo, { MAX_VIPS as usize }> = HashMa
 #[btf_map(name = "xlb_vip_addrs")]
 pub(crate) static VIP_ADDRS: HashMap<VipAddrKey, u32, { MAX_VIPS as usize }> = HashMap::new();
 
-/// VIP id -> the VIP's live table: `[size, generation, slot 0 .. slot size-1]` of backend
-/// ids. The control plane builds a complete new inner map and swaps it in with one update.
+/// VIP id -> the VIP's live table: `[size, generation, UDP grace end, slot 0 .. slot
+/// size-1]`, each slot a packed `lb_common::Slot`. The control plane builds a complete
+/// new inner map and swaps it in with one update.
 #[btf_map(name = "xlb_rings")]
 pub(crate) static RINGS: ArrayOfMaps<
     Array<u32, TEMPLATE_TABLE_ENTRIES, { TABLE_MAP_FLAGS as usize }>,
@@ -46,17 +47,26 @@ pub(crate) static RINGS: ArrayOfMaps<
 #[btf_map(name = "xlb_backends")]
 pub(crate) static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// Connection 5-tuple -> pinned backend (capacity set by the loader).
+/// Connection 5-tuple -> pinned backend, for flows in changed slots only (capacity set
+/// by the loader). A plain hash map: a full table refuses inserts and evicts nothing.
 #[btf_map(name = "xlb_flows")]
-pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOW_CAPACITY as usize }> =
-    LruHashMap::new();
+pub(crate) static FLOWS: HashMap<
+    FlowKey,
+    FlowValue,
+    { DEFAULT_FLOW_CAPACITY as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// Per CPU: flow-table inserts and refusals, and the flood guard's window.
+#[btf_map(name = "xlb_flow_stats")]
+pub(crate) static FLOW_STATS: PerCpuArray<FlowStats, 1> = PerCpuArray::new();
 
 /// Backend id -> per-CPU packets, bytes, new flows.
 #[btf_map(name = "xlb_be_stats")]
 pub(crate) static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
     PerCpuArray::new();
 
-/// VIP id -> per-CPU packets, bytes, new flows, drops.
+/// VIP id -> per-CPU packets, bytes, new flows, drops, packets that were stateful.
 #[btf_map(name = "xlb_vip_stats")]
 pub(crate) static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray::new();
 

@@ -1,7 +1,7 @@
 //! Stage 2: is this packet for a VIP? First one bit of `xlb_vip_filter` (an array read,
 //! no hashing by the kernel): clear means no VIP has this (address, port, protocol), so
 //! host traffic leaves here. A set bit may be shared with a VIP; the exact answer is a
-//! hash lookup in `xlb_vips`, which only packets not of a known flow need.
+//! hash lookup in `xlb_vips`.
 
 use lb_common::{FlowKey, Reason, VipAddrKey, VipInfo, VipKey, vip_filter_bit};
 

@@ -36,7 +36,7 @@ mod health_check;
 mod parse;
 
 pub use announce::{Announce, DEFAULT_BIRD_SOCKET, DEFAULT_ROUTES_FILE, MAX_DRAIN_TIME};
-pub use daemon::{Daemon, XdpMode};
+pub use daemon::{DEFAULT_FLOW_IDLE_TIMEOUT_S, DEFAULT_UDP_GRACE_S, Daemon, XdpMode};
 pub use health_check::{CheckKind, HealthCheck};
 pub use parse::{load, parse, to_toml};
 

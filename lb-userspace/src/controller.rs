@@ -174,6 +174,12 @@ impl Controller {
         self.current.as_ref()
     }
 
+    /// Deletes idle flow entries and makes stateless the changed slots that no longer
+    /// need state (see `crate::flowstate`).
+    pub fn sweep_flows(&mut self, idle_ns: u64) -> Result<crate::dataplane::FlowSweep, ApplyError> {
+        Ok(self.maps.sweep_flows(idle_ns)?)
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
+pub mod flowstate;
 pub mod guard;
 pub mod health;
 pub mod history;

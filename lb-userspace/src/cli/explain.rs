@@ -16,6 +16,24 @@ pub(crate) fn explain(
     let e: Explain = serde_json::from_value(r.data).map_err(|e| e.to_string())?;
     if json {
         print_json(&e)?;
+    } else if e.why == "changed-slot" {
+        say!(
+            "{} -> vip {}: backend {} (id {}): hash {:#010x} -> slot {} of generation {}'s table, \
+             which changed owner; the flow has no entry{}",
+            e.client,
+            e.vip,
+            e.backend,
+            e.backend_id,
+            e.hash.unwrap_or(0),
+            e.slot.unwrap_or(0),
+            e.generation,
+            e.previous
+                .as_deref()
+                .map(|p| format!(
+                    " (a new connection; its other packets go to the previous owner, {p})"
+                ))
+                .unwrap_or_default()
+        );
     } else if e.why == "flow-entry" {
         say!(
             "{} -> vip {}: backend {} (id {}), from its flow entry (chosen by generation {})",
@@ -27,7 +45,7 @@ pub(crate) fn explain(
         );
     } else {
         say!(
-            "{} -> vip {}: backend {} (id {}), new flow: hash {:#010x} -> slot {} of generation {}'s table",
+            "{} -> vip {}: backend {} (id {}): hash {:#010x} -> slot {} of generation {}'s table (stateless: no flow entry needed)",
             e.client,
             e.vip,
             e.backend,

@@ -9,6 +9,11 @@ use crate::dataplane::AttachMode;
 
 use super::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 
+/// Default `[daemon] flow_idle_timeout` (seconds).
+pub const DEFAULT_FLOW_IDLE_TIMEOUT_S: u32 = 300;
+/// Default `[daemon] udp_grace` (seconds).
+pub const DEFAULT_UDP_GRACE_S: u32 = 30;
+
 /// Settings of `xlb run`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,8 +36,18 @@ pub struct Daemon {
     pub hash_seed: u32,
     /// Slots per VIP table: a prime; more slots give finer shares.
     pub table_size: u32,
-    /// Entries of the flow table (LRU); only takes effect when the maps are created.
+    /// Entries of the flow table, which holds only flows in changed slots and never
+    /// evicts; only takes effect when the maps are created.
     pub flow_capacity: u32,
+    /// Seconds without a packet after which a flow entry is deleted; a changed slot
+    /// becomes stateless no sooner than this after its change.
+    pub flow_idle_timeout: u32,
+    /// Seconds after a table change during which a UDP flow the flow table does not
+    /// know, in a changed slot, is taken to be older than the change (at most
+    /// `flow_idle_timeout`).
+    pub udp_grace: u32,
+    /// The flood guard: new flow entries per second on each CPU.
+    pub flow_insert_rate: u32,
     /// VIP ids the maps hold (ids 1..max_vips): the size of the per-VIP arrays, and so
     /// of their bpftool dumps. A start with another value resizes the pinned arrays,
     /// keeping their contents.
@@ -59,6 +74,9 @@ impl Default for Daemon {
             hash_seed: 0,
             table_size: lb_common::maps::DEFAULT_TABLE_SIZE,
             flow_capacity: lb_common::maps::DEFAULT_FLOW_CAPACITY,
+            flow_idle_timeout: DEFAULT_FLOW_IDLE_TIMEOUT_S,
+            udp_grace: DEFAULT_UDP_GRACE_S,
+            flow_insert_rate: lb_common::maps::DEFAULT_FLOW_INSERT_RATE,
             max_vips: lb_common::maps::DEFAULT_MAX_VIPS,
             max_backends: lb_common::maps::DEFAULT_MAX_BACKENDS,
             announce: None,
@@ -89,6 +107,17 @@ impl Daemon {
                 "flow_capacity",
                 show(&self.flow_capacity),
                 show(&new.flow_capacity),
+            ),
+            (
+                "flow_idle_timeout",
+                show(&self.flow_idle_timeout),
+                show(&new.flow_idle_timeout),
+            ),
+            ("udp_grace", show(&self.udp_grace), show(&new.udp_grace)),
+            (
+                "flow_insert_rate",
+                show(&self.flow_insert_rate),
+                show(&new.flow_insert_rate),
             ),
             ("max_vips", show(&self.max_vips), show(&new.max_vips)),
             (

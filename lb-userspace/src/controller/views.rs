@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 
-use lb_common::{BackendStats, FlowKey, flow_hash, table_slot};
+use lb_common::{
+    BackendStats, FlowKey, PROTO_TCP, Slot, flow_hash, table_slot, unknown_flow_follows_previous,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::history::Ids;
@@ -53,38 +55,52 @@ impl Controller {
                 .find_map(|(k, _)| k.strip_prefix(v.name.as_str())?.strip_prefix('/'))
                 .map(str::to_string)
         };
+        let seed = self.maps.config()?.hash_seed;
+        let (generation, slots) = self.maps.table_slots(vip_id)?;
+        let hash = flow_hash(&flow, seed);
+        let slot = table_slot(hash, slots.len().max(1) as u32);
+        let stored = Slot::unpack(slots.get(slot as usize).copied().unwrap_or(0));
+        let explain = |backend_id: u32, why: &str, generation: u32| Explain {
+            vip: v.name.clone(),
+            client: client.to_string(),
+            backend: name_of(backend_id).unwrap_or_else(|| "?".into()),
+            backend_id,
+            why: why.into(),
+            generation: u64::from(generation),
+            slot: Some(slot),
+            hash: Some(hash),
+            previous: None,
+        };
+        if !stored.is_changed() {
+            return Ok(explain(stored.owner, "table-slot", generation));
+        }
+        // A changed slot: the flow table decides, as in the program's `flowstate`.
         if let Some(entry) = self.maps.flow(&flow)
             && self
                 .maps
                 .backend(entry.backend_id)
                 .is_ok_and(|b| b.serves(&flow))
         {
-            return Ok(Explain {
-                vip: v.name.clone(),
-                client: client.to_string(),
-                backend: name_of(entry.backend_id).unwrap_or_else(|| "?".into()),
-                backend_id: entry.backend_id,
-                why: "flow-entry".into(),
-                generation: u64::from(entry.generation),
-                slot: None,
-                hash: None,
-            });
+            return Ok(explain(entry.backend_id, "flow-entry", entry.generation));
         }
-        let seed = self.maps.config()?.hash_seed;
-        let (size, generation, slots) = self.maps.table(vip_id)?;
-        let hash = flow_hash(&flow, seed);
-        let slot = table_slot(hash, size);
-        let id = slots.get(slot as usize).copied().unwrap_or(0);
-        Ok(Explain {
-            vip: v.name.clone(),
-            client: client.to_string(),
-            backend: name_of(id).unwrap_or_else(|| "?".into()),
-            backend_id: id,
-            why: "table-slot".into(),
-            generation: u64::from(generation),
-            slot: Some(slot),
-            hash: Some(hash),
-        })
+        let serving = |id: u32| {
+            self.maps
+                .backend(id)
+                .is_ok_and(|b| b.is_live() && b.vip_id == vip_id)
+        };
+        let previous = serving(stored.previous).then_some(stored.previous);
+        let now_s =
+            u32::try_from(crate::dataplane::monotonic_ns() / 1_000_000_000).unwrap_or(u32::MAX);
+        let grace = self.maps.table_udp_grace(vip_id)?;
+        // Without a SYN flag to go by, a TCP flow is explained as a new connection; its
+        // other packets would go to `previous`.
+        let (backend_id, previous) = match previous {
+            Some(p) if unknown_flow_follows_previous(key.proto, false, now_s, grace) => (p, None),
+            p => (stored.owner, p.filter(|_| key.proto == PROTO_TCP)),
+        };
+        let mut e = explain(backend_id, "changed-slot", generation);
+        e.previous = previous.map(|p| name_of(p).unwrap_or_else(|| "?".into()));
+        Ok(e)
     }
 
     /// Counters of every backend and VIP of the running generation.
@@ -168,11 +184,18 @@ pub struct Explain {
     pub client: String,
     pub backend: String,
     pub backend_id: u32,
-    /// "flow-entry" (an established flow) or "table-slot" (a new flow).
+    /// "table-slot": the slot is stateless, so every packet of the flow goes to its
+    /// owner; "flow-entry": the slot changed and the flow has an entry; "changed-slot":
+    /// the slot changed and the flow has no entry (TCP: a new connection goes to
+    /// `backend`, other packets to `previous`; UDP: `backend` per the grace window).
     pub why: String,
     pub generation: u64,
     pub slot: Option<u32>,
     pub hash: Option<u32>,
+    /// In a changed slot, where a TCP packet other than a SYN of a flow with no entry
+    /// goes (the slot's previous owner), when that differs from `backend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

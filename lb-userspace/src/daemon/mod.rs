@@ -17,6 +17,7 @@ mod announcer;
 mod exposition;
 mod file;
 mod fleet_metrics;
+mod flows;
 mod handle;
 mod health;
 mod host;
@@ -132,6 +133,8 @@ fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Starte
     let attaches = !daemon.pin_dir.join(crate::dataplane::pins::LINK).exists();
     dp.attach(&iface, daemon.xdp_mode.into())?;
     dp.maps().set_hash_seed(daemon.hash_seed)?;
+    dp.maps().set_flow_insert_rate(daemon.flow_insert_rate)?;
+    dp.maps().set_udp_grace(daemon.udp_grace);
     let (tracer, trace_records) = trace::Tracer::take(&mut dp)?;
     let mut controller = Controller::new(
         dp.into_maps(),
@@ -225,6 +228,7 @@ async fn serve(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<
     tokio::spawn(trace::reader(Arc::clone(&d), trace_records));
     tokio::spawn(trace::renewer(Arc::clone(&d)));
     tokio::spawn(health::checker(Arc::clone(&d)));
+    tokio::spawn(flows::sweeper(Arc::clone(&d)));
     tokio::spawn(announcer::announcer(Arc::clone(&d)));
     if let Some(iface) = daemon.interface.clone() {
         tokio::spawn(neighbours::refresher(Arc::clone(&d), iface));

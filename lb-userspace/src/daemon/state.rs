@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub running: watch::Receiver<Option<Arc<crate::history::Record>>>,
     /// The VIP announcement, with `[daemon.announce]`.
     pub announcing: Option<Arc<super::announcer::Announcing>>,
+    /// What the flow sweeper found.
+    pub sweeps: Mutex<super::flows::Sweeps>,
     stop: watch::Sender<Stop>,
 }
 
@@ -86,6 +88,7 @@ impl Shared {
             rollout: Mutex::new(None),
             rollouts: Mutex::new([("completed", 0), ("rolled_back", 0), ("aborted", 0)].into()),
             tracer: Arc::new(tracer),
+            sweeps: Mutex::new(super::flows::Sweeps::default()),
             stop: watch::Sender::new(Stop::Running),
         }
     }

@@ -82,7 +82,10 @@ impl Tracer {
     /// Writes the kernel filter for the clients attached now (off if none), on for a
     /// lease from now.
     fn apply(&self) {
-        let control = trace::control(lock(&self.clients).values(), monotonic_ns() + lease_ns());
+        let control = trace::control(
+            lock(&self.clients).values(),
+            crate::dataplane::monotonic_ns() + lease_ns(),
+        );
         let written = lock(&self.switch).set(&control);
         if let Err(e) = written {
             warn!("xlb trace: {e}");
@@ -135,18 +138,6 @@ impl Drop for Session {
 
 fn lease_ns() -> u64 {
     trace::LEASE.as_nanos() as u64
-}
-
-/// `CLOCK_MONOTONIC` in ns, which the program's `bpf_ktime_get_coarse_ns` trails by at
-/// most a tick.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
 }
 
 /// Reads the program's records as they arrive, until the daemon stops; then turns the

@@ -10,11 +10,11 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, IterableMap, MapData, MapError, MapInfo, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, Config, FlowKey, FlowValue, ReasonStats, VipAddrKey, VipInfo, VipKey,
-    VipStats,
+    Backend, BackendStats, Config, FlowKey, FlowStats, FlowValue, ReasonStats, Slot, VipAddrKey,
+    VipInfo, VipKey, VipStats,
     maps::{
-        self as names, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HEADER, TABLE_MAP_FLAGS,
-        VIP_FILTER_WORDS,
+        self as names, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HDR_UDP_GRACE, TABLE_HEADER,
+        TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
     },
     reason::{REASON_COUNT, Reason},
 };
@@ -24,7 +24,10 @@ use super::{
     names::{BackendName, NameMaps, VipName},
     pins, table_mem,
 };
-use crate::controller::Capacity;
+use crate::{
+    controller::Capacity,
+    flowstate::{self, LiveTable, SlotChanges},
+};
 
 /// A table to install for one VIP.
 #[derive(Clone, Copy, Debug)]
@@ -32,8 +35,22 @@ pub struct TableWrite<'a> {
     pub vip_id: u32,
     /// Generation that built the table (stored in the table, copied into new flows).
     pub generation: u32,
-    /// Backend id per slot; the length is the table size.
+    /// Backend id per slot; the length is the table size. Slots whose owner differs
+    /// from the live table's become changed (`flowstate::merge`).
     pub slots: &'a [u32],
+}
+
+/// What a flow sweep found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSweep {
+    /// Entries in the flow table before the sweep.
+    pub entries: usize,
+    /// Entries deleted (idle, or no longer needed).
+    pub deleted: usize,
+    /// Changed slots made stateless.
+    pub cleared: usize,
+    /// Changed slots left, over all VIPs.
+    pub changed: usize,
 }
 
 /// Handles on every map of a loaded data plane.
@@ -45,11 +62,17 @@ pub struct Maps {
     pub(super) rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
     pub(super) backends: Array<MapData, Backend>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    flow_stats: PerCpuArray<MapData, FlowStats>,
     pub(super) backend_stats: PerCpuArray<MapData, BackendStats>,
     pub(super) vip_stats: PerCpuArray<MapData, VipStats>,
     reasons: PerCpuArray<MapData, ReasonStats>,
     /// The name maps, for bpftool (none where the caller loaded without them).
     pub(super) names: Option<NameMaps>,
+    /// When each changed slot changed.
+    changes: SlotChanges,
+    /// Seconds after a table switch during which an unknown UDP flow in a changed slot
+    /// goes to the slot's previous owner (`[daemon] udp_grace`).
+    udp_grace_s: u32,
 }
 
 /// A failed map operation on `map`, saying what was being done.
@@ -104,7 +127,7 @@ where
 }
 
 /// (map, key size, value size) as this build defines them; pinned maps must match.
-const LAYOUT: [(&str, usize, usize); 10] = [
+const LAYOUT: [(&str, usize, usize); 11] = [
     (names::CONFIG, 4, size_of::<Config>()),
     (names::VIP_FILTER, 4, 8),
     (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
@@ -112,6 +135,7 @@ const LAYOUT: [(&str, usize, usize); 10] = [
     (names::RINGS, 4, 4),
     (names::BACKENDS, 4, size_of::<Backend>()),
     (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
+    (names::FLOW_STATS, 4, size_of::<FlowStats>()),
     (names::BACKEND_STATS, 4, size_of::<BackendStats>()),
     (names::VIP_STATS, 4, size_of::<VipStats>()),
     (names::REASON_STATS, 4, size_of::<ReasonStats>()),
@@ -145,10 +169,13 @@ impl Maps {
             rings: take(ebpf, names::RINGS)?,
             backends: take(ebpf, names::BACKENDS)?,
             flows: take(ebpf, names::FLOWS)?,
+            flow_stats: take(ebpf, names::FLOW_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
             vip_stats: take(ebpf, names::VIP_STATS)?,
             reasons: take(ebpf, names::REASON_STATS)?,
             names: None,
+            changes: SlotChanges::default(),
+            udp_grace_s: crate::config::DEFAULT_UDP_GRACE_S,
         })
     }
 
@@ -196,6 +223,16 @@ impl Maps {
     /// Sets the flow hash seed (every host behind one ECMP group must use the same).
     pub fn set_hash_seed(&mut self, seed: u32) -> Result<(), DataplaneError> {
         self.update_config(|c| c.hash_seed = seed)
+    }
+
+    /// Sets the UDP grace window of the tables installed from now on.
+    pub fn set_udp_grace(&mut self, seconds: u32) {
+        self.udp_grace_s = seconds;
+    }
+
+    /// Sets the flood guard: new flow entries per second on each CPU.
+    pub fn set_flow_insert_rate(&mut self, rate: u32) -> Result<(), DataplaneError> {
+        self.update_config(|c| c.flow_insert_rate = rate)
     }
 
     /// Writes backend `id` (before any live table references it).
@@ -317,7 +354,9 @@ impl Maps {
         self.rings.set(vip_id, &empty, 0).map_err(map_err(
             names::RINGS,
             format!("removing VIP {vip_id}'s table"),
-        ))
+        ))?;
+        self.changes.forget(vip_id);
+        Ok(())
     }
 
     /// Backend ids some flow entry points at (a full walk of the flow table).
@@ -333,6 +372,9 @@ impl Maps {
     /// `xlb_rings`: a packet sees either the old table or this one, never a mix.
     pub fn install_table(&mut self, table: TableWrite<'_>) -> Result<(), DataplaneError> {
         let size = table.slots.len() as u32;
+        let live = self.table_slots(table.vip_id).ok().map(|(_, slots)| slots);
+        let merged = flowstate::merge(live.as_deref(), table.slots);
+        let now = super::monotonic_ns();
         let inner: Array<MapData, u32> = Array::create(size + TABLE_HEADER, TABLE_MAP_FLAGS)
             .map_err(map_err(
                 names::RINGS,
@@ -341,16 +383,32 @@ impl Maps {
         let mut values = vec![0u32; (size + TABLE_HEADER) as usize];
         values[TABLE_HDR_SIZE as usize] = size;
         values[TABLE_HDR_GENERATION as usize] = table.generation;
-        values[TABLE_HEADER as usize..].copy_from_slice(table.slots);
+        values[TABLE_HDR_UDP_GRACE as usize] = u32::try_from(now / 1_000_000_000)
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.udp_grace_s);
+        values[TABLE_HEADER as usize..].copy_from_slice(&merged.slots);
         table_mem::write(inner.map(), &values).map_err(|e| table_err("filling a new table", e))?;
         self.rings.set(table.vip_id, &inner, 0).map_err(map_err(
             names::RINGS,
             format!("switching VIP {} to its new table", table.vip_id),
-        ))
+        ))?;
+        if live.is_some_and(|l| l.len() == table.slots.len()) {
+            self.changes.mark(table.vip_id, &merged.moved, now);
+        } else {
+            self.changes.forget(table.vip_id);
+        }
+        Ok(())
     }
 
-    /// The live table of `vip_id`: (size, generation, backend id per slot).
+    /// The live table of `vip_id`: (size, generation, owner of each slot).
     pub fn table(&self, vip_id: u32) -> Result<(u32, u32, Vec<u32>), DataplaneError> {
+        let (generation, slots) = self.table_slots(vip_id)?;
+        let owners: Vec<u32> = slots.iter().map(|&s| Slot::unpack(s).owner).collect();
+        Ok((owners.len() as u32, generation, owners))
+    }
+
+    /// The live table of `vip_id` as stored: (generation, packed `Slot` per slot).
+    pub fn table_slots(&self, vip_id: u32) -> Result<(u32, Vec<u32>), DataplaneError> {
         let what = || format!("reading VIP {vip_id}'s table");
         let inner: Array<MapData, u32> = self
             .rings
@@ -372,7 +430,12 @@ impl Maps {
         }
         values.truncate(end);
         values.drain(..TABLE_HEADER as usize);
-        Ok((size, generation, values))
+        Ok((generation, values))
+    }
+
+    /// The end of VIP `vip_id`'s UDP grace window (`CLOCK_MONOTONIC` seconds).
+    pub fn table_udp_grace(&self, vip_id: u32) -> Result<u32, DataplaneError> {
+        self.table_header(vip_id, TABLE_HDR_UDP_GRACE)
     }
 
     /// The number of slots of VIP `vip_id`'s live table (0: none, or retired).
@@ -397,6 +460,87 @@ impl Maps {
     /// The flow entry for `key`, if the flow is known.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
         self.flows.get(key, 0).ok()
+    }
+
+    /// Every flow entry (a walk of the flow table, two syscalls per entry).
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Deletes idle and unneeded flow entries and makes stateless again every changed
+    /// slot that no longer needs state (`flowstate::plan_sweep`), with entries idle for
+    /// more than `idle_ns` expiring. Each slot is cleared with one 4-byte store into the
+    /// live table, which a packet sees whole or not at all.
+    pub fn sweep_flows(&mut self, idle_ns: u64) -> Result<FlowSweep, DataplaneError> {
+        let seed = self.config()?.hash_seed;
+        let mut tables = Vec::new();
+        for (key, info) in self.vips() {
+            if let Ok((_, slots)) = self.table_slots(info.vip_id) {
+                tables.push(LiveTable {
+                    vip_id: info.vip_id,
+                    key,
+                    slots,
+                });
+            }
+        }
+        let now = super::monotonic_ns();
+        let plan =
+            flowstate::plan_sweep(self.flows(), &tables, seed, now, idle_ns, &mut self.changes);
+        for key in &plan.delete {
+            match self.flows.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::FLOWS, "deleting an idle entry")(e)),
+            }
+        }
+        let mut by_vip: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = Default::default();
+        for &(vip_id, slot, stored) in &plan.clear {
+            by_vip.entry(vip_id).or_default().push((slot, stored));
+        }
+        for (vip_id, slots) in by_vip {
+            let what = || format!("clearing changed slots of VIP {vip_id}");
+            let inner: Array<MapData, u32> = self
+                .rings
+                .get(&vip_id, 0)
+                .map_err(map_err(names::RINGS, what()))?;
+            let clear: Vec<(usize, u32, u32)> = slots
+                .iter()
+                .map(|&(slot, stored)| {
+                    let owner = Slot::unpack(stored).owner;
+                    ((TABLE_HEADER + slot) as usize, stored, owner)
+                })
+                .collect();
+            table_mem::replace(inner.map(), &clear).map_err(|e| table_err(&what(), e))?;
+        }
+        Ok(FlowSweep {
+            entries: plan.entries,
+            deleted: plan.delete.len(),
+            cleared: plan.clear.len(),
+            changed: plan.changed,
+        })
+    }
+
+    /// The flow table's counters, summed over CPUs.
+    pub fn flow_stats(&self) -> Result<FlowStats, DataplaneError> {
+        let per_cpu = self
+            .flow_stats
+            .get(&0, 0)
+            .map_err(map_err(names::FLOW_STATS, "reading"))?;
+        Ok(per_cpu.iter().fold(FlowStats::default(), |a, s| FlowStats {
+            inserts: a.inserts + s.inserts,
+            refused_full: a.refused_full + s.refused_full,
+            refused_rate: a.refused_rate + s.refused_rate,
+            ..FlowStats::default()
+        }))
+    }
+
+    /// The flow table's capacity.
+    pub fn flow_capacity(&self) -> Result<u32, DataplaneError> {
+        Ok(self
+            .flows
+            .map()
+            .info()
+            .map_err(map_err(names::FLOWS, "reading its info"))?
+            .max_entries())
     }
 
     /// Zeroes backend `id`'s counters (when the id is retired or gets a new owner).
@@ -435,6 +579,7 @@ impl Maps {
             bytes: a.bytes + s.bytes,
             new_flows: a.new_flows + s.new_flows,
             drops: a.drops + s.drops,
+            stateful: a.stateful + s.stateful,
         }))
     }
 

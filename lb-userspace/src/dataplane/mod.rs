@@ -16,8 +16,20 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use loader::{AttachMode, Dataplane, LoadOptions};
-pub use maps::{Maps, TableWrite};
+pub use maps::{FlowSweep, Maps, TableWrite};
 pub use trace::TraceSwitch;
+
+/// `CLOCK_MONOTONIC` in ns, the program's clock: its `bpf_ktime_get_coarse_ns` trails
+/// this by at most a tick.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned()
+}
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {

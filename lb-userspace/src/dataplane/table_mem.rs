@@ -87,3 +87,20 @@ pub(crate) fn read(map: &MapData, entries: usize) -> io::Result<Vec<u32>> {
         .map(|i| unsafe { m.slot(i).read_volatile() })
         .collect())
 }
+
+/// Stores `new` at entry `i` of the mmap-able array `map` for each `(i, old, new)` whose
+/// entry still holds `old`. Userspace is the tables' only writer, so the check guards
+/// against a stale plan, not against the program.
+pub(crate) fn replace(map: &MapData, changes: &[(usize, u32, u32)]) -> io::Result<()> {
+    let entries = changes.iter().map(|c| c.0 + 1).max().unwrap_or(0);
+    let m = Mapping::new(map, entries, true)?;
+    for &(i, old, new) in changes {
+        // SAFETY: as in `write`; a single aligned u32 store is atomic for the program.
+        unsafe {
+            if m.slot(i).read_volatile() == old {
+                m.slot(i).write_volatile(new);
+            }
+        }
+    }
+    Ok(())
+}

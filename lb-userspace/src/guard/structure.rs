@@ -82,6 +82,32 @@ pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
             );
         }
     }
+    let d = &c.daemon;
+    if d.flow_idle_timeout == 0 {
+        bad(
+            "daemon.flow_idle_timeout",
+            "daemon.flow_idle_timeout = 0 would delete every flow entry at once".into(),
+            "set the seconds a flow may be silent and still keep its backend (default 300)",
+        );
+    }
+    if d.udp_grace > d.flow_idle_timeout {
+        bad(
+            "daemon.udp_grace",
+            format!(
+                "daemon.udp_grace = {} is longer than daemon.flow_idle_timeout = {}: a \
+                 changed slot could become stateless while UDP flows still count as old",
+                d.udp_grace, d.flow_idle_timeout
+            ),
+            "keep udp_grace at most flow_idle_timeout",
+        );
+    }
+    if d.flow_insert_rate == 0 {
+        bad(
+            "daemon.flow_insert_rate",
+            "daemon.flow_insert_rate = 0 would record no flow in a changed slot".into(),
+            "set new flow entries per second per CPU (default 125000)",
+        );
+    }
     if c.vips.len() >= max_vips as usize {
         bad(
             "daemon.max_vips",

@@ -82,12 +82,12 @@ pub(crate) fn fixtures() -> Vec<Fixture> {
             },
         ),
         fx(
-            "a SYN again on that 5-tuple with its backend unchanged (a retransmission): \
-             not another new flow",
+            "a SYN again on that 5-tuple in a stateless slot: counted again (no state \
+             tells a retransmission apart)",
             v4(C4, VIP4, tcp(40000, 80, SYN)),
             Forward {
                 vip: 0,
-                new_flow: false,
+                new_flow: true,
             },
         ),
         fx(
@@ -123,11 +123,11 @@ pub(crate) fn fixtures() -> Vec<Fixture> {
             },
         ),
         fx(
-            "v4 UDP to a UDP VIP",
+            "v4 UDP to a UDP VIP (stateless slot: no flow to count)",
             v4(C4, VIP4, udp(5353, 53)),
             Forward {
                 vip: 2,
-                new_flow: true,
+                new_flow: false,
             },
         ),
         fx(
@@ -143,7 +143,7 @@ pub(crate) fn fixtures() -> Vec<Fixture> {
             v6(C6, "2001:db8::20", udp(6000, 80)),
             Forward {
                 vip: 4,
-                new_flow: true,
+                new_flow: false,
             },
         ),
         fx(

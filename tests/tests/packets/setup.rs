@@ -147,13 +147,21 @@ pub(crate) struct Setup {
 }
 
 pub(crate) fn setup() -> Setup {
+    setup_with(4096)
+}
+
+/// The setup with a flow table of `flow_capacity` entries.
+pub(crate) fn setup_with(flow_capacity: u32) -> Setup {
     let pins = PinDir::new("pkt");
     let mut dp = Dataplane::load(&LoadOptions {
         pin_dir: pins.path().into(),
-        flow_capacity: 4096,
+        flow_capacity,
         ..LoadOptions::default()
     })
     .unwrap();
+    dp.maps()
+        .set_flow_insert_rate(lb_common::maps::DEFAULT_FLOW_INSERT_RATE)
+        .unwrap();
     dp.maps().set_hash_seed(SEED).unwrap();
     dp.maps().set_interface_mac(IF_MAC).unwrap();
     let vips = vips();
@@ -211,7 +219,8 @@ pub(crate) fn flow_key(frame: &xlb_lab::packet::Frame) -> FlowKey {
 pub(crate) struct Counters {
     pub(crate) reasons: Vec<u64>,
     pub(crate) backends: Vec<(u64, u64, u64)>,
-    pub(crate) vips: Vec<(u64, u64, u64, u64)>,
+    /// packets, bytes, new flows, drops, stateful packets.
+    pub(crate) vips: Vec<(u64, u64, u64, u64, u64)>,
 }
 
 pub(crate) fn counters(dp: &mut Dataplane) -> Counters {
@@ -232,7 +241,7 @@ pub(crate) fn counters(dp: &mut Dataplane) -> Counters {
         vips: (0..6)
             .map(|id| {
                 let s = maps.vip_stats(id).unwrap();
-                (s.packets, s.bytes, s.new_flows, s.drops)
+                (s.packets, s.bytes, s.new_flows, s.drops, s.stateful)
             })
             .collect(),
     }

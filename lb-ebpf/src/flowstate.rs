@@ -1,0 +1,121 @@
+//! Stage 3b: flows in a changed slot. Only packets whose slot has a previous owner come
+//! here (see `lb_common::Slot`). A flow with an entry keeps its backend while that
+//! backend is live and serves the VIP; a flow without one follows
+//! `lb_common::unknown_flow_follows_previous` (a TCP SYN: the owner; other TCP: the
+//! previous owner; UDP: the previous owner during the table's grace window) and is
+//! recorded, so it stays put if the slot changes again. Every entry carries its last
+//! packet's time; userspace deletes idle entries and clears the slot once no entry in
+//! it names another backend than the owner.
+//!
+//! The flood guard: new entries are written at most `Config::flow_insert_rate` times a
+//! second on each CPU. The map never evicts, so whatever a flood does, no entry of an
+//! established flow is lost; a flow refused an entry is still forwarded.
+
+use aya_ebpf::{btf_maps::Array, helpers::bpf_ktime_get_coarse_ns};
+use lb_common::{
+    Backend, FlowKey, FlowValue, Slot, VipInfo,
+    maps::{TABLE_HDR_GENERATION, TABLE_HDR_UDP_GRACE},
+    unknown_flow_follows_previous,
+};
+
+use crate::{
+    maps::{BACKENDS, CONFIG, FLOW_STATS, FLOWS},
+    select::{Chosen, serving},
+};
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+#[expect(
+    clippy::large_stack_frames,
+    reason = "clippy counts every temporary before optimisation; compiled, the whole xlb \
+              program, this inlined, stays within the verifier's 512 bytes (it loads)"
+)]
+pub(crate) fn changed_slot<const N: usize, const F: usize>(
+    flow: &FlowKey,
+    vip: &VipInfo,
+    table: &Array<u32, N, F>,
+    slot: Slot,
+    syn: bool,
+) -> Option<Chosen> {
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let entry = FLOWS.get_ptr_mut(flow);
+    if let Some(entry) = entry {
+        // SAFETY: non-null pointer from bpf_map_lookup_elem; the value is plain data,
+        // and a torn update of it by another CPU is harmless (same flow, same answer).
+        let id = unsafe { (*entry).backend_id };
+        // A SYN opens a new connection: it keeps the entry only if it is a
+        // retransmission to the slot's owner.
+        if (!syn || id == slot.owner)
+            && let Some(backend) = BACKENDS.get(id)
+            && backend.serves(flow)
+        {
+            // SAFETY: as above.
+            unsafe { (*entry).last_seen_ns = now };
+            return Some(stateful(id, backend, false));
+        }
+    }
+    let grace_until = table.get(TABLE_HDR_UDP_GRACE).copied().unwrap_or(0);
+    let to_previous =
+        unknown_flow_follows_previous(flow.proto, syn, (now / SECOND_NS) as u32, grace_until);
+    let (id, backend, new_flow) = match to_previous.then(|| serving(slot.previous, vip)) {
+        Some(Some(backend)) => (slot.previous, backend, false),
+        // A previous owner that left (or no previous): the owner, a new flow for it.
+        _ => (slot.owner, serving(slot.owner, vip)?, true),
+    };
+    let value = FlowValue {
+        backend_id: id,
+        generation: table.get(TABLE_HDR_GENERATION).copied().unwrap_or(0),
+        last_seen_ns: now,
+    };
+    match entry {
+        // SAFETY: as above. Rewriting an entry does not grow the table: no guard.
+        Some(entry) => unsafe { *entry = value },
+        None => record(flow, &value, now),
+    }
+    Some(stateful(id, backend, new_flow))
+}
+
+#[inline(always)]
+fn stateful(backend_id: u32, backend: &'static Backend, new_flow: bool) -> Chosen {
+    Chosen {
+        backend_id,
+        backend,
+        new_flow,
+        stateful: true,
+    }
+}
+
+/// Writes a new entry unless this CPU's guard window is used up.
+#[inline(always)]
+fn record(flow: &FlowKey, value: &FlowValue, now: u64) {
+    let Some(stats) = FLOW_STATS.get_ptr_mut(0) else {
+        return;
+    };
+    let rate = CONFIG.get(0).map_or(0, |c| c.flow_insert_rate);
+    // SAFETY: this CPU's slot from bpf_map_lookup_elem; only this CPU writes it now.
+    unsafe {
+        if now.wrapping_sub((*stats).window_ns) >= SECOND_NS {
+            (*stats).window_ns = now;
+            (*stats).window_inserts = 0;
+        }
+        if (*stats).window_inserts >= rate {
+            (*stats).refused_rate += 1;
+            return;
+        }
+        (*stats).window_inserts += 1;
+        // BPF_NOEXIST: another CPU may have written this flow since the lookup; its
+        // entry stands.
+        match FLOWS.insert(flow, value, BPF_NOEXIST) {
+            Ok(()) => (*stats).inserts += 1,
+            Err(e) if e == -EEXIST => {}
+            Err(_) => (*stats).refused_full += 1,
+        }
+    }
+}
+
+/// `BPF_NOEXIST` (linux/bpf.h): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+/// `EEXIST` (errno).
+const EEXIST: i32 = 17;
