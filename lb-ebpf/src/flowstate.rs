@@ -9,7 +9,9 @@
 //!
 //! The flood guard: new entries are written at most `Config::flow_insert_rate` times a
 //! second on each CPU. The map never evicts, so whatever a flood does, no entry of an
-//! established flow is lost; a flow refused an entry is still forwarded.
+//! established flow is lost. A flow refused an entry is still forwarded: a SYN to the
+//! previous owner (where its unrecorded later packets will go too), anything else as
+//! the rule says.
 
 use aya_ebpf::{btf_maps::Array, helpers::bpf_ktime_get_coarse_ns};
 use lb_common::{
@@ -59,8 +61,9 @@ pub(crate) fn changed_slot<const N: usize, const F: usize>(
     let grace_until = table.get(TABLE_HDR_UDP_GRACE).copied().unwrap_or(0);
     let to_previous =
         unknown_flow_follows_previous(flow.proto, syn, (now / SECOND_NS) as u32, grace_until);
-    let (id, backend, new_flow) = match to_previous.then(|| serving(slot.previous, vip)) {
-        Some(Some(backend)) => (slot.previous, backend, false),
+    let previous = serving(slot.previous, vip);
+    let (id, backend, new_flow) = match previous {
+        Some(backend) if to_previous => (slot.previous, backend, false),
         // A previous owner that left (or no previous): the owner, a new flow for it.
         _ => (slot.owner, serving(slot.owner, vip)?, true),
     };
@@ -69,10 +72,23 @@ pub(crate) fn changed_slot<const N: usize, const F: usize>(
         generation: table.get(TABLE_HDR_GENERATION).copied().unwrap_or(0),
         last_seen_ns: now,
     };
-    match entry {
-        // SAFETY: as above. Rewriting an entry does not grow the table: no guard.
-        Some(entry) => unsafe { *entry = value },
+    let recorded = match entry {
+        Some(entry) => {
+            // SAFETY: as above. Rewriting an entry does not grow the table: no guard.
+            unsafe { *entry = value };
+            true
+        }
         None => record(flow, &value, now),
+    };
+    // A new TCP connection that could not be recorded (flood guard, full table) would
+    // see its later packets follow the previous owner: so it starts there too. It
+    // works, and lands where it would have before the change.
+    // (Looked up again: the verifier cannot follow `previous` through the merged paths.)
+    if !recorded
+        && syn
+        && let Some(backend) = serving(slot.previous, vip)
+    {
+        return Some(stateful(slot.previous, backend, true));
     }
     Some(stateful(id, backend, new_flow))
 }
@@ -87,11 +103,12 @@ fn stateful(backend_id: u32, backend: &'static Backend, new_flow: bool) -> Chose
     }
 }
 
-/// Writes a new entry unless this CPU's guard window is used up.
+/// Writes a new entry unless this CPU's guard window is used up; whether the flow has
+/// an entry now.
 #[inline(always)]
-fn record(flow: &FlowKey, value: &FlowValue, now: u64) {
+fn record(flow: &FlowKey, value: &FlowValue, now: u64) -> bool {
     let Some(stats) = FLOW_STATS.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let rate = CONFIG.get(0).map_or(0, |c| c.flow_insert_rate);
     // SAFETY: this CPU's slot from bpf_map_lookup_elem; only this CPU writes it now.
@@ -102,15 +119,21 @@ fn record(flow: &FlowKey, value: &FlowValue, now: u64) {
         }
         if (*stats).window_inserts >= rate {
             (*stats).refused_rate += 1;
-            return;
+            return false;
         }
         (*stats).window_inserts += 1;
         // BPF_NOEXIST: another CPU may have written this flow since the lookup; its
         // entry stands.
         match FLOWS.insert(flow, value, BPF_NOEXIST) {
-            Ok(()) => (*stats).inserts += 1,
-            Err(e) if e == -EEXIST => {}
-            Err(_) => (*stats).refused_full += 1,
+            Ok(()) => {
+                (*stats).inserts += 1;
+                true
+            }
+            Err(e) if e == -EEXIST => true,
+            Err(_) => {
+                (*stats).refused_full += 1;
+                false
+            }
         }
     }
 }

@@ -89,6 +89,14 @@ pub enum Request {
         vip: String,
         client: String,
     },
+    /// `xlb flows`: flow entries (flows in changed slots), optionally of one VIP and
+    /// backend, `limit` of them after skipping `offset`.
+    Flows {
+        vip: Option<String>,
+        backend: Option<String>,
+        limit: usize,
+        offset: usize,
+    },
     Teardown,
     /// `xlb apply FILE --steps N|auto --interval D`: walk to the file's weights in steps,
     /// each watched for `interval_ms`; `steps` none: as few as keep every step within the
@@ -145,6 +153,7 @@ impl Request {
             | Request::History { .. }
             | Request::Export
             | Request::Explain { .. }
+            | Request::Flows { .. }
             | Request::RolloutStatus
             | Request::Trace { .. } => false,
         }

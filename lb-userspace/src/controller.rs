@@ -20,7 +20,7 @@ pub use failover::{HealthChange, Holds, Panic};
 pub use ids::{Capacity, assign_ids};
 pub use install::vip_key;
 pub use macs::MacRefresh;
-pub use views::{BackendStatsView, Explain, VipStatsView};
+pub use views::{BackendStatsView, Explain, FlowRow, FlowsPage, MAX_FLOWS_PAGE, VipStatsView};
 
 use crate::{
     config::Config,

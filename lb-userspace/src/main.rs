@@ -15,7 +15,7 @@ use std::{
 use clap::{CommandFactory, Parser, Subcommand};
 use cli::{
     change::{self, GuardArgs, WeightOp},
-    explain, generate, history,
+    explain, flows, generate, history,
     host::{self, HostOp},
     inspect,
     output::ERROR,
@@ -197,6 +197,9 @@ enum Command {
     /// Print the bpftool and jq commands that read this host's counters, by backend,
     /// VIP and reason name, from the pinned maps alone (no daemon needed).
     Inspect(inspect::Args),
+    /// List flow entries: the flows in table slots that changed owner, which keep their
+    /// backend through the flow table (every other flow follows its slot).
+    Flows(flows::Args),
     /// Stream the running program's per-packet decisions: flow, verdict, backend, and
     /// whether the packet's flow was new or known. Off until a trace runs; bounded in rate.
     Trace(trace::Args),
@@ -335,6 +338,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         Command::Explain { vip, client, json } => explain::explain(&socket, vip, client, json),
         Command::Trace(args) => trace::trace(&socket, args),
         Command::Inspect(args) => inspect::inspect(&args),
+        Command::Flows(args) => flows::flows(&socket, args),
         Command::Pass { op } => pass::pass(op),
         Command::Completions { shell } => {
             generate::completions(Cli::command(), shell);

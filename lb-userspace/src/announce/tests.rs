@@ -207,6 +207,7 @@ fn healthy_counts_weighted_up_and_reachable_backends() {
         bytes: 0,
         new_flows: 0,
         drops: 0,
+        stateful: 0,
         checked: true,
         panic: None,
         backends: vec![

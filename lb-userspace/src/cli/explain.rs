@@ -27,10 +27,11 @@ pub(crate) fn explain(
             e.hash.unwrap_or(0),
             e.slot.unwrap_or(0),
             e.generation,
-            e.previous
+            e.slot_previous
                 .as_deref()
                 .map(|p| format!(
-                    " (a new connection; its other packets go to the previous owner, {p})"
+                    " (for TCP: a new connection; other packets go to the previous owner, \
+                     {p}, while it serves)"
                 ))
                 .unwrap_or_default()
         );

@@ -7,6 +7,7 @@ pub(crate) mod output;
 
 pub(crate) mod change;
 pub(crate) mod explain;
+pub(crate) mod flows;
 pub(crate) mod generate;
 pub(crate) mod history;
 pub(crate) mod host;

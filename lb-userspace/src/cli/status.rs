@@ -212,6 +212,27 @@ fn print_stats(data: &serde_json::Value) -> Result<(), String> {
                 observed
             );
         }
+        if v.packets > 0 {
+            say!(
+                "  stateless path {} of {} forwarded packets",
+                pct(1.0 - v.stateful as f64 / v.packets as f64),
+                v.packets
+            );
+        }
+    }
+    let f = &data["flows"];
+    if f.is_object() {
+        let n = |k: &str| f[k].as_u64().unwrap_or(0);
+        say!(
+            "flow table  {} entries of {} (last sweep)  changed slots {}  inserts {}  \
+             refused: full {}, flood guard {}",
+            n("entries"),
+            n("capacity"),
+            n("changed_slots"),
+            n("inserts"),
+            n("refused_full"),
+            n("refused_rate")
+        );
     }
     Ok(())
 }

@@ -10,6 +10,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::history::Ids;
 
+/// The client end of a flow key.
+fn client_of(key: &FlowKey) -> SocketAddr {
+    let port = u16::from_be(key.sport_be);
+    if key.family == lb_common::FAMILY_V6 {
+        SocketAddr::from((key.src, port))
+    } else {
+        SocketAddr::from(([key.src[0], key.src[1], key.src[2], key.src[3]], port))
+    }
+}
+
 use super::{
     ApplyError, Controller, Panic,
     install::{addr16, family, vip_key},
@@ -69,7 +79,9 @@ impl Controller {
             generation: u64::from(generation),
             slot: Some(slot),
             hash: Some(hash),
-            previous: None,
+            slot_previous: stored
+                .is_changed()
+                .then(|| name_of(stored.previous).unwrap_or_else(|| "?".into())),
         };
         if !stored.is_changed() {
             return Ok(explain(stored.owner, "table-slot", generation));
@@ -83,24 +95,102 @@ impl Controller {
         {
             return Ok(explain(entry.backend_id, "flow-entry", entry.generation));
         }
-        let serving = |id: u32| {
-            self.maps
-                .backend(id)
-                .is_ok_and(|b| b.is_live() && b.vip_id == vip_id)
-        };
-        let previous = serving(stored.previous).then_some(stored.previous);
+        let serving = self
+            .maps
+            .backend(stored.previous)
+            .is_ok_and(|b| b.is_live() && b.vip_id == vip_id);
         let now_s =
             u32::try_from(crate::dataplane::monotonic_ns() / 1_000_000_000).unwrap_or(u32::MAX);
         let grace = self.maps.table_udp_grace(vip_id)?;
-        // Without a SYN flag to go by, a TCP flow is explained as a new connection; its
-        // other packets would go to `previous`.
-        let (backend_id, previous) = match previous {
-            Some(p) if unknown_flow_follows_previous(key.proto, false, now_s, grace) => (p, None),
-            p => (stored.owner, p.filter(|_| key.proto == PROTO_TCP)),
+        // Without a SYN flag to go by, a TCP flow is explained as a new connection.
+        let to_previous =
+            key.proto != PROTO_TCP && unknown_flow_follows_previous(key.proto, false, now_s, grace);
+        let backend_id = if serving && to_previous {
+            stored.previous
+        } else {
+            stored.owner
         };
-        let mut e = explain(backend_id, "changed-slot", generation);
-        e.previous = previous.map(|p| name_of(p).unwrap_or_else(|| "?".into()));
-        Ok(e)
+        Ok(explain(backend_id, "changed-slot", generation))
+    }
+
+    /// Flow entries of VIP `vip` (name or address; none: all) and backend `backend`,
+    /// sorted by VIP and client, `limit` (at most [`MAX_FLOWS_PAGE`]) after `offset`.
+    pub fn flows(
+        &self,
+        vip: Option<&str>,
+        backend: Option<&str>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<FlowsPage, ApplyError> {
+        let record = self
+            .current
+            .as_ref()
+            .ok_or_else(|| ApplyError::NotFound("no generation is applied yet".into()))?;
+        let vips: Vec<(&crate::config::Vip, lb_common::VipKey)> = record
+            .config
+            .vips
+            .iter()
+            .filter(|v| vip.is_none_or(|x| v.name == x || v.address == x))
+            .filter_map(|v| Some((v, vip_key(v)?)))
+            .collect();
+        if let Some(x) = vip
+            && vips.is_empty()
+        {
+            return Err(ApplyError::NotFound(format!("no VIP named {x:?}")));
+        }
+        if let Some(b) = backend
+            && !vips
+                .iter()
+                .any(|(v, _)| v.backends.iter().any(|x| x.name == b))
+        {
+            return Err(ApplyError::NotFound(format!(
+                "no backend named {b:?}{}",
+                vip.map(|v| format!(" in VIP {v}")).unwrap_or_default()
+            )));
+        }
+        let now = crate::dataplane::monotonic_ns();
+        let all = self.maps.flows();
+        let total = all.len();
+        let mut rows: Vec<FlowRow> = all
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let (v, _) = vips.iter().find(|(_, k)| {
+                    k.addr == key.dst
+                        && k.port_be == key.dport_be
+                        && k.proto == key.proto
+                        && k.family == key.family
+                })?;
+                let name = v
+                    .backends
+                    .iter()
+                    .find(|b| record.ids.backend(&v.name, &b.name) == Some(value.backend_id))
+                    .map(|b| b.name.clone());
+                if backend.is_some_and(|b| name.as_deref() != Some(b)) {
+                    return None;
+                }
+                Some(FlowRow {
+                    client: client_of(&key).to_string(),
+                    vip: v.name.clone(),
+                    backend: name.unwrap_or_else(|| "?".into()),
+                    backend_id: value.backend_id,
+                    generation: value.generation,
+                    idle_s: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.vip, &a.client).cmp(&(&b.vip, &b.client)));
+        let matched = rows.len();
+        let flows = rows
+            .into_iter()
+            .skip(offset)
+            .take(limit.min(MAX_FLOWS_PAGE))
+            .collect();
+        Ok(FlowsPage {
+            matched,
+            total,
+            offset,
+            flows,
+        })
     }
 
     /// Counters of every backend and VIP of the running generation.
@@ -169,6 +259,7 @@ impl Controller {
                 bytes: vs.bytes,
                 new_flows: vs.new_flows,
                 drops: vs.drops,
+                stateful: vs.stateful,
                 checked: vip.health.is_some(),
                 panic: self.panic.get(&vip.name).cloned(),
                 backends,
@@ -176,6 +267,33 @@ impl Controller {
         }
         Ok(out)
     }
+}
+
+/// Most entries one `xlb flows` answer lists.
+pub const MAX_FLOWS_PAGE: usize = 10_000;
+
+/// One page of `xlb flows`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowsPage {
+    /// Entries that matched (the whole table was walked).
+    pub matched: usize,
+    /// Entries in the table.
+    pub total: usize,
+    pub offset: usize,
+    pub flows: Vec<FlowRow>,
+}
+
+/// A flow entry, named.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub client: String,
+    pub vip: String,
+    pub backend: String,
+    pub backend_id: u32,
+    /// Generation whose table was live when the entry was written.
+    pub generation: u32,
+    /// Seconds since the flow's last packet.
+    pub idle_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -186,16 +304,17 @@ pub struct Explain {
     pub backend_id: u32,
     /// "table-slot": the slot is stateless, so every packet of the flow goes to its
     /// owner; "flow-entry": the slot changed and the flow has an entry; "changed-slot":
-    /// the slot changed and the flow has no entry (TCP: a new connection goes to
-    /// `backend`, other packets to `previous`; UDP: `backend` per the grace window).
+    /// the slot changed and the flow has no entry (TCP: `backend` is where a new
+    /// connection goes; its other packets go to `slot_previous` while that backend
+    /// serves. UDP: `backend` per the grace window).
     pub why: String,
     pub generation: u64,
     pub slot: Option<u32>,
     pub hash: Option<u32>,
-    /// In a changed slot, where a TCP packet other than a SYN of a flow with no entry
-    /// goes (the slot's previous owner), when that differs from `backend`.
+    /// The slot's previous owner, while the slot is changed: the backend that flows
+    /// older than the change, and without an entry, stay on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<String>,
+    pub slot_previous: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -209,6 +328,10 @@ pub struct VipStatsView {
     pub bytes: u64,
     pub new_flows: u64,
     pub drops: u64,
+    /// Forwarded packets whose slot was changed (the flow table was consulted); the
+    /// rest took the stateless path.
+    #[serde(default)]
+    pub stateful: u64,
     /// The VIP has health checks.
     #[serde(default)]
     pub checked: bool,

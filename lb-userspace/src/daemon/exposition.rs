@@ -30,12 +30,17 @@ pub(crate) struct Daemon {
     pub trace_clients: usize,
     /// Table identity and announcement, for comparing the hosts of a fleet.
     pub fleet: super::fleet_metrics::Fleet,
+    /// The flow table (none if its maps could not be read).
+    pub flows: Option<super::flows::FlowsView>,
 }
 
 /// The `/metrics` body for `sample` and the daemon's own state `daemon`.
 pub(crate) fn render(sample: Arc<Sample>, daemon: Daemon) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(daemon.fleet.clone()));
+    if let Some(flows) = daemon.flows.clone() {
+        registry.register_collector(Box::new(flows));
+    }
     registry.register_collector(Box::new(Metrics(sample, daemon)));
     let mut out = String::new();
     #[expect(
@@ -167,14 +172,27 @@ impl Collector for Metrics {
                 ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
             }
         }
-        let mut drops = enc.encode_descriptor(
-            "xlb_vip_drops",
-            "Packets to the VIP dropped (no backend, or a malformed header).",
+        {
+            let mut drops = enc.encode_descriptor(
+                "xlb_vip_drops",
+                "Packets to the VIP dropped (no backend, or a malformed header).",
+                None,
+                MetricType::Counter,
+            )?;
+            for v in &s.vips {
+                ConstCounter::new(v.drops)
+                    .encode(drops.encode_family(&[("vip", v.vip.as_str())])?)?;
+            }
+        }
+        let mut stateful = enc.encode_descriptor(
+            "xlb_vip_stateful_packets",
+            "Packets to the VIP forwarded from a changed slot, which consults the flow table; the rest of its packets took the stateless path.",
             None,
             MetricType::Counter,
         )?;
         for v in &s.vips {
-            ConstCounter::new(v.drops).encode(drops.encode_family(&[("vip", v.vip.as_str())])?)?;
+            ConstCounter::new(v.stateful)
+                .encode(stateful.encode_family(&[("vip", v.vip.as_str())])?)?;
         }
         if s.vips.iter().any(|v| v.checked) {
             let mut panic = enc.encode_descriptor(
@@ -307,6 +325,7 @@ mod tests {
             bytes: 1500,
             new_flows: 2,
             drops: 7,
+            stateful: 3,
             checked: backends.iter().any(|b| b.healthy.is_some()),
             panic: None,
             backends,
@@ -333,6 +352,17 @@ mod tests {
             health_round: Some(Duration::from_millis(250)),
             trace_clients: 2,
             fleet: Default::default(),
+            flows: Some(crate::daemon::flows::FlowsView {
+                capacity: 1 << 20,
+                entries: 12,
+                changed_slots: 40,
+                inserts: 30,
+                refused_full: 1,
+                refused_rate: 2,
+                deleted: 18,
+                cleared: 9,
+                ..Default::default()
+            }),
         };
         render(
             Arc::new(Sample {
@@ -345,6 +375,7 @@ mod tests {
                     vip("dns", vec![backend("d1", None)]),
                 ],
                 reasons: vec![("forwarded", 12), ("pass-not-ip", 3)],
+                flow_table: None,
             }),
             daemon,
         )

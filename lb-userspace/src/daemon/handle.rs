@@ -64,6 +64,16 @@ fn describe(req: &Request) -> String {
             (None, false) => format!("rollback to the previous generation{}", dry(guarded)),
         },
         Request::Explain { vip, client } => format!("explain {vip} {client}"),
+        Request::Flows { vip, backend, .. } => format!(
+            "flows{}{}",
+            vip.as_deref()
+                .map(|v| format!(" {}", printable(v)))
+                .unwrap_or_default(),
+            backend
+                .as_deref()
+                .map(|b| format!(" --backend {}", printable(b)))
+                .unwrap_or_default()
+        ),
         Request::Teardown => "teardown".into(),
         Request::Rollout {
             file,
@@ -483,6 +493,7 @@ fn execute(
                 "hash_seed": daemon.hash_seed,
                 "table_size": daemon.table_size,
                 "announce": d.announcing.as_ref().map(|a| a.view()),
+                "flows": super::flows::read_table(c).map(|t| super::flows::FlowsView::new(t, d)),
             })),
             Err(e) => Response::error(e.to_string()),
         },
@@ -567,6 +578,15 @@ fn execute(
                 Err(e) => Response::error(e.to_string()),
             }
         }
+        Request::Flows {
+            vip,
+            backend,
+            limit,
+            offset,
+        } => match c.flows(vip.as_deref(), backend.as_deref(), limit, offset) {
+            Ok(page) => Response::data(page),
+            Err(e) => Response::error(e.to_string()),
+        },
         Request::Rollout { .. } | Request::RolloutStatus | Request::RolloutAbort => {
             Response::error("internal error: a rollout request reached the controller")
         }

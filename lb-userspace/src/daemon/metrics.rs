@@ -135,11 +135,15 @@ async fn respond(d: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes
         None => lock(&d.sample).clone(),
     };
     match sample {
-        Some(s) => text(
-            StatusCode::OK,
-            exposition::CONTENT_TYPE,
-            exposition::render(s, d.exposition()),
-        ),
+        Some(s) => {
+            let mut daemon = d.exposition();
+            daemon.flows = s.flow_table.map(|t| super::flows::FlowsView::new(t, d));
+            text(
+                StatusCode::OK,
+                exposition::CONTENT_TYPE,
+                exposition::render(s, daemon),
+            )
+        }
         None => text(
             StatusCode::SERVICE_UNAVAILABLE,
             PLAIN,

@@ -25,6 +25,8 @@ pub(crate) struct Sample {
     pub vips: Vec<VipStatsView>,
     /// Packets per verdict reason (`lb_common::Reason::name`); empty if unreadable.
     pub reasons: Vec<(&'static str, u64)>,
+    /// The flow table's counters and capacity; none if unreadable.
+    pub flow_table: Option<(lb_common::FlowStats, u32)>,
 }
 
 impl Sample {
@@ -40,6 +42,7 @@ impl Sample {
             generation: c.current().map_or(0, |r| r.generation),
             vips,
             reasons,
+            flow_table: super::flows::read_table(c),
         })
     }
 }

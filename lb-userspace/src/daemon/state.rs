@@ -109,6 +109,7 @@ impl Shared {
                 hash_seed: self.settings.hash_seed,
                 table_size: self.settings.table_size,
             },
+            flows: None,
         }
     }
 

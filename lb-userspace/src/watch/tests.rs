@@ -32,6 +32,7 @@ fn web(a: u64, b: u64, packets: u64, drops: u64) -> Vec<VipStatsView> {
         bytes: 0,
         new_flows: a + b,
         drops,
+        stateful: 0,
         checked: true,
         panic: None,
         backends: vec![backend("a", 1, 0.5, a), backend("b", 2, 0.5, b)],

@@ -90,7 +90,7 @@ impl Daemon {
             .expect("table size");
         let mut slots = std::collections::BTreeMap::new();
         for i in header..header + size {
-            let id = table.get(&i, 0).expect("table slot");
+            let id = lb_common::Slot::unpack(table.get(&i, 0).expect("table slot")).owner;
             let name = names
                 .get(&id)
                 .cloned()
