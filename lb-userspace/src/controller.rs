@@ -282,7 +282,7 @@ impl Controller {
             .as_ref()
             .map(|r| r.ids.clone())
             .unwrap_or_default();
-        let in_flows = self.maps.flow_backend_ids();
+        let in_flows = self.maps.referenced_backend_ids();
         let maps = &self.maps;
         let ids = assign_ids(&old_ids, &req.config, maps.capacity(), |id| {
             !in_flows.contains(&id) && maps.backend(id).is_ok_and(|b| !b.is_live())

@@ -324,7 +324,7 @@ pub struct Attempt {
     /// When it started, on the loop's clock (`Requests::now`).
     pub at: Duration,
     /// The client's source port: bound before connecting, so a failed request is known by
-    /// its flow too (`xlb explain VIP CLIENT:PORT` finds the flow entry it left).
+    /// its flow too (`xlb explain VIP CLIENT:PORT` finds its slot).
     pub port: u16,
     /// The backend that answered, or why the request failed.
     pub outcome: Result<String, String>,
@@ -374,8 +374,8 @@ impl Attempts {
 
 /// Closed loops of short HTTP requests (one per connection) from a client namespace,
 /// each request timestamped and bound to its source port first. A socket whose request
-/// failed is kept open until the loop ends, so no later request reuses its port and
-/// overwrites the flow entry `xlb explain` finds for it.
+/// failed is kept open until the loop ends, so no later request reuses its port (and
+/// perhaps leaves a flow entry that `xlb explain` would report for it).
 pub struct Requests {
     started: Instant,
     stop: Arc<AtomicBool>,
@@ -512,7 +512,7 @@ fn bound_request(
     };
     if let Err(e) = sock.connect_timeout(&SocketAddr::new(vip, HTTP_PORT).into(), timeout) {
         // A connect that timed out is still trying: its retransmitted SYN would be a new
-        // flow that may reach another backend and overwrite the flow entry. A shutdown of
+        // flow that may reach another backend and leave a flow entry. A shutdown of
         // a socket in SYN_SENT disconnects it (`inet_shutdown`), and the port stays bound.
         #[expect(
             clippy::let_underscore_must_use,

@@ -144,6 +144,8 @@ pub struct Daemon {
     pub run_args: Vec<String>,
     /// Lines of the configs' `[guardrails]` table (`healthy_quorum = 0.9`), if any.
     pub guardrails: String,
+    /// More lines of the `[daemon]` table (`flow_capacity = 1024`), if any.
+    pub settings: String,
     /// The binary `start` runs (default: the `xlb` of this build).
     pub bin: PathBuf,
     /// Environment of `xlb run` on top of the test's (e.g. `NOTIFY_SOCKET`).
@@ -166,6 +168,7 @@ impl Daemon {
             metrics: None,
             run_args: Vec::new(),
             guardrails: String::new(),
+            settings: String::new(),
             bin: xlb_bin(),
             env: Vec::new(),
         }
@@ -195,6 +198,7 @@ impl Daemon {
         if let Some(m) = &self.metrics {
             text += &format!("metrics = \"{m}\"\n");
         }
+        text += &self.settings;
         text
     }
 
@@ -454,8 +458,22 @@ impl Daemon {
         })
     }
 
+    /// VIP `vip`'s row of `xlb stats --json`.
+    pub fn vip_stats(&self, vip: &str) -> serde_json::Value {
+        let stats: serde_json::Value =
+            serde_json::from_str(&self.xlb_ok(&["stats", "--json"])).expect("stats JSON");
+        stats["vips"]
+            .as_array()
+            .expect("vips")
+            .iter()
+            .find(|v| v["vip"] == vip)
+            .unwrap_or_else(|| panic!("no VIP {vip} in {stats}"))
+            .clone()
+    }
+
     /// `xlb explain VIP CLIENT --json`: which backend that flow gets (`why`: an existing
-    /// `flow-entry`, or the `table-slot` a new flow would take).
+    /// `flow-entry` in a changed slot, the stateless `table-slot`, or the `changed-slot`
+    /// of a flow without an entry).
     pub fn explain(&self, vip: &str, client: &str) -> serde_json::Value {
         serde_json::from_str(&self.xlb_ok(&["explain", vip, client, "--json"]))
             .expect("explain JSON")

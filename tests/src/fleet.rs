@@ -496,12 +496,30 @@ impl Fleet {
             .expect("a counter")
     }
 
-    /// Which hosts hold a flow entry for `client` (`ip:port`) of `vip`.
-    pub fn flow_hosts(&self, vip: &str, client: &str) -> Vec<usize> {
-        (0..self.hosts.len())
+    /// Which hosts carry connection `e` to `vip`: those whose packet counter for `vip`
+    /// grows while `e` sends `what` and reads the echo (nothing else may send to `vip`
+    /// meanwhile). Flows in unchanged slots leave no flow entry, so traffic is the
+    /// witness.
+    pub fn carriers(
+        &self,
+        vip: &str,
+        e: &mut crate::clients::Echo,
+        what: &str,
+    ) -> std::io::Result<Vec<usize>> {
+        let live: Vec<usize> = (0..self.hosts.len())
             .filter(|&i| self.hosts[i].daemon.pid().is_some())
-            .filter(|&i| self.hosts[i].daemon.explain(vip, client)["why"] == "flow-entry")
-            .collect()
+            .collect();
+        let before: Vec<u64> = live
+            .iter()
+            .map(|&i| self.vip_counter(i, vip, "packets"))
+            .collect();
+        e.ping(what)?;
+        Ok(live
+            .iter()
+            .zip(before)
+            .filter(|&(&i, n)| self.vip_counter(i, vip, "packets") > n)
+            .map(|(&i, _)| i)
+            .collect())
     }
 
     /// Puts a route for `VIP4` over a resilient next-hop group of `hosts` in front of

@@ -11,6 +11,7 @@ pub mod clients;
 pub mod daemon;
 pub mod demo;
 pub mod fleet;
+pub mod flood;
 pub mod netns;
 pub mod packet;
 pub mod servers;

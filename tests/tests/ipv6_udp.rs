@@ -64,21 +64,17 @@ fn ipv6_tcp_and_udp_on_both_families_end_to_end() {
             (count, ports)
         });
         follows(&udp, &daemon.table_shares(name), 0.05).unwrap_or_else(|e| panic!("{name}, {e}"));
-        let stats: serde_json::Value =
-            serde_json::from_str(&daemon.xlb_ok(&["stats", "--json"])).unwrap();
-        let v = stats["vips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["vip"] == name)
-            .unwrap()
-            .clone();
+        let v = daemon.vip_stats(name);
+        // Every slot is stateless (no change yet): UDP flows leave no entry and are not
+        // counted as new flows; each backend's packets cover the datagrams it answered
+        // (more where a lost datagram was sent again).
         for b in v["backends"].as_array().unwrap() {
             let who = b["backend"].as_str().unwrap();
-            assert_eq!(
-                b["new_flows"].as_u64().unwrap(),
-                ports.values().filter(|b| *b == who).count() as u64,
-                "{name} {who}: new flows vs distinct client 5-tuples it answered"
+            assert_eq!(b["new_flows"].as_u64(), Some(0), "{name} {who}");
+            assert!(
+                b["packets"].as_u64().unwrap()
+                    >= ports.values().filter(|b| *b == who).count() as u64,
+                "{name} {who}: fewer packets than distinct client 5-tuples it answered: {b}"
             );
         }
 

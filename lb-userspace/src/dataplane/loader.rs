@@ -119,6 +119,10 @@ impl Dataplane {
             }
         };
         carried.restore(&mut maps)?;
+        // A fresh `xlb_config` is all zero: a guard of 0 would record no flow at all.
+        if maps.config()?.flow_insert_rate == 0 {
+            maps.set_flow_insert_rate(names::DEFAULT_FLOW_INSERT_RATE)?;
+        }
         let program = program_mut(&mut ebpf)?;
         program.load().map_err(|source| DataplaneError::Program {
             what: "verifier rejected or kernel refused the program".into(),

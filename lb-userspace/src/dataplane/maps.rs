@@ -359,13 +359,32 @@ impl Maps {
         Ok(())
     }
 
-    /// Backend ids some flow entry points at (a full walk of the flow table).
-    pub fn flow_backend_ids(&self) -> std::collections::BTreeSet<u32> {
-        self.flows
+    /// Backend ids that flows may still be sent to: those a flow entry names and the
+    /// previous owners of changed slots (a walk of the flow table and the tables). A
+    /// new backend must not get one of these ids.
+    pub fn referenced_backend_ids(&self) -> std::collections::BTreeSet<u32> {
+        let mut ids: std::collections::BTreeSet<u32> = self
+            .flows
             .iter()
             .filter_map(Result::ok)
             .map(|(_, v)| v.backend_id)
-            .collect()
+            .collect();
+        for (_, info) in self.vips() {
+            if let Ok((_, slots)) = self.table_slots(info.vip_id) {
+                ids.extend(slots.iter().map(|&s| Slot::unpack(s).previous));
+            }
+        }
+        ids.remove(&0);
+        ids
+    }
+
+    /// Deletes the entry of flow `key`, if it has one: its next packet follows the
+    /// rule of its slot (`lb_common::unknown_flow_follows_previous`).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
+        match self.flows.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::FLOWS, "deleting an entry")(e)),
+        }
     }
 
     /// Builds a complete inner map for `table` and swaps it in with one update of
@@ -487,10 +506,7 @@ impl Maps {
         let plan =
             flowstate::plan_sweep(self.flows(), &tables, seed, now, idle_ns, &mut self.changes);
         for key in &plan.delete {
-            match self.flows.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(names::FLOWS, "deleting an idle entry")(e)),
-            }
+            self.remove_flow(key)?;
         }
         let mut by_vip: std::collections::BTreeMap<u32, Vec<(u32, u32)>> = Default::default();
         for &(vip_id, slot, stored) in &plan.clear {

@@ -125,12 +125,12 @@ fn run() -> Step {
         );
     }
     let homes: Vec<usize> = conns
-        .iter()
+        .iter_mut()
         .map(|e| {
             fleet
-                .flow_hosts("echo", &e.local.to_string())
-                .first()
-                .copied()
+                .carriers("echo", e, "which host")
+                .ok()
+                .and_then(|h| h.first().copied())
                 .unwrap_or(0)
         })
         .collect();

@@ -50,8 +50,10 @@ pub(crate) fn fail_busiest_host(
     let mut rehashed = 0;
     for (e, &old) in conns.iter_mut().zip(&before) {
         assert!(Instant::now() < deadline, "pings over their time bound");
-        let result = e.ping("after the failure").err().map(|err| err.to_string());
-        let now = fleet.flow_hosts("echo", &e.local.to_string());
+        let (result, now) = match fleet.carriers("echo", e, "after the failure") {
+            Ok(hosts) => (None, hosts),
+            Err(err) => (Some(err.to_string()), Vec::new()),
+        };
         let moved = old == victim || now.iter().any(|&h| h != old);
         if old != victim && moved {
             rehashed += 1;
@@ -87,10 +89,11 @@ impl std::fmt::Display for Failover {
 }
 
 /// 60 long-lived connections, then a weight change on every host (2:3:4 to 4:3:4),
-/// then the busiest host dies. Without flow state shared between hosts, a connection
-/// breaks exactly when it moves to another host and its slot changed owner (the new host
-/// picks from the new table); this checks that for each connection, so that every other
-/// connection kept its backend.
+/// then the busiest host dies. No flow state is shared between hosts, but every host's
+/// table keeps a changed slot's previous owner (until the slot is swept, no sooner than
+/// `flow_idle_timeout` after the change), and a host that gets a packet of a connection
+/// it never saw sends it there. So no connection breaks, not even one that moves to
+/// another host in a slot that changed owner; this checks each connection.
 pub(crate) fn weight_change_then_failure(resilient: bool) -> Failover {
     let mut fleet = Fleet::new(Spec::new(3, vec![web(), echo()]));
     fleet.wait_next_hops(VIP4, &[0, 1, 2], Duration::from_secs(20));
@@ -105,16 +108,15 @@ pub(crate) fn weight_change_then_failure(resilient: bool) -> Failover {
     for h in &fleet.hosts[1..] {
         assert_eq!(fingerprints(&h.daemon), first, "the hosts' tables differ");
     }
-    // A connection's slot changed owner when a host without its flow entry would send
-    // it elsewhere now.
-    let homes = hosts_of(&fleet, "echo", &conns);
+    // A connection's slot changed owner when a new connection of its 5-tuple would go
+    // elsewhere now, on any host.
+    let homes = hosts_of(&fleet, "echo", &mut conns);
     let moved_slot: Vec<bool> = conns
         .iter()
         .zip(&homes)
         .map(|(e, &home)| {
             let other = &fleet.hosts[(home + 1) % 3].daemon;
             let x = other.explain("echo", &e.local.to_string());
-            assert_eq!(x["why"], "table-slot", "{x}");
             x["backend"] != e.backend.as_str()
         })
         .collect();
@@ -124,12 +126,13 @@ pub(crate) fn weight_change_then_failure(resilient: bool) -> Failover {
         moved_slot.iter().filter(|m| **m).count()
     );
     for (i, ((_, moved, err), slot)) in f.conns.iter().zip(&moved_slot).enumerate() {
-        assert_eq!(
-            err.is_some(),
-            *moved && *slot,
+        assert!(
+            err.is_none(),
             "connection {i} ({}): moved host {moved}, slot changed {slot}, error {err:?}",
             conns[i].local
         );
     }
+    let both = f.conns.iter().zip(&moved_slot).filter(|(c, s)| c.1 && **s);
+    eprintln!("{} connections moved host in a changed slot", both.count());
     f
 }

@@ -84,15 +84,17 @@ pub(crate) fn fingerprints(daemon: &Daemon) -> serde_json::Value {
     daemon.history().last().expect("a generation")["fingerprints"].clone()
 }
 
-/// Which host each connection's flow entry is on (first one, if several).
-pub(crate) fn hosts_of(fleet: &Fleet, vip: &str, conns: &[Echo]) -> Vec<usize> {
+/// Which host carries each connection (the first, if several).
+pub(crate) fn hosts_of(fleet: &Fleet, vip: &str, conns: &mut [Echo]) -> Vec<usize> {
     conns
-        .iter()
+        .iter_mut()
         .map(|e| {
-            let hosts = fleet.flow_hosts(vip, &e.local.to_string());
+            let hosts = fleet
+                .carriers(vip, e, "whose")
+                .unwrap_or_else(|err| panic!("{} broke: {err}", e.local));
             *hosts
                 .first()
-                .unwrap_or_else(|| panic!("no host has a flow entry for {}", e.local))
+                .unwrap_or_else(|| panic!("no host carries {}", e.local))
         })
         .collect()
 }

@@ -159,9 +159,6 @@ pub(crate) fn setup_with(flow_capacity: u32) -> Setup {
         ..LoadOptions::default()
     })
     .unwrap();
-    dp.maps()
-        .set_flow_insert_rate(lb_common::maps::DEFAULT_FLOW_INSERT_RATE)
-        .unwrap();
     dp.maps().set_hash_seed(SEED).unwrap();
     dp.maps().set_interface_mac(IF_MAC).unwrap();
     let vips = vips();
