@@ -116,19 +116,17 @@ fn a_syn_flood_then_five_changes_moves_no_long_lived_connection() {
 
     // Another half million while five weight changes go through.
     let start = Instant::now();
-    let flood = {
-        let flooder = flooder.clone();
-        std::thread::spawn(move || {
-            syn_flood(
-                &flooder,
-                lb_mac,
-                vip,
-                ECHO_PORT,
-                (FLOOD, FLOOD),
-                Duration::from_secs(60),
-            )
-        })
-    };
+    let flood = std::thread::spawn(move || {
+        let second = (FLOOD, FLOOD);
+        syn_flood(
+            &flooder,
+            lb_mac,
+            vip,
+            ECHO_PORT,
+            second,
+            Duration::from_secs(60),
+        )
+    });
     let mut weights = [2i64, 2, 2];
     for i in 0..5 {
         toggle(&daemon, &mut weights, "echo", i);
