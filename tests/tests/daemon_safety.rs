@@ -216,7 +216,7 @@ fn a_restart_that_would_recreate_the_flow_table_is_refused_unless_asked() {
         .unwrap()
     };
     let before = capacity();
-    assert_eq!(before["max_entries"], 65536);
+    assert_eq!(before["max_entries"], 1 << 20);
 
     let smaller = std::fs::read_to_string(daemon.config_path())
         .unwrap()
@@ -226,8 +226,9 @@ fn a_restart_that_would_recreate_the_flow_table_is_refused_unless_asked() {
     let out = xlb_in(&topo, &["run", "--config", config.to_str().unwrap()]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        text(&out)
-            .contains("the pinned flow table holds 65536 entries but daemon.flow_capacity is 4096"),
+        text(&out).contains(
+            "the pinned flow table holds 1048576 entries but daemon.flow_capacity is 4096"
+        ),
         "{}",
         text(&out)
     );

@@ -154,6 +154,36 @@ fn a_syn_flood_then_five_changes_moves_no_long_lived_connection() {
         "the guard never held back: {f}"
     );
     assert_eq!(f["refused_full"], 0, "{f}");
+
+    // `xlb flows` lists the entries by name: each held connection that has one (its
+    // slot changed) with its own backend.
+    let listed: serde_json::Value =
+        serde_json::from_str(&daemon.xlb_ok(&["flows", "echo", "--json", "--limit", "10000"]))
+            .unwrap();
+    let rows = listed["flows"].as_array().unwrap();
+    assert!(
+        listed["matched"].as_u64().unwrap() <= inserts,
+        "{}",
+        listed["matched"]
+    );
+    let mut with_entry = 0;
+    for h in &held {
+        let client = h.local.to_string();
+        let e = daemon.explain("echo", &client);
+        let row = rows.iter().find(|r| r["client"] == client.as_str());
+        if e["why"] == "flow-entry" {
+            with_entry += 1;
+            let row = row.unwrap_or_else(|| panic!("{client} has an entry but is not listed"));
+            assert_eq!(row["backend"], h.backend.as_str(), "{row}");
+        }
+    }
+    eprintln!(
+        "{with_entry} of {} held connections have a flow entry",
+        held.len()
+    );
+    let out = daemon.xlb(&["flows", "echo", "--backend", "b9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(xlb_lab::daemon::text(&out).contains("no backend named \"b9\""));
 }
 
 #[test]

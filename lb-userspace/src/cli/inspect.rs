@@ -86,8 +86,8 @@ pub(crate) fn commands(dir: &str, backend: Option<(&str, &str)>) -> Vec<(&'stati
             joined(dir, "xlb_reason_name", "xlb_reasons", "", ""),
         ),
         (
-            "Flow table entries and capacity (closed flows' entries stay until the LRU needs \
-             their room; this reads the whole table)",
+            "Flow table entries and capacity (only flows in slots a change moved have one; \
+             idle ones are deleted after flow_idle_timeout; this reads the whole table)",
             format!(
                 "echo \"$(bpftool -j map dump pinned {dir}/xlb_flows | jq length) of \
                  $(bpftool -j map show pinned {dir}/xlb_flows | jq .max_entries) flow entries\""

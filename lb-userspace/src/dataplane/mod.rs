@@ -71,9 +71,10 @@ pub enum DataplaneError {
     Resize { path: PathBuf, what: String },
     #[error(
         "the pinned flow table holds {have} entries but daemon.flow_capacity is {want}: \
-         resizing recreates it, and every established flow loses its entry (a flow whose \
-         table slot changed owner since it started then moves). Keep flow_capacity = {have}, \
-         or restart with `xlb run --recreate-flow-table` to accept that"
+         resizing recreates it empty, and the flows in slots a recent change moved lose \
+         their entries (such a flow that started after the change then moves). Keep \
+         flow_capacity = {have}, or restart with `xlb run --recreate-flow-table` to accept \
+         that"
     )]
     FlowCapacity { have: u32, want: u32 },
     #[error("XDP program: {what}: {source}")]

@@ -439,3 +439,58 @@ weight = 1
         "{unknown}"
     );
 }
+
+#[test]
+fn flow_state_settings_that_cannot_work_fail_validation() {
+    let text = r#"
+[daemon]
+interface = "eth0"
+flow_idle_timeout = 10
+udp_grace = 20
+flow_insert_rate = 0
+
+[[vip]]
+name = "web"
+address = "198.18.0.100"
+port = 80
+protocol = "tcp"
+
+[[vip.backend]]
+name = "b1"
+address = "198.18.0.11"
+weight = 1
+"#;
+    let c = config::parse(text, Path::new("t.toml")).unwrap();
+    let p = check(&c, None);
+    let got: Vec<(&str, Option<usize>)> = p
+        .violations
+        .iter()
+        .filter(|v| v.message.starts_with("daemon."))
+        .map(|v| (v.message.split(' ').next().unwrap_or(""), v.line))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("daemon.udp_grace", Some(5)),
+            ("daemon.flow_insert_rate", Some(6))
+        ],
+        "{:#?}",
+        p.violations
+    );
+    let mut ok = c;
+    ok.daemon.udp_grace = 10;
+    ok.daemon.flow_insert_rate = 1;
+    let daemon_violations = |c: &Config| -> Vec<String> {
+        check(c, None)
+            .violations
+            .into_iter()
+            .map(|v| v.message)
+            .filter(|m| m.starts_with("daemon."))
+            .collect()
+    };
+    assert_eq!(daemon_violations(&ok), Vec::<String>::new());
+    ok.daemon.flow_idle_timeout = 0;
+    ok.daemon.udp_grace = 0;
+    let v = daemon_violations(&ok);
+    assert!(v[0].starts_with("daemon.flow_idle_timeout = 0"), "{v:?}");
+}

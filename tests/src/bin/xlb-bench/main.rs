@@ -25,6 +25,7 @@ macro_rules! push_line {
 mod connections;
 mod control_plane;
 mod failover;
+mod flow_table;
 mod forwarders;
 mod forwarding;
 mod per_packet;
