@@ -97,6 +97,16 @@ pub(super) fn syscall_err(
     }))
 }
 
+/// Whether `e` says the key was not there (aya reports a delete of an absent key as
+/// the syscall's ENOENT).
+pub fn is_absent(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 /// Mapping a table into memory failed.
 fn table_err(what: &str, io_error: std::io::Error) -> DataplaneError {
     syscall_err(names::RINGS, what, "mmap", io_error)
@@ -382,8 +392,8 @@ impl Maps {
     /// rule of its slot (`lb_common::unknown_flow_follows_previous`).
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), DataplaneError> {
         match self.flows.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::FLOWS, "deleting an entry")(e)),
+            Err(e) if !is_absent(&e) => Err(map_err(names::FLOWS, "deleting an entry")(e)),
+            _ => Ok(()),
         }
     }
 
