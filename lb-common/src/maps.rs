@@ -9,6 +9,9 @@ pub const VIPS: &str = "xlb_vips";
 /// One bit per hash of (address, port, protocol) of every VIP: the cheap test that lets
 /// traffic for the host pass without a hash-map lookup.
 pub const VIP_FILTER: &str = "xlb_vip_filter";
+/// `vip_filter_bit` -> the one VIP with that bit (key and info), or "shared": the
+/// program's way to its VIP without a hash lookup.
+pub const VIP_INDEX: &str = "xlb_vip_index";
 /// Every address any VIP uses; tells a fragment or odd protocol aimed at a VIP apart from
 /// host traffic.
 pub const VIP_ADDRS: &str = "xlb_vip_addrs";
@@ -41,9 +44,10 @@ pub const TRACE_LOGS: &str = "AYA_LOGS";
 pub const PROGRAM_LOCAL: [&str; 3] = [TRACE, TRACE_RATE, TRACE_LOGS];
 
 /// Every pinned map the program defines, in one list for loaders and tests.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     CONFIG,
     VIP_FILTER,
+    VIP_INDEX,
     VIPS,
     VIP_ADDRS,
     RINGS,

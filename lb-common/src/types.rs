@@ -59,6 +59,32 @@ pub struct VipInfo {
     pub forwarding: u32,
 }
 
+/// Value of `xlb_vip_index` (indexed by `vip_filter_bit`): the one VIP whose filter bit
+/// this is, so that a packet finds its VIP with an array read and a key compare
+/// instead of a hash lookup. `info.vip_id` 0: no VIP has the bit;
+/// [`VIP_INDEX_SHARED`]: several do, and `xlb_vips` decides.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipIndexEntry {
+    pub key: VipKey,
+    pub info: VipInfo,
+}
+
+/// `VipIndexEntry::info.vip_id` of a filter bit several VIPs share.
+pub const VIP_INDEX_SHARED: u32 = u32::MAX;
+
+impl VipKey {
+    /// Whether a packet of `flow` is addressed to this VIP (four word compares for the
+    /// address, as `same_addr`).
+    #[inline(always)]
+    pub fn matches(&self, flow: &FlowKey) -> bool {
+        self.port_be == flow.dport_be
+            && self.proto == flow.proto
+            && self.family == flow.family
+            && same_addr(&self.addr, &flow.dst)
+    }
+}
+
 /// Key of `xlb_vip_addrs`: an address some VIP listens on.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -102,12 +128,7 @@ impl Backend {
     /// asks this of a flow entry's backend; `xlb explain` asks the same.
     #[inline(always)]
     pub fn serves(&self, flow: &FlowKey) -> bool {
-        let vip = &self.vip_key;
-        self.is_live()
-            && vip.port_be == flow.dport_be
-            && vip.proto == flow.proto
-            && vip.family == flow.family
-            && same_addr(&vip.addr, &flow.dst)
+        self.is_live() && self.vip_key.matches(flow)
     }
 }
 
@@ -311,6 +332,7 @@ const _: () = {
     assert!(size_of::<VipKey>() == 20);
     assert!(size_of::<VipInfo>() == 8);
     assert!(size_of::<VipAddrKey>() == 20);
+    assert!(size_of::<VipIndexEntry>() == 28);
     assert!(size_of::<Backend>() == 52);
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<FlowValue>() == 16);
@@ -334,6 +356,8 @@ mod user {
     unsafe impl aya::Pod for VipInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VipAddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipIndexEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Backend {}
     // SAFETY: as above.

@@ -50,8 +50,8 @@ fn process(
     decision: &mut trace::Decision,
 ) -> Result<(), Reason> {
     let parsed = parse::parse(ctx, flow)?;
-    vip::screen(flow)?;
-    let chosen = select::select(flow, &vip::lookup_vip(flow)?, parsed.syn)?;
+    let bit = vip::screen(flow)?;
+    let chosen = select::select(flow, &vip::lookup_vip(flow, bit)?, parsed.syn)?;
     decision.backend_id = chosen.backend_id;
     decision.new_flow = chosen.new_flow;
     forward::l2_dsr(ctx, chosen.backend)?;

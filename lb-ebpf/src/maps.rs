@@ -7,10 +7,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, BackendStats, Config, FlowKey, FlowStats, FlowValue, ReasonStats, TraceRate,
-    VipAddrKey, VipInfo, VipKey, VipStats,
+    VipAddrKey, VipIndexEntry, VipInfo, VipKey, VipStats,
     maps::{
         BPF_F_NO_PREALLOC, DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS,
-        TABLE_HEADER, TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
+        TABLE_HEADER, TABLE_MAP_FLAGS, VIP_FILTER_BITS, VIP_FILTER_WORDS,
     },
     reason::REASON_COUNT,
 };
@@ -25,6 +25,10 @@ pub(crate) static CONFIG: Array<Config, 1> = Array::new();
 /// is clear is not for a VIP.
 #[btf_map(name = "xlb_vip_filter")]
 pub(crate) static VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
+
+/// Filter bit -> the one VIP with that bit, or "shared" (then `xlb_vips` decides).
+#[btf_map(name = "xlb_vip_index")]
+pub(crate) static VIP_INDEX: Array<VipIndexEntry, { VIP_FILTER_BITS as usize }> = Array::new();
 
 /// (VIP address, port, protocol) -> VIP id and forwarding method.
 #[btf_map(name = "xlb_vips")]

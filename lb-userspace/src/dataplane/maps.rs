@@ -10,8 +10,8 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, IterableMap, MapData, MapError, MapInfo, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, Config, FlowKey, FlowStats, FlowValue, ReasonStats, Slot, VipAddrKey,
-    VipInfo, VipKey, VipStats,
+    Backend, BackendStats, Config, FlowKey, FlowStats, FlowValue, ReasonStats, Slot,
+    VIP_INDEX_SHARED, VipAddrKey, VipIndexEntry, VipInfo, VipKey, VipStats,
     maps::{
         self as names, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HDR_UDP_GRACE, TABLE_HEADER,
         TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
@@ -57,6 +57,7 @@ pub struct FlowSweep {
 pub struct Maps {
     config: Array<MapData, Config>,
     vip_filter: Array<MapData, u64>,
+    vip_index: Array<MapData, VipIndexEntry>,
     vips: HashMap<MapData, VipKey, VipInfo>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     pub(super) rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
@@ -95,6 +96,22 @@ pub(super) fn syscall_err(
         call,
         io_error,
     }))
+}
+
+/// The `xlb_vip_index` entry of a filter bit that `vips` have: the one VIP, "shared",
+/// or empty.
+fn index_entry(vips: &[(VipKey, VipInfo)]) -> VipIndexEntry {
+    match *vips {
+        [] => VipIndexEntry::default(),
+        [(key, info)] => VipIndexEntry { key, info },
+        _ => VipIndexEntry {
+            info: VipInfo {
+                vip_id: VIP_INDEX_SHARED,
+                forwarding: 0,
+            },
+            ..VipIndexEntry::default()
+        },
+    }
 }
 
 /// Whether `e` says the key was not there (aya reports a delete of an absent key as
@@ -137,9 +154,10 @@ where
 }
 
 /// (map, key size, value size) as this build defines them; pinned maps must match.
-const LAYOUT: [(&str, usize, usize); 11] = [
+const LAYOUT: [(&str, usize, usize); 12] = [
     (names::CONFIG, 4, size_of::<Config>()),
     (names::VIP_FILTER, 4, 8),
+    (names::VIP_INDEX, 4, size_of::<VipIndexEntry>()),
     (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
     (names::VIP_ADDRS, size_of::<VipAddrKey>(), 4),
     (names::RINGS, 4, 4),
@@ -174,6 +192,7 @@ impl Maps {
         Ok(Maps {
             config: take(ebpf, names::CONFIG)?,
             vip_filter: take(ebpf, names::VIP_FILTER)?,
+            vip_index: take(ebpf, names::VIP_INDEX)?,
             vips: take(ebpf, names::VIPS)?,
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
             rings: take(ebpf, names::RINGS)?,
@@ -274,6 +293,7 @@ impl Maps {
         };
         let users = self.vip_addrs.get(&addr, 0).unwrap_or(0);
         let known = self.vips.get(key, 0).is_ok();
+        self.write_index(bit, Some((*key, *info)))?;
         self.vips
             .insert(key, info, 0)
             .map_err(map_err(names::VIPS, "writing VIP"))?;
@@ -293,6 +313,7 @@ impl Maps {
         self.vips
             .remove(key)
             .map_err(map_err(names::VIPS, "removing VIP"))?;
+        self.write_index(key.filter_bit(), None)?;
         let addr = VipAddrKey {
             addr: key.addr,
             family: key.family,
@@ -315,7 +336,8 @@ impl Maps {
     }
 
     /// Clears every `xlb_vip_filter` bit that no VIP in `xlb_vips` uses (after VIPs were
-    /// removed; a stale bit only sends some host traffic to the exact lookup).
+    /// removed; a stale bit only sends some host traffic to the exact lookup), and makes
+    /// `xlb_vip_index` agree with `xlb_vips` at every bit.
     pub fn trim_vip_filter(&mut self) -> Result<(), DataplaneError> {
         let mut want = vec![0u64; VIP_FILTER_WORDS as usize];
         for (key, _) in self.vips() {
@@ -327,7 +349,66 @@ impl Maps {
                 self.set_filter_word(i, word)?;
             }
         }
+        // The index of every bit: each set bit's entry from the VIPs, every other one
+        // empty (a crash may have left anything).
+        let vips = self.vips();
+        let mut want_index: std::collections::BTreeMap<u32, Vec<(VipKey, VipInfo)>> =
+            Default::default();
+        for (key, info) in vips {
+            want_index
+                .entry(key.filter_bit())
+                .or_default()
+                .push((key, info));
+        }
+        let have: Vec<(u32, VipIndexEntry)> = (0u32..)
+            .zip(self.vip_index.iter())
+            .filter_map(|(bit, e)| Some((bit, e.ok()?)))
+            .filter(|(bit, e)| e.info.vip_id != 0 || want_index.contains_key(bit))
+            .collect();
+        for (bit, have) in have {
+            let want = index_entry(want_index.get(&bit).map_or(&[][..], Vec::as_slice));
+            if have != want {
+                self.set_index(bit, want)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Writes `xlb_vip_index[bit]` for the VIPs in `xlb_vips` with that bit, and `extra`
+    /// (a VIP about to be inserted).
+    fn write_index(
+        &mut self,
+        bit: u32,
+        extra: Option<(VipKey, VipInfo)>,
+    ) -> Result<(), DataplaneError> {
+        let mut with_bit: Vec<(VipKey, VipInfo)> = self
+            .vips()
+            .into_iter()
+            .filter(|(k, _)| k.filter_bit() == bit && extra.is_none_or(|(x, _)| x != *k))
+            .collect();
+        with_bit.extend(extra);
+        let want = index_entry(&with_bit);
+        let have = self
+            .vip_index
+            .get(&bit, 0)
+            .map_err(map_err(names::VIP_INDEX, format!("reading entry {bit}")))?;
+        if have != want {
+            self.set_index(bit, want)?;
+        }
+        Ok(())
+    }
+
+    fn set_index(&mut self, bit: u32, entry: VipIndexEntry) -> Result<(), DataplaneError> {
+        self.vip_index
+            .set(bit, entry, 0)
+            .map_err(map_err(names::VIP_INDEX, format!("writing entry {bit}")))
+    }
+
+    /// Entry `bit` of `xlb_vip_index`.
+    pub fn vip_index(&self, bit: u32) -> Result<VipIndexEntry, DataplaneError> {
+        self.vip_index
+            .get(&bit, 0)
+            .map_err(map_err(names::VIP_INDEX, format!("reading entry {bit}")))
     }
 
     /// Word `i` of `xlb_vip_filter`.

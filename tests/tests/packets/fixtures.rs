@@ -384,7 +384,7 @@ pub(crate) fn fixtures() -> Vec<Fixture> {
 
 /// An IPv4 address and TCP port that are no VIP but share `vip`'s `xlb_vip_filter` bit:
 /// such a packet passes the filter and must be told apart by the exact lookup.
-fn filter_twin(vip: &VipKey) -> (String, u16) {
+pub(crate) fn filter_twin(vip: &VipKey) -> (String, u16) {
     (0..=255u8)
         .flat_map(|host| (1..=u16::MAX).map(move |port| (host, port)))
         .map(|(host, port)| (format!("198.18.9.{host}"), port))

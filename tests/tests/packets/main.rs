@@ -101,3 +101,50 @@ fn vip_filter_has_exactly_the_bits_of_the_vips() {
         "trim keeps exactly the VIPs' bits"
     );
 }
+
+#[test]
+fn vips_sharing_a_filter_bit_are_told_apart_by_the_hash_lookup() {
+    if !require_root("vips_sharing_a_filter_bit_are_told_apart_by_the_hash_lookup") {
+        return;
+    }
+    let mut s = setup();
+    let web = s.vips[0].key;
+    let bit = web.filter_bit();
+    assert_eq!(
+        s.dp.maps().vip_index(bit).unwrap().key,
+        web,
+        "one VIP: its own entry"
+    );
+    // A second VIP with web's bit: the entry says "shared", and both are served.
+    let (addr, port) = fixtures::filter_twin(&web);
+    let twin = TestVip {
+        key: setup::v4_key(&addr, port, lb_common::PROTO_TCP),
+        id: 6,
+        backends: vec![(10, "twin-a", 1, [0x02, 0xbe, 0, 0, 0, 10])],
+    };
+    setup::install(&mut s.dp, &twin, &[1], 1);
+    let entry = s.dp.maps().vip_index(bit).unwrap();
+    assert_eq!(entry.info.vip_id, lb_common::VIP_INDEX_SHARED);
+    let to_web = xlb_lab::packet::v4(
+        setup::C4,
+        setup::VIP4,
+        xlb_lab::packet::tcp(40000, 80, 0x10),
+    );
+    let to_twin = xlb_lab::packet::v4(setup::C4, &addr, xlb_lab::packet::tcp(40000, port, 0x10));
+    for frame in [&to_web, &to_twin] {
+        let (action, _) = run(&mut s.dp, &frame.bytes());
+        assert_eq!(action, Reason::Forwarded.action(), "{frame:?}");
+    }
+    let (_, out) = run(&mut s.dp, &to_twin.bytes());
+    assert_eq!(out, forwarded(&to_twin.bytes(), twin.backends[0].3));
+    // Removing the twin gives web its own entry back; the twin's packets pass.
+    s.dp.maps().remove_vip(&twin.key).unwrap();
+    assert_eq!(s.dp.maps().vip_index(bit).unwrap().key, web);
+    let (action, _) = run(&mut s.dp, &to_twin.bytes());
+    assert_eq!(action, Reason::PassNotVip.action());
+    // Removing web too leaves the entry empty; the trim agrees.
+    s.dp.maps().remove_vip(&web).unwrap();
+    assert_eq!(s.dp.maps().vip_index(bit).unwrap().info.vip_id, 0);
+    s.dp.maps().trim_vip_filter().unwrap();
+    assert_eq!(s.dp.maps().vip_index(bit).unwrap(), Default::default());
+}
