@@ -14,7 +14,7 @@ use crate::maps::TRACE_RATE;
 const WINDOW_NS: u64 = 1_000_000_000;
 
 /// What selection decided, for the trace: the backend (0: none was chosen) and whether
-/// the packet created its flow's entry.
+/// the packet started a flow on it (`select::Chosen::new_flow`).
 pub(crate) struct Decision {
     pub(crate) backend_id: u32,
     pub(crate) new_flow: bool,

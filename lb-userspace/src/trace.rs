@@ -415,7 +415,8 @@ pub struct Event {
     pub reason: String,
     /// "vip/backend", if one was chosen.
     pub backend: Option<String>,
-    /// "new" (this packet created the flow's entry) or "known", with a backend.
+    /// "new" (this packet started a flow on its backend, as `new_flows` counts) or
+    /// "known", with a backend.
     pub flow: Option<String>,
 }
 
