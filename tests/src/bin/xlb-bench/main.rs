@@ -123,10 +123,17 @@ struct Bench {
 
 impl Bench {
     fn new(flow_capacity: u32) -> Bench {
+        Bench::sized(flow_capacity, lb_common::maps::DEFAULT_MAX_BACKENDS)
+    }
+
+    /// A bench whose maps hold `max_backends` backend ids (configs with more backends
+    /// than the default also set `daemon.max_backends`).
+    fn sized(flow_capacity: u32, max_backends: u32) -> Bench {
         let pins = PinDir::new("bench");
         let opts = LoadOptions {
             pin_dir: pins.path().to_path_buf(),
             flow_capacity,
+            max_backends,
             ..LoadOptions::default()
         };
         let state = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
