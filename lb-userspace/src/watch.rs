@@ -1,8 +1,9 @@
 //! Watching a change after it took effect, pure: counters at the start of a window and
 //! now in, observed shares and a verdict out. The daemon samples (`daemon::watcher`).
 //!
-//! Observed share: each backend's new flows (connections: a retransmitted SYN is not one,
-//! see lb-ebpf's `select`) over the window, divided by the VIP's. A share from few flows
+//! Observed share: each backend's new flows (TCP SYNs, re-homed flows and UDP flows
+//! recorded in changed slots: lb-ebpf's `select::Chosen::new_flow`) over the window,
+//! divided by the VIP's. A share from few flows
 //! is noise, so it is reported only from `MIN_FLOWS` flows on, and a breach needs the
 //! observed share to differ from the table share by more than
 //! `SIGMAS * sqrt(p * (1 - p) / n) + SLACK`: with `n` flows each landing on the backend

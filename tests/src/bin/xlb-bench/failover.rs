@@ -255,6 +255,8 @@ fn probe_run(silent_half: bool, rounds_wanted: u32) -> ProbeRun {
     let times = Arc::new(Mutex::new(Vec::new()));
     let accepting = acceptor(&target.name, Arc::clone(&stop), Arc::clone(&times));
     let mut daemon = Daemon::new(&topo);
+    // Room for the 1000 backends: more than the default `max_backends`.
+    daemon.settings = "max_backends = 2048\n".into();
     std::fs::write(daemon.config_path(), config(&daemon))
         .unwrap_or_else(|e| fail(format!("write config: {e}")));
     let started = Instant::now();
