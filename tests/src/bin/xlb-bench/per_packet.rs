@@ -90,8 +90,9 @@ fn find(ctl: &Controller, vip_id: u32, changed: bool, make: impl Fn(u16) -> Fram
 /// Section 1: ns per packet through BPF_PROG_TEST_RUN against the XDP_DROP floor.
 pub(crate) fn per_packet(mode: &Mode, md: &mut String, missed: &mut Vec<String>) {
     eprintln!("bench: cost per packet");
-    // Room for 1,000,000 recorded flows and the SYNs the flow-table cases add on top.
-    let mut bench = Bench::new(1 << 21);
+    // The default capacity: it holds the 1,000,000 recorded flows of the flow-table
+    // cases and one round's SYNs on top.
+    let mut bench = Bench::new(lb_common::maps::DEFAULT_FLOW_CAPACITY);
     let ctl = &mut bench.ctl;
     for config in configs() {
         ctl.apply(request(config))
