@@ -21,11 +21,14 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use lb_common::{FlowKey, FlowValue, maps::DEFAULT_FLOW_CAPACITY};
+use lb_common::{
+    FlowKey, FlowValue,
+    maps::{BPF_F_NO_PREALLOC, DEFAULT_FLOW_CAPACITY},
+};
 
 /// Byte offset of the UDP source port in Ethernet + IPv4 (no options) + UDP.
 const UDP_SPORT: usize = 14 + 20;
@@ -59,10 +62,14 @@ static SINK: PerCpuArray<u64, 1> = PerCpuArray::new();
 #[btf_map(name = "lookup_key")]
 static LOOKUP_KEY: Array<FlowKey, 1> = Array::new();
 
-/// Shaped like `xlb_flows`: same key and value types, same default capacity.
+/// Shaped like `xlb_flows`: same key and value types, capacity and flags.
 #[btf_map(name = "lookup_flows")]
-static LOOKUP_FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOW_CAPACITY as usize }> =
-    LruHashMap::new();
+static LOOKUP_FLOWS: HashMap<
+    FlowKey,
+    FlowValue,
+    { DEFAULT_FLOW_CAPACITY as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 #[xdp]
 pub(crate) fn xlb_gen(ctx: XdpContext) -> u32 {
