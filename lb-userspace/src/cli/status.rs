@@ -223,12 +223,18 @@ fn print_stats(data: &serde_json::Value) -> Result<(), String> {
     let f = &data["flows"];
     if f.is_object() {
         let n = |k: &str| f[k].as_u64().unwrap_or(0);
+        let swept = f["swept_s_ago"]
+            .as_f64()
+            .map_or("no sweep yet".to_string(), |s| {
+                format!("at the last sweep, {s:.0} s ago")
+            });
         say!(
-            "flow table  {} entries of {} (last sweep)  changed slots {}  inserts {}  \
-             refused: full {}, flood guard {}",
+            "flow table  {} entries of {}, changed slots {} ({swept}; the daemon sweeps \
+             every {} s)  inserts {}  refused: full {}, flood guard {}",
             n("entries"),
             n("capacity"),
             n("changed_slots"),
+            n("sweep_every_s"),
             n("inserts"),
             n("refused_full"),
             n("refused_rate")

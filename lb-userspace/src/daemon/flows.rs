@@ -25,6 +25,8 @@ pub(crate) struct FlowsView {
     pub capacity: u32,
     /// Entries at the last sweep.
     pub entries: u64,
+    /// Seconds since the last sweep (none: no sweep has finished yet).
+    pub swept_s_ago: Option<f64>,
     /// Changed slots (over all VIPs) at the last sweep.
     pub changed_slots: u64,
     /// Entries written, ever (since the maps were created).
@@ -38,6 +40,8 @@ pub(crate) struct FlowsView {
     /// Changed slots the sweeper made stateless since the daemon started.
     pub cleared: u64,
     pub idle_timeout_s: u32,
+    /// How often the sweeper runs.
+    pub sweep_every_s: u64,
     pub insert_rate: u32,
     pub udp_grace_s: u32,
 }
@@ -54,6 +58,7 @@ impl FlowsView {
         FlowsView {
             capacity,
             entries: sweeps.last.entries as u64,
+            swept_s_ago: sweeps.at.map(|t| t.elapsed().as_secs_f64()),
             changed_slots: sweeps.last.changed as u64,
             inserts: stats.inserts,
             refused_full: stats.refused_full,
@@ -61,6 +66,7 @@ impl FlowsView {
             deleted: sweeps.deleted,
             cleared: sweeps.cleared,
             idle_timeout_s: d.settings.flow_idle_timeout,
+            sweep_every_s: interval(d.settings.flow_idle_timeout).as_secs(),
             insert_rate: d.settings.flow_insert_rate,
             udp_grace_s: d.settings.udp_grace,
         }
@@ -132,6 +138,8 @@ impl Collector for FlowsView {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Sweeps {
     pub last: FlowSweep,
+    /// When the last sweep finished.
+    pub at: Option<std::time::Instant>,
     pub deleted: u64,
     pub cleared: u64,
 }
@@ -160,6 +168,7 @@ pub(crate) async fn sweeper(d: Arc<Shared>) {
                 }
                 let mut s = lock(&d.sweeps);
                 s.last = sweep;
+                s.at = Some(std::time::Instant::now());
                 s.deleted += sweep.deleted as u64;
                 s.cleared += sweep.cleared as u64;
             }
