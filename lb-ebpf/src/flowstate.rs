@@ -78,17 +78,22 @@ pub(crate) fn changed_slot<const N: usize, const F: usize>(
             unsafe { *entry = value };
             true
         }
+        // A slot whose owner came back (a change reverted) sends an unknown flow to the
+        // same backend whichever rule applies: an entry would change nothing.
+        None if slot.previous == slot.owner => true,
         None => record(flow, &value, now),
     };
     // A new TCP connection that could not be recorded (flood guard, full table) would
     // see its later packets follow the previous owner: so it starts there too. It
-    // works, and lands where it would have before the change.
+    // works, and lands where it would have before the change. It is not counted as a
+    // new flow: it follows the old table, and counting it would make the new table's
+    // shares look off to the watch.
     // (Looked up again: the verifier cannot follow `previous` through the merged paths.)
     if !recorded
         && syn
         && let Some(backend) = serving(slot.previous, vip)
     {
-        return Some(stateful(slot.previous, backend, true));
+        return Some(stateful(slot.previous, backend, false));
     }
     Some(stateful(id, backend, new_flow))
 }

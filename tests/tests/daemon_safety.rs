@@ -130,8 +130,11 @@ fn teardown_never_guesses_the_pin_directory_and_reports_what_it_did() {
     assert!(xdp_attached(&topo), "XDP was detached");
     assert!(daemon.pin_dir().join("link").exists());
 
-    // Without a daemon, naming the directory: it says what it detached and removed...
+    // Without a daemon, naming the directory: it says what it detached and removed,
+    // and leaves a directory that holds something not xlb's (another program's pins)...
     daemon.stop_with(libc::SIGTERM);
+    let other = daemon.pin_dir().join("other");
+    std::fs::create_dir(&other).unwrap();
     let args = [
         "--socket",
         wrong.to_str().unwrap(),
@@ -142,9 +145,23 @@ fn teardown_never_guesses_the_pin_directory_and_reports_what_it_did() {
     let out = xlb_in(&topo, &args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("XDP detached: link"), "{}", text(&out));
+    assert!(text(&out).contains("itself stays"), "{}", text(&out));
     assert!(!xdp_attached(&topo));
+    let left: Vec<_> = std::fs::read_dir(daemon.pin_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["other"]);
+    std::fs::remove_dir(&other).unwrap();
+    // ...and, the second time, that it detached nothing and removed the empty directory.
+    let out = xlb_in(&topo, &args);
+    assert!(
+        text(&out).contains("nothing was detached"),
+        "{}",
+        text(&out)
+    );
     assert!(!daemon.pin_dir().exists());
-    // ...and that it found nothing the second time.
+    // A third time finds nothing at all.
     let out = xlb_in(&topo, &args);
     assert!(
         text(&out).contains("nothing was detached") && text(&out).contains("nothing was pinned"),

@@ -90,7 +90,7 @@ fn every_documented_bpftool_command_names_the_backends_and_sums_to_xlb_stats() {
     daemon.stop_with(libc::SIGTERM);
 
     let commands = inspect(&daemon, "web/b2");
-    assert_eq!(commands.len(), 8, "{commands:?}");
+    assert_eq!(commands.len(), 9, "{commands:?}");
     // A backend the pins do not name is refused, naming those that exist.
     let out = inspect_output(&daemon, "web/b9");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -149,12 +149,19 @@ fn every_documented_bpftool_command_names_the_backends_and_sums_to_xlb_stats() {
             assert_eq!(forwarded["action"], "tx");
             let sum: u64 = backends.iter().map(|b| field(b, "packets")).sum();
             assert_eq!(field(forwarded, "packets"), sum, "forwarded packets");
-        } else if what.starts_with("Flow table") {
+        } else if what.starts_with("Flow table entries") {
             let (used, rest) = out.trim().split_once(" of ").unwrap();
             // The VIP's table never changed: every slot is stateless, so the 60
             // connections left no entry.
             assert_eq!(used, "0", "{out}");
             assert_eq!(rest, "1048576 flow entries");
+        } else if what.starts_with("Flow table inserts") {
+            // No slot changed: nothing was written, nothing refused.
+            let got = lines(&out);
+            assert_eq!(got.len(), 1, "{out}");
+            for k in ["inserts", "refused_full", "refused_rate"] {
+                assert_eq!(field(&got[0], k), 0, "{k}: {out}");
+            }
         } else if what.starts_with("The XDP link") {
             assert!(out.contains("xdp"), "{out}");
         } else {

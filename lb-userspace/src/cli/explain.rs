@@ -37,12 +37,16 @@ pub(crate) fn explain(
         );
     } else if e.why == "flow-entry" {
         say!(
-            "{} -> vip {}: backend {} (id {}), from its flow entry (chosen by generation {})",
+            "{} -> vip {}: backend {} (id {}), from its flow entry (written under generation \
+             {}); its slot {} changed owner: now {}, before {}",
             e.client,
             e.vip,
             e.backend,
             e.backend_id,
-            e.generation
+            e.generation,
+            e.slot.unwrap_or(0),
+            e.slot_owner.as_deref().unwrap_or("?"),
+            e.slot_previous.as_deref().unwrap_or("?")
         );
     } else {
         say!(

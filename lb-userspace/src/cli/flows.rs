@@ -61,7 +61,8 @@ pub(crate) fn flows(socket: &Path, args: Args) -> Result<u8, String> {
     }
     let shown = page.flows.len();
     say!(
-        "{} of {} matching entries (offset {}); {} entries in the table, all in changed slots",
+        "{} of {} matching entries (offset {}); {} entries in the table (only flows in \
+         slots a change moved have one)",
         shown,
         page.matched,
         page.offset,

@@ -94,6 +94,14 @@ pub(crate) fn commands(dir: &str, backend: Option<(&str, &str)>) -> Vec<(&'stati
             ),
         ),
         (
+            "Flow table inserts, and inserts refused for a full table or by the flood guard, \
+             summed over CPUs",
+            format!(
+                "bpftool -j map dump pinned {dir}/xlb_flow_stats | jq -c '{TOTAL} .[0].formatted.values \
+                 | total | {{inserts, refused_full, refused_rate}}'"
+            ),
+        ),
+        (
             "The XDP link and its program (`bpftool net show`, in the interface's network \
              namespace, names the interface)",
             format!("bpftool link show pinned {dir}/link"),

@@ -79,6 +79,7 @@ impl Controller {
             generation: u64::from(generation),
             slot: Some(slot),
             hash: Some(hash),
+            slot_owner: Some(name_of(stored.owner).unwrap_or_else(|| "?".into())),
             slot_previous: stored
                 .is_changed()
                 .then(|| name_of(stored.previous).unwrap_or_else(|| "?".into())),
@@ -311,6 +312,9 @@ pub struct Explain {
     pub generation: u64,
     pub slot: Option<u32>,
     pub hash: Option<u32>,
+    /// The slot's owner: where new connections go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_owner: Option<String>,
     /// The slot's previous owner, while the slot is changed: the backend that flows
     /// older than the change, and without an entry, stay on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -175,7 +175,7 @@ impl Collector for Metrics {
         {
             let mut drops = enc.encode_descriptor(
                 "xlb_vip_drops",
-                "Packets to the VIP dropped (no backend, or a malformed header).",
+                "Packets to the VIP dropped for want of a live backend in the slot (malformed packets are counted per reason in xlb_packets_total).",
                 None,
                 MetricType::Counter,
             )?;

@@ -268,7 +268,7 @@ fn check_flow_capacity(opts: &LoadOptions) -> Result<(), DataplaneError> {
         });
     }
     let path = pins::map(&opts.pin_dir, names::FLOWS);
-    std::fs::remove_file(&path).map_err(|source| DataplaneError::PinDir {
+    std::fs::remove_file(&path).map_err(|source| DataplaneError::Unpin {
         path: path.clone(),
         source,
     })
@@ -349,6 +349,9 @@ pub struct Teardown {
     pub link: Option<LinkReport>,
     /// Every pin removed (and the directory, if it could be).
     pub removed: Vec<PathBuf>,
+    /// The directory stays: it holds something that is not xlb's.
+    #[serde(default)]
+    pub kept_dir: bool,
 }
 
 /// The XDP link a teardown unpinned.
@@ -379,14 +382,18 @@ impl std::fmt::Display for Teardown {
             None => writeln!(f, "no pinned XDP link in {dir}: nothing was detached")?,
         }
         if self.removed.is_empty() {
-            write!(f, "nothing was pinned in {dir}")
+            write!(f, "nothing was pinned in {dir}")?;
         } else {
             write!(
                 f,
                 "removed {} pinned objects from {dir}",
                 self.removed.len()
-            )
+            )?;
         }
+        if self.kept_dir {
+            write!(f, "; {dir} itself stays: it holds files that are not xlb's")?;
+        }
+        Ok(())
     }
 }
 
@@ -394,10 +401,6 @@ impl std::fmt::Display for Teardown {
 /// holds it), the program and every map; reports what it found and whether XDP is gone.
 pub fn teardown(pin_dir: &Path) -> Result<Teardown, DataplaneError> {
     let mut removed = Vec::new();
-    let io = |source| DataplaneError::PinDir {
-        path: pin_dir.to_path_buf(),
-        source,
-    };
     let link_path = pin_dir.join(pins::LINK);
     // Hold the link open across the unpin so its ids can be read; closing this last fd
     // releases the link synchronously, so the check below sees the result.
@@ -412,14 +415,25 @@ pub fn teardown(pin_dir: &Path) -> Result<Teardown, DataplaneError> {
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
+            Err(source) => return Err(DataplaneError::Unpin { path, source }),
         }
     }
-    match std::fs::remove_dir(pin_dir) {
-        Ok(()) => removed.push(pin_dir.to_path_buf()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
+    // A directory that holds anything else (another program's pins) is left in place:
+    // everything of xlb's is gone already.
+    let kept_dir = match std::fs::remove_dir(pin_dir) {
+        Ok(()) => {
+            removed.push(pin_dir.to_path_buf());
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => true,
+        Err(source) => {
+            return Err(DataplaneError::Unpin {
+                path: pin_dir.to_path_buf(),
+                source,
+            });
+        }
+    };
     let link = link.map(|(fd, id, program_id)| {
         drop(fd);
         let alive = aya::programs::loaded_links()
@@ -435,5 +449,6 @@ pub fn teardown(pin_dir: &Path) -> Result<Teardown, DataplaneError> {
         pin_dir: pin_dir.to_path_buf(),
         link,
         removed,
+        kept_dir,
     })
 }

@@ -47,6 +47,11 @@ pub enum DataplaneError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot unpin {path}: {source}")]
+    Unpin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("loading the XDP object failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("reading the program's trace records: {0}")]

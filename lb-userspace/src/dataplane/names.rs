@@ -143,7 +143,7 @@ impl NameMaps {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DataplaneError::PinDir { path, source }),
+                Err(source) => return Err(DataplaneError::Unpin { path, source }),
             }
             data.pin(&path)
                 .map_err(|source| DataplaneError::Pin { path, source })?;

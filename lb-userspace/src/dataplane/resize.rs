@@ -158,7 +158,7 @@ impl Carried {
                 .find(|n| path.ends_with(n))
                 .unwrap_or(names::RINGS);
             let map = open(&path, name)?;
-            std::fs::remove_file(&path).map_err(|source| DataplaneError::PinDir {
+            std::fs::remove_file(&path).map_err(|source| DataplaneError::Unpin {
                 path: path.clone(),
                 source,
             })?;

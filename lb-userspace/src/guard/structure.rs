@@ -36,7 +36,8 @@ pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
         bad(
             "daemon.flow_capacity",
             "daemon.flow_capacity = 0: the flow table needs room for at least one flow".into(),
-            "leave it out (default 65536) or size it for the concurrent flows expected",
+            "leave it out (default 1048576) or size it for the flows in changed slots \
+             expected",
         );
     }
     if let Some(a) = &c.daemon.announce {
@@ -90,7 +91,7 @@ pub(super) fn global_structure(c: &Config, out: &mut Vec<Violation>) {
             "set the seconds a flow may be silent and still keep its backend (default 300)",
         );
     }
-    if d.udp_grace > d.flow_idle_timeout {
+    if d.flow_idle_timeout > 0 && d.udp_grace > d.flow_idle_timeout {
         bad(
             "daemon.udp_grace",
             format!(
