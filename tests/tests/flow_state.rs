@@ -181,8 +181,9 @@ fn a_syn_flood_then_five_changes_moves_no_long_lived_connection() {
         "{with_entry} of {} held connections have a flow entry",
         held.len()
     );
+    // An unknown backend is an error (the CLI's exit status 2), naming it.
     let out = daemon.xlb(&["flows", "echo", "--backend", "b9"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(xlb_lab::daemon::text(&out).contains("no backend named \"b9\""));
 }
 
