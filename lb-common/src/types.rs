@@ -123,6 +123,14 @@ impl Backend {
         self.flags & BACKEND_LIVE != 0
     }
 
+    /// Whether this backend may take traffic of VIP `vip_id`: it is live and serves that
+    /// VIP. The program asks this of a slot's owner and previous owner; `xlb explain`
+    /// asks the same.
+    #[inline(always)]
+    pub const fn is_live_for(&self, vip_id: u32) -> bool {
+        self.is_live() && self.vip_id == vip_id
+    }
+
     /// Whether a packet of `flow` may still go to this backend: the backend is live and
     /// serves the VIP (address, port, protocol) the packet is addressed to. The program
     /// asks this of a flow entry's backend; `xlb explain` asks the same.

@@ -64,5 +64,5 @@ fn from_table(flow: &FlowKey, vip: &VipInfo, syn: bool) -> Option<Chosen> {
 #[inline(always)]
 pub(crate) fn serving(id: u32, vip: &VipInfo) -> Option<&'static Backend> {
     let backend = BACKENDS.get(id)?;
-    (backend.is_live() && backend.vip_id == vip.vip_id).then_some(backend)
+    backend.is_live_for(vip.vip_id).then_some(backend)
 }

@@ -21,6 +21,9 @@ use lb_common::{FlowKey, FlowValue, Slot, VipKey, flow_hash, table_slot};
 pub struct Merged {
     pub slots: Vec<u32>,
     pub moved: Vec<u32>,
+    /// Whether the live table's slots were carried over (same size); if not, every
+    /// slot starts stateless.
+    pub carried_over: bool,
 }
 
 /// The stored slots for a table with `owners` replacing the live stored slots `live`
@@ -48,7 +51,11 @@ pub fn merge(live: Option<&[u32]>, owners: &[u32]) -> Merged {
             Slot { owner, previous }.pack()
         })
         .collect();
-    Merged { slots, moved }
+    Merged {
+        slots,
+        moved,
+        carried_over: live.is_some(),
+    }
 }
 
 /// When each changed slot last changed owner (`CLOCK_MONOTONIC` ns), per VIP id.
@@ -117,7 +124,7 @@ pub fn plan_sweep(
     let mut held = std::collections::BTreeSet::new();
     for (key, value) in entries {
         sweep.entries += 1;
-        let table = tables.iter().position(|t| serves(&t.key, &key));
+        let table = tables.iter().position(|t| t.key.matches(&key));
         let place = table.and_then(|t| {
             let slots = &tables[t].slots;
             let slot = table_slot(flow_hash(&key, seed), slots.len().max(1) as u32);
@@ -150,13 +157,6 @@ pub fn plan_sweep(
         }
     }
     sweep
-}
-
-fn serves(vip: &VipKey, flow: &FlowKey) -> bool {
-    vip.port_be == flow.dport_be
-        && vip.proto == flow.proto
-        && vip.family == flow.family
-        && vip.addr == flow.dst
 }
 
 #[cfg(test)]

@@ -4,11 +4,17 @@
 use std::net::SocketAddr;
 
 use lb_common::{
-    BackendStats, FlowKey, PROTO_TCP, Slot, flow_hash, table_slot, unknown_flow_follows_previous,
+    BackendStats, FlowKey, Slot, flow_hash, table_slot, unknown_flow_follows_previous,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::history::Ids;
+
+use super::{
+    ApplyError, Controller, Panic,
+    install::{addr16, family, vip_key},
+    macs,
+};
 
 /// The client end of a flow key.
 fn client_of(key: &FlowKey) -> SocketAddr {
@@ -19,12 +25,6 @@ fn client_of(key: &FlowKey) -> SocketAddr {
         SocketAddr::from(([key.src[0], key.src[1], key.src[2], key.src[3]], port))
     }
 }
-
-use super::{
-    ApplyError, Controller, Panic,
-    install::{addr16, family, vip_key},
-    macs,
-};
 
 impl Controller {
     /// Which backend a flow from `client` to `vip` gets, and why.
@@ -99,13 +99,12 @@ impl Controller {
         let serving = self
             .maps
             .backend(stored.previous)
-            .is_ok_and(|b| b.is_live() && b.vip_id == vip_id);
+            .is_ok_and(|b| b.is_live_for(vip_id));
         let now_s =
             u32::try_from(crate::dataplane::monotonic_ns() / 1_000_000_000).unwrap_or(u32::MAX);
         let grace = self.maps.table_udp_grace(vip_id)?;
         // Without a SYN flag to go by, a TCP flow is explained as a new connection.
-        let to_previous =
-            key.proto != PROTO_TCP && unknown_flow_follows_previous(key.proto, false, now_s, grace);
+        let to_previous = unknown_flow_follows_previous(key.proto, true, now_s, grace);
         let backend_id = if serving && to_previous {
             stored.previous
         } else {
@@ -155,12 +154,7 @@ impl Controller {
         let mut rows: Vec<FlowRow> = all
             .into_iter()
             .filter_map(|(key, value)| {
-                let (v, _) = vips.iter().find(|(_, k)| {
-                    k.addr == key.dst
-                        && k.port_be == key.dport_be
-                        && k.proto == key.proto
-                        && k.family == key.family
-                })?;
+                let (v, _) = vips.iter().find(|(_, k)| k.matches(&key))?;
                 let name = v
                     .backends
                     .iter()

@@ -293,7 +293,7 @@ impl Maps {
         };
         let users = self.vip_addrs.get(&addr, 0).unwrap_or(0);
         let known = self.vips.get(key, 0).is_ok();
-        self.write_index(bit, Some((*key, *info)))?;
+        self.index_put(bit, key, info)?;
         self.vips
             .insert(key, info, 0)
             .map_err(map_err(names::VIPS, "writing VIP"))?;
@@ -313,21 +313,19 @@ impl Maps {
         self.vips
             .remove(key)
             .map_err(map_err(names::VIPS, "removing VIP"))?;
-        self.write_index(key.filter_bit(), None)?;
+        self.index_remove(key)?;
         let addr = VipAddrKey {
             addr: key.addr,
             family: key.family,
             _pad: [0; 3],
         };
         match self.vip_addrs.get(&addr, 0).unwrap_or(0) {
-            0 | 1 => self
-                .vip_addrs
-                .remove(&addr)
-                .or_else(|e| match e {
-                    MapError::KeyNotFound => Ok(()),
-                    e => Err(e),
-                })
-                .map_err(map_err(names::VIP_ADDRS, "removing VIP address")),
+            0 | 1 => match self.vip_addrs.remove(&addr) {
+                Err(e) if !is_absent(&e) => {
+                    Err(map_err(names::VIP_ADDRS, "removing VIP address")(e))
+                }
+                _ => Ok(()),
+            },
             users => self
                 .vip_addrs
                 .insert(addr, users - 1, 0)
@@ -374,24 +372,40 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes `xlb_vip_index[bit]` for the VIPs in `xlb_vips` with that bit, and `extra`
-    /// (a VIP about to be inserted).
-    fn write_index(
-        &mut self,
-        bit: u32,
-        extra: Option<(VipKey, VipInfo)>,
-    ) -> Result<(), DataplaneError> {
-        let mut with_bit: Vec<(VipKey, VipInfo)> = self
-            .vips()
-            .into_iter()
-            .filter(|(k, _)| k.filter_bit() == bit && extra.is_none_or(|(x, _)| x != *k))
-            .collect();
-        with_bit.extend(extra);
-        let want = index_entry(&with_bit);
-        let have = self
-            .vip_index
-            .get(&bit, 0)
-            .map_err(map_err(names::VIP_INDEX, format!("reading entry {bit}")))?;
+    /// Makes `xlb_vip_index[bit]` include `key` (about to be inserted with `info`): its
+    /// own entry if the bit was free or already its, "shared" if another VIP has it.
+    fn index_put(&mut self, bit: u32, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
+        let have = self.vip_index(bit)?;
+        let alone =
+            have.info.vip_id == 0 || (have.info.vip_id != VIP_INDEX_SHARED && have.key == *key);
+        let want = if alone {
+            index_entry(&[(*key, *info)])
+        } else {
+            index_entry(&[(*key, *info), (have.key, have.info)])
+        };
+        if have != want {
+            self.set_index(bit, want)?;
+        }
+        Ok(())
+    }
+
+    /// Takes `key` (just removed from `xlb_vips`) out of its bit's `xlb_vip_index`
+    /// entry. Only a shared bit needs the remaining VIPs, read from `xlb_vips`.
+    fn index_remove(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        let bit = key.filter_bit();
+        let have = self.vip_index(bit)?;
+        let want = if have.info.vip_id == VIP_INDEX_SHARED {
+            let rest: Vec<(VipKey, VipInfo)> = self
+                .vips()
+                .into_iter()
+                .filter(|(k, _)| k.filter_bit() == bit)
+                .collect();
+            index_entry(&rest)
+        } else if have.key == *key {
+            VipIndexEntry::default()
+        } else {
+            return Ok(());
+        };
         if have != want {
             self.set_index(bit, want)?;
         }
@@ -502,7 +516,7 @@ impl Maps {
             names::RINGS,
             format!("switching VIP {} to its new table", table.vip_id),
         ))?;
-        if live.is_some_and(|l| l.len() == table.slots.len()) {
+        if merged.carried_over {
             self.changes.mark(table.vip_id, &merged.moved, now);
         } else {
             self.changes.forget(table.vip_id);

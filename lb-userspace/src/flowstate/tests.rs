@@ -10,7 +10,7 @@ fn packed(owner: u32, previous: u32) -> u32 {
 fn a_first_table_is_stateless() {
     let m = merge(None, &[1, 2, 3]);
     assert_eq!(m.slots, vec![1, 2, 3]);
-    assert!(m.moved.is_empty());
+    assert!(m.moved.is_empty() && !m.carried_over);
 }
 
 #[test]
@@ -18,6 +18,7 @@ fn a_moved_slot_remembers_its_owner_and_keeps_the_oldest() {
     let m = merge(Some(&[1, 2, packed(3, 1)]), &[2, 2, 1]);
     assert_eq!(m.slots, vec![packed(2, 1), 2, packed(1, 1)]);
     assert_eq!(m.moved, vec![0, 2]);
+    assert!(m.carried_over);
     // Unchanged owner: a changed slot stays changed, a stateless one stateless.
     let m = merge(Some(&[packed(2, 1), 2]), &[2, 2]);
     assert_eq!(m.slots, vec![packed(2, 1), 2]);
@@ -28,6 +29,7 @@ fn a_moved_slot_remembers_its_owner_and_keeps_the_oldest() {
 fn a_table_of_another_size_starts_stateless() {
     let m = merge(Some(&[1, 2]), &[2, 1, 1]);
     assert_eq!(m.slots, vec![2, 1, 1]);
+    assert!(!m.carried_over);
 }
 
 fn vip() -> VipKey {
