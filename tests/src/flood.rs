@@ -11,21 +11,8 @@ use std::{
 
 use crate::{
     packet::{SYN, tcp, v4},
-    topology::in_ns,
+    topology::{in_ns, mac_of},
 };
-
-/// The MAC of `iface` in namespace `ns`.
-pub fn mac_of(ns: &str, iface: &str) -> [u8; 6] {
-    let text = crate::netns::sh(&format!(
-        "ip netns exec {ns} cat /sys/class/net/{iface}/address"
-    ));
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("a MAC address"))
-        .collect();
-    bytes.try_into().expect("6 bytes")
-}
 
 /// Flow `i` of the flood: a source address and port, distinct for every `i` below 2^24.
 fn source(i: u32) -> (Ipv4Addr, u16) {

@@ -4,6 +4,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey};
+
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x1b];
 
@@ -220,4 +222,29 @@ impl Frame {
         f.extend_from_slice(&l4);
         f
     }
+}
+
+/// The flow key the XDP program builds for `frame` (as in `xlb_flows` and the flow hash).
+pub fn flow_key(frame: &Frame) -> FlowKey {
+    let mut key = FlowKey {
+        proto: frame.l4.proto(),
+        ..FlowKey::default()
+    };
+    match &frame.l3 {
+        L3::V4 { src, dst, .. } => {
+            key.family = FAMILY_V4;
+            key.src[..4].copy_from_slice(&src.octets());
+            key.dst[..4].copy_from_slice(&dst.octets());
+        }
+        L3::V6 { src, dst, .. } => {
+            key.family = FAMILY_V6;
+            key.src = src.octets();
+            key.dst = dst.octets();
+        }
+    }
+    if let L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } = frame.l4 {
+        key.sport_be = sport.to_be();
+        key.dport_be = dport.to_be();
+    }
+    key
 }

@@ -219,6 +219,15 @@ pub fn enter(name: &str) {
     std::mem::forget(ns);
 }
 
+/// The MAC of `iface` in namespace `ns` (asked of the kernel from inside it).
+pub fn mac_of(ns: &str, iface: &str) -> [u8; 6] {
+    let iface = iface.to_string();
+    in_ns(ns, move || {
+        xlb::dataplane::loader::interface_mac(&iface)
+            .unwrap_or_else(|e| panic!("MAC of {iface} in the namespace: {e}"))
+    })
+}
+
 /// Runs `f` on a new thread inside namespace `name` and returns its result.
 pub fn in_ns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let name = name.to_string();

@@ -13,7 +13,7 @@ use xlb_lab::{
     daemon::{Daemon, VipSpec, text},
     require_root,
     servers::{HTTP_PORT, Servers},
-    topology::{Topology, VIP4, in_ns},
+    topology::{Topology, VIP4, in_ns, mac_of},
 };
 
 const VIP_B: &str = "198.18.0.101";
@@ -41,16 +41,6 @@ fn step(daemon: &Daemon, text: &str, want: &str) {
 
 fn text_of(out: &std::process::Output) -> String {
     text(out)
-}
-
-fn mac_of(ns: &xlb_lab::netns::Netns) -> [u8; 6] {
-    let s = ns.sh("cat /sys/class/net/eth0/address");
-    let bytes: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
 }
 
 #[test]
@@ -109,7 +99,7 @@ fn each_kind_of_change_is_applied_as_a_generation_and_reaches_maps_and_traffic()
         &text,
         &format!("backend b1 address: 198.18.0.11 -> {B1_NEW}"),
     );
-    let b1 = mac_of(&topo.backends[0]);
+    let b1 = mac_of(&topo.backends[0].name, "eth0");
     let live = daemon.live_backends();
     assert!(
         live.iter()
@@ -119,7 +109,7 @@ fn each_kind_of_change_is_applied_as_a_generation_and_reaches_maps_and_traffic()
     assert!(!live.iter().any(|(_, a, _)| a.to_string() == "198.18.0.11"));
 
     // An explicit MAC: b1's slots now go to b2's host, which answers as b2.
-    let b2 = mac_of(&topo.backends[1]);
+    let b2 = mac_of(&topo.backends[1].name, "eth0");
     let b2_mac = b2.map(|x| format!("{x:02x}")).join(":");
     let text = text.replacen("mac = \"neighbour\"", &format!("mac = \"{b2_mac}\""), 1);
     step(

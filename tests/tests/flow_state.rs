@@ -13,10 +13,10 @@ use std::{
 use xlb_lab::{
     clients::{Echo, Load, follows, http_many},
     daemon::{Daemon, VipSpec},
-    flood::{mac_of, syn_flood},
+    flood::syn_flood,
     require_root,
     servers::{ECHO_PORT, HTTP_PORT, Servers},
-    topology::{Topology, VIP4, backend_name, in_ns},
+    topology::{Topology, VIP4, backend_name, in_ns, mac_of},
 };
 
 /// The daemon's flow table view (`xlb stats --json`'s `flows`).

@@ -5,17 +5,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    BACKEND_LIVE, Backend, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, VipInfo, VipKey,
+    BACKEND_LIVE, Backend, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, VipInfo, VipKey,
     maps::DEFAULT_TABLE_SIZE,
 };
 use xlb::{
     dataplane::{Dataplane, LoadOptions, TableWrite},
     table::{self, Weighted},
 };
-use xlb_lab::{
-    PinDir,
-    packet::{L3, L4, LB_MAC},
-};
+use xlb_lab::{PinDir, packet::LB_MAC};
+
+pub(crate) use xlb_lab::packet::flow_key;
 
 pub(crate) const SEED: u32 = 0x5eed_0001;
 const IF_MAC: [u8; 6] = LB_MAC;
@@ -185,30 +184,6 @@ pub(crate) fn run(dp: &mut Dataplane, input: &[u8]) -> (u32, Vec<u8>) {
     let r = dp.program().unwrap().test_run(opts).unwrap();
     out.truncate(r.data_size_out as usize);
     (r.return_value, out)
-}
-
-pub(crate) fn flow_key(frame: &xlb_lab::packet::Frame) -> FlowKey {
-    let mut key = FlowKey {
-        proto: frame.l4.proto(),
-        ..FlowKey::default()
-    };
-    match &frame.l3 {
-        L3::V4 { src, dst, .. } => {
-            key.family = FAMILY_V4;
-            key.src[..4].copy_from_slice(&src.octets());
-            key.dst[..4].copy_from_slice(&dst.octets());
-        }
-        L3::V6 { src, dst, .. } => {
-            key.family = FAMILY_V6;
-            key.src = src.octets();
-            key.dst = dst.octets();
-        }
-    }
-    if let L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } = frame.l4 {
-        key.sport_be = sport.to_be();
-        key.dport_be = dport.to_be();
-    }
-    key
 }
 
 /// Counter snapshot: per reason, per backend, per VIP.

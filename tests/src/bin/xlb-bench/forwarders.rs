@@ -12,7 +12,7 @@ use std::{
 use aya::{Ebpf, maps::Array};
 use xlb_lab::{
     daemon::{Daemon, VipSpec},
-    topology::{Topology, VIP4, attach_xdp, backend4, in_ns},
+    topology::{Topology, VIP4, attach_xdp, backend4, in_ns, mac_of},
 };
 
 use crate::fail;
@@ -47,13 +47,6 @@ pub(crate) fn set_first<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) {
         .unwrap_or_else(|| fail(format!("no array map {name}")));
     map.set(0, value, 0)
         .unwrap_or_else(|e| fail(format!("writing {name}: {e}")));
-}
-
-pub(crate) fn mac_of(ns: &str, iface: &'static str) -> [u8; 6] {
-    in_ns(ns, move || {
-        xlb::dataplane::loader::interface_mac(iface)
-            .unwrap_or_else(|e| fail(format!("MAC of {iface}: {e}")))
-    })
 }
 
 /// Busy CPU time of the whole machine so far, in seconds (/proc/stat, USER_HZ = 100).

@@ -26,13 +26,13 @@ use lb_common::Reason;
 use xlb_lab::{
     daemon::VipSpec,
     packet::{udp, v4},
-    topology::{Topology, VIP4, attach_xdp, backend4, client4, in_ns},
+    topology::{Topology, VIP4, attach_xdp, backend4, client4, in_ns, mac_of},
 };
 
 use crate::{
     Mode, fail,
     forwarders::{
-        BACKENDS, Forwarder, Lb, busy_cpu_secs, mac_of, reflector, set_first, setup_nft, setup_xlb,
+        BACKENDS, Forwarder, Lb, busy_cpu_secs, reflector, set_first, setup_nft, setup_xlb,
     },
     median_run, stats,
 };

@@ -12,7 +12,7 @@ use xlb::{
     controller::Controller,
     dataplane::Dataplane,
 };
-use xlb_lab::packet::{ACK, Frame, SYN, tcp, udp, v4, v6};
+use xlb_lab::packet::{ACK, Frame, SYN, flow_key, tcp, udp, v4, v6};
 
 use crate::{
     Bench, Mode, XDP_DROP, XDP_PASS, XDP_TX, fail, floor, flow_table, forwarders, load_floor,
@@ -46,33 +46,6 @@ pub(crate) fn slot_of(ctl: &Controller, vip_id: u32, frame: &Frame) -> Slot {
         .unwrap_or_else(|e| fail(format!("table of VIP {vip_id}: {e}")));
     let i = table_slot(flow_hash(&flow_key(frame), seed), slots.len() as u32);
     Slot::unpack(slots[i as usize])
-}
-
-/// The flow key the program builds for `frame`.
-pub(crate) fn flow_key(frame: &Frame) -> FlowKey {
-    let mut key = FlowKey {
-        proto: frame.l4.proto(),
-        ..FlowKey::default()
-    };
-    match &frame.l3 {
-        xlb_lab::packet::L3::V4 { src, dst, .. } => {
-            key.family = lb_common::FAMILY_V4;
-            key.src[..4].copy_from_slice(&src.octets());
-            key.dst[..4].copy_from_slice(&dst.octets());
-        }
-        xlb_lab::packet::L3::V6 { src, dst, .. } => {
-            key.family = lb_common::FAMILY_V6;
-            key.src = src.octets();
-            key.dst = dst.octets();
-        }
-    }
-    if let xlb_lab::packet::L4::Tcp { sport, dport, .. }
-    | xlb_lab::packet::L4::Udp { sport, dport } = frame.l4
-    {
-        key.sport_be = sport.to_be();
-        key.dport_be = dport.to_be();
-    }
-    key
 }
 
 /// The first frame `make(port)` for ports from 40000 whose slot in VIP `vip_id` is
