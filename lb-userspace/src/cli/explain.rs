@@ -16,17 +16,21 @@ pub(crate) fn explain(
     let e: Explain = serde_json::from_value(r.data).map_err(|e| e.to_string())?;
     if json {
         print_json(&e)?;
-    } else if e.why == "changed-slot" {
-        say!(
-            "{} -> vip {}: backend {} (id {}): hash {:#010x} -> slot {} of generation {}'s table, \
-             which changed owner; the flow has no entry{}",
-            e.client,
-            e.vip,
-            e.backend,
-            e.backend_id,
-            e.hash.unwrap_or(0),
-            e.slot.unwrap_or(0),
-            e.generation,
+        return Ok(0);
+    }
+    let head = format!(
+        "{} -> vip {}: backend {} (id {})",
+        e.client, e.vip, e.backend, e.backend_id
+    );
+    let slot = format!(
+        "hash {:#010x} -> slot {} of generation {}'s table",
+        e.hash.unwrap_or(0),
+        e.slot.unwrap_or(0),
+        e.generation
+    );
+    match e.why.as_str() {
+        "changed-slot" => say!(
+            "{head}: {slot}, which changed owner; the flow has no entry{}",
             e.slot_previous
                 .as_deref()
                 .map(|p| format!(
@@ -34,31 +38,16 @@ pub(crate) fn explain(
                      {p}, while it serves)"
                 ))
                 .unwrap_or_default()
-        );
-    } else if e.why == "flow-entry" {
-        say!(
-            "{} -> vip {}: backend {} (id {}), from its flow entry (written under generation \
-             {}); its slot {} changed owner: now {}, before {}",
-            e.client,
-            e.vip,
-            e.backend,
-            e.backend_id,
+        ),
+        "flow-entry" => say!(
+            "{head}, from its flow entry (written under generation {}); its slot {} changed \
+             owner: now {}, before {}",
             e.generation,
             e.slot.unwrap_or(0),
             e.slot_owner.as_deref().unwrap_or("?"),
             e.slot_previous.as_deref().unwrap_or("?")
-        );
-    } else {
-        say!(
-            "{} -> vip {}: backend {} (id {}): hash {:#010x} -> slot {} of generation {}'s table (stateless: no flow entry needed)",
-            e.client,
-            e.vip,
-            e.backend,
-            e.backend_id,
-            e.hash.unwrap_or(0),
-            e.slot.unwrap_or(0),
-            e.generation
-        );
+        ),
+        _ => say!("{head}: {slot} (stateless: no flow entry needed)"),
     }
     Ok(0)
 }
