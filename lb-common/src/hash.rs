@@ -36,7 +36,7 @@ const fn finish(mut h: u32) -> u32 {
 /// Word `i` (0..4) of an address, as the hash mixes it and as `Backend::serves`
 /// compares it.
 #[inline(always)]
-pub(crate) const fn word(a: &[u8; 16], i: usize) -> u32 {
+pub const fn word(a: &[u8; 16], i: usize) -> u32 {
     u32::from_le_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
 }
 

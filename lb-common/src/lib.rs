@@ -4,10 +4,13 @@
 //! calling the same functions.
 #![no_std]
 
+pub mod csum;
+pub mod decap;
 pub mod hash;
 pub mod maps;
 pub mod reason;
 pub mod types;
+pub mod wire;
 
 pub use hash::{flow_hash, table_slot, vip_filter_bit};
 pub use reason::Reason;

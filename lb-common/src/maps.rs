@@ -15,6 +15,8 @@ pub const VIP_INDEX: &str = "xlb_vip_index";
 /// Every address any VIP uses; tells a fragment or odd protocol aimed at a VIP apart from
 /// host traffic.
 pub const VIP_ADDRS: &str = "xlb_vip_addrs";
+/// The outer source addresses of `ipip` forwarding (one entry).
+pub const ENCAP: &str = "xlb_encap";
 /// VIP id -> that VIP's live table (an inner array map), swapped in one update.
 pub const RINGS: &str = "xlb_rings";
 /// Backend id -> where to send (MAC, address) and whether it is live.
@@ -44,8 +46,9 @@ pub const TRACE_LOGS: &str = "AYA_LOGS";
 pub const PROGRAM_LOCAL: [&str; 3] = [TRACE, TRACE_RATE, TRACE_LOGS];
 
 /// Every pinned map the program defines, in one list for loaders and tests.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     CONFIG,
+    ENCAP,
     VIP_FILTER,
     VIP_INDEX,
     VIPS,

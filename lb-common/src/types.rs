@@ -26,6 +26,12 @@ pub const BACKEND_LIVE: u16 = 1;
 
 /// `VipInfo::forwarding`: rewrite MACs and bounce out of the receiving interface.
 pub const FWD_L2_DSR: u32 = 0;
+/// `VipInfo::forwarding`: encapsulate in an outer IPv4 (IPv4 backend) or IPv6 (IPv6
+/// backend) header addressed to the backend, and send it towards the backend's route.
+pub const FWD_IPIP: u32 = 1;
+
+/// `VipAddrInfo::flags`: answer ICMP / ICMPv6 echo requests to this address.
+pub const ADDR_ICMP_ECHO: u16 = 1;
 
 /// Key of `xlb_vips`: which traffic is a VIP's.
 #[repr(C, align(4))]
@@ -94,6 +100,76 @@ pub struct VipAddrKey {
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
     pub _pad: [u8; 3],
+}
+
+/// Value of `xlb_vip_addrs`: how many VIPs use the address, and what the program does
+/// with ICMP to it. (It was a plain `u32` count; the count still fits the low half.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipAddrInfo {
+    /// VIPs (address, port, protocol) on this address.
+    pub users: u16,
+    /// [`ADDR_ICMP_ECHO`].
+    pub flags: u16,
+}
+
+/// Value of `xlb_encap` (one entry): the outer source addresses of `ipip` forwarding.
+/// A flow's outer source is the prefix with its host bits taken from the flow hash
+/// ([`outer_source_v4`], [`outer_source_v6`]), so a backend's receive-side scaling,
+/// which hashes the outer addresses, spreads the flows over its queues. An all-zero
+/// prefix: no source is configured for that family.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Encap {
+    /// IPv4 prefix, network byte order.
+    pub v4_prefix: [u8; 4],
+    /// The IPv4 host bits the flow hash fills (`!netmask`; 0 for a single address),
+    /// network byte order.
+    pub v4_host_mask: [u8; 4],
+    /// IPv6 prefix, network byte order.
+    pub v6_prefix: [u8; 16],
+    /// The host bits of the IPv6 source's last 32 bits that the flow hash fills,
+    /// network byte order (a prefix shorter than /96 still varies only those 32).
+    pub v6_host_mask: [u8; 4],
+}
+
+/// The outer IPv4 source of a flow with hash `hash`.
+#[inline(always)]
+pub const fn outer_source_v4(encap: &Encap, hash: u32) -> [u8; 4] {
+    let prefix = u32::from_be_bytes(encap.v4_prefix);
+    let mask = u32::from_be_bytes(encap.v4_host_mask);
+    (prefix | (hash & mask)).to_be_bytes()
+}
+
+/// The last 32 bits of the outer IPv6 source of a flow with hash `hash` (the first 96
+/// are the prefix's).
+#[inline(always)]
+pub const fn outer_source_v6_tail(encap: &Encap, hash: u32) -> [u8; 4] {
+    let prefix = u32::from_be_bytes([
+        encap.v6_prefix[12],
+        encap.v6_prefix[13],
+        encap.v6_prefix[14],
+        encap.v6_prefix[15],
+    ]);
+    let mask = u32::from_be_bytes(encap.v6_host_mask);
+    (prefix | (hash & mask)).to_be_bytes()
+}
+
+/// The outer IPv6 source of a flow with hash `hash`.
+pub fn outer_source_v6(encap: &Encap, hash: u32) -> [u8; 16] {
+    let mut a = encap.v6_prefix;
+    a[12..].copy_from_slice(&outer_source_v6_tail(encap, hash));
+    a
+}
+
+/// TTL / hop limit of every packet xlb builds (outer headers, ICMP answers).
+pub const OUTER_TTL: u8 = 64;
+
+/// The IPv6 flow label of an outer header for a flow with hash `hash` (20 bits), so
+/// that routers on the way hash the flow's packets onto one path.
+#[inline(always)]
+pub const fn outer_flow_label(hash: u32) -> u32 {
+    hash & 0x000f_ffff
 }
 
 /// Value of `xlb_backends`: where a backend lives.
@@ -340,6 +416,8 @@ const _: () = {
     assert!(size_of::<VipKey>() == 20);
     assert!(size_of::<VipInfo>() == 8);
     assert!(size_of::<VipAddrKey>() == 20);
+    assert!(size_of::<VipAddrInfo>() == 4);
+    assert!(size_of::<Encap>() == 28);
     assert!(size_of::<VipIndexEntry>() == 28);
     assert!(size_of::<Backend>() == 52);
     assert!(size_of::<FlowKey>() == 40);
@@ -366,6 +444,10 @@ mod user {
     unsafe impl aya::Pod for VipAddrKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VipIndexEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipAddrInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Encap {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Backend {}
     // SAFETY: as above.

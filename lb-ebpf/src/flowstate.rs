@@ -12,6 +12,9 @@
 //! established flow is lost. A flow refused an entry is still forwarded: a SYN to the
 //! previous owner (where its unrecorded later packets will go too), anything else as
 //! the rule says.
+//!
+//! An ICMP error about a flow (`Mode::Lookup`) is chosen for exactly as the flow's next
+//! packet would be, but writes nothing: neither a new entry nor the entry's time.
 
 use aya_ebpf::{btf_maps::Array, helpers::bpf_ktime_get_coarse_ns};
 use lb_common::{
@@ -22,23 +25,20 @@ use lb_common::{
 
 use crate::{
     maps::{BACKENDS, CONFIG, FLOW_STATS, FLOWS},
-    select::{Chosen, serving},
+    select::{Chosen, Mode, serving},
 };
 
 const SECOND_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
-#[expect(
-    clippy::large_stack_frames,
-    reason = "clippy counts every temporary before optimisation; compiled, the whole xlb \
-              program, this inlined, stays within the verifier's 512 bytes (it loads)"
-)]
 pub(crate) fn changed_slot<const N: usize, const F: usize>(
     flow: &FlowKey,
     vip: &VipInfo,
     table: &Array<u32, N, F>,
     slot: Slot,
     syn: bool,
+    hash: u32,
+    mode: Mode,
 ) -> Option<Chosen> {
     // SAFETY: a helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -53,9 +53,11 @@ pub(crate) fn changed_slot<const N: usize, const F: usize>(
             && let Some(backend) = BACKENDS.get(id)
             && backend.serves(flow)
         {
-            // SAFETY: as above.
-            unsafe { (*entry).last_seen_ns = now };
-            return Some(stateful(id, backend, false));
+            if mode == Mode::Packet {
+                // SAFETY: as above.
+                unsafe { (*entry).last_seen_ns = now };
+            }
+            return Some(stateful(id, backend, false, hash));
         }
     }
     let grace_until = table.get(TABLE_HDR_UDP_GRACE).copied().unwrap_or(0);
@@ -67,6 +69,9 @@ pub(crate) fn changed_slot<const N: usize, const F: usize>(
         // A previous owner that left (or no previous): the owner, a new flow for it.
         _ => (slot.owner, serving(slot.owner, vip)?, true),
     };
+    if mode == Mode::Lookup {
+        return Some(stateful(id, backend, false, hash));
+    }
     let value = FlowValue {
         backend_id: id,
         generation: table.get(TABLE_HDR_GENERATION).copied().unwrap_or(0),
@@ -93,18 +98,19 @@ pub(crate) fn changed_slot<const N: usize, const F: usize>(
         && syn
         && let Some(backend) = serving(slot.previous, vip)
     {
-        return Some(stateful(slot.previous, backend, false));
+        return Some(stateful(slot.previous, backend, false, hash));
     }
-    Some(stateful(id, backend, new_flow))
+    Some(stateful(id, backend, new_flow, hash))
 }
 
 #[inline(always)]
-fn stateful(backend_id: u32, backend: &'static Backend, new_flow: bool) -> Chosen {
+fn stateful(backend_id: u32, backend: &'static Backend, new_flow: bool, hash: u32) -> Chosen {
     Chosen {
         backend_id,
         backend,
         new_flow,
         stateful: true,
+        hash,
     }
 }
 

@@ -1,12 +1,35 @@
-//! Stage 4: forward. `l2-dsr`: the backend shares our L2 segment and holds the VIP on
-//! loopback, so the frame only needs the backend's MAC as destination and ours as source;
-//! it leaves through the interface it came in on (XDP_TX) and the backend replies to the
-//! client directly.
+//! Stage 4: forward, by the VIP's method. `l2-dsr`: the backend shares our L2 segment
+//! and holds the VIP on loopback, so the frame only needs the backend's MAC as
+//! destination and ours as source; it leaves through the interface it came in on
+//! (XDP_TX) and the backend replies to the client directly. `ipip`: see `encap`.
 
-use aya_ebpf::programs::XdpContext;
-use lb_common::{Backend, Reason};
+use aya_ebpf::{bindings::xdp_action::XDP_TX, programs::XdpContext};
+use lb_common::{Backend, FWD_IPIP, FlowKey, Reason, VipInfo};
 
-use crate::{maps::CONFIG, parse::header};
+use crate::{
+    encap::{self, Payload},
+    maps::CONFIG,
+    parse::header,
+    select::Chosen,
+};
+
+/// Sends the IP packet at `l3` (of `flow`, or an ICMP error about it) to the chosen
+/// backend; the XDP action.
+#[inline(always)]
+pub(crate) fn send(
+    ctx: &XdpContext,
+    flow: &FlowKey,
+    vip: &VipInfo,
+    chosen: &Chosen,
+    l3: usize,
+    payload: Payload,
+) -> Result<u32, Reason> {
+    if vip.forwarding == FWD_IPIP {
+        return encap::ipip(ctx, flow, l3, chosen.backend, chosen.hash, payload);
+    }
+    l2_dsr(ctx, chosen.backend)?;
+    Ok(XDP_TX)
+}
 
 /// The two MAC addresses at the start of an Ethernet header.
 #[repr(C)]
@@ -16,7 +39,7 @@ struct Macs {
 }
 
 #[inline(always)]
-pub(crate) fn l2_dsr(ctx: &XdpContext, backend: &Backend) -> Result<(), Reason> {
+fn l2_dsr(ctx: &XdpContext, backend: &Backend) -> Result<(), Reason> {
     // Verifier: parse checked the Ethernet header, but this is a new packet pointer.
     let macs = header::<Macs>(ctx, 0).ok_or(Reason::PassTruncated)?;
     // SAFETY: `header` checked that both MAC fields are inside the packet; the sources
@@ -37,7 +60,7 @@ pub(crate) fn l2_dsr(ctx: &XdpContext, backend: &Backend) -> Result<(), Reason> 
 /// # Safety
 /// `to` must be 6 writable bytes and `from` 6 readable bytes.
 #[inline(always)]
-unsafe fn copy_mac(to: *mut [u8; 6], from: *const [u8; 6]) {
+pub(crate) unsafe fn copy_mac(to: *mut [u8; 6], from: *const [u8; 6]) {
     // SAFETY: the caller vouches for both; unaligned moves are single loads and stores
     // here (the program is built with misaligned access allowed).
     unsafe {

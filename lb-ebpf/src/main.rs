@@ -1,9 +1,17 @@
 //! The xlb XDP program: entry point only. The packet path is one stage per module:
 //! `parse` -> `vip` (filter, then lookup) -> `select` (the slot of the VIP's weighted
-//! table; in a changed slot, `flowstate` consults the flow table) -> `forward` ->
-//! `counters` -> `trace`. Every exit carries a named `Reason`.
+//! table; in a changed slot, `flowstate` consults the flow table) -> `forward` (`l2-dsr`
+//! in place, or `encap` with the route from `fib`) -> `counters` -> `trace`. ICMP to a
+//! VIP address takes `icmp` instead, which finds the flow an error is about and sends
+//! it the same way. Every exit carries a named `Reason`.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::large_stack_frames,
+    reason = "clippy counts every temporary before optimisation; compiled, the whole \
+              program stays within the verifier's 512 bytes (it loads, and the packet \
+              tests run it)"
+)]
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys are passed by reference on purpose: by value, the 20- to 40-byte keys \
@@ -11,8 +19,11 @@
 )]
 
 mod counters;
+mod encap;
+mod fib;
 mod flowstate;
 mod forward;
+mod icmp;
 mod maps;
 mod parse;
 mod select;
@@ -33,13 +44,13 @@ pub(crate) fn xlb(ctx: XdpContext) -> u32 {
         backend_id: 0,
         new_flow: false,
     };
-    let reason = match process(&ctx, flow, len, &mut decision) {
-        Ok(()) => Reason::Forwarded,
-        Err(reason) => reason,
+    let (reason, action) = match process(&ctx, flow, len, &mut decision) {
+        Ok(sent) => sent,
+        Err(reason) => (reason, reason.action()),
     };
     counters::count_reason(reason, len);
     trace::report(flow, reason, &decision);
-    reason.action()
+    action
 }
 
 #[inline(always)]
@@ -48,15 +59,19 @@ fn process(
     flow: &mut FlowKey,
     len: u64,
     decision: &mut trace::Decision,
-) -> Result<(), Reason> {
+) -> Result<icmp::Sent, Reason> {
     let parsed = parse::parse(ctx, flow)?;
+    if parsed.icmp {
+        return icmp::handle(ctx, flow, &parsed, decision);
+    }
     let bit = vip::screen(flow)?;
-    let chosen = select::select(flow, &vip::lookup_vip(flow, bit)?, parsed.syn)?;
+    let vip = vip::lookup_vip(flow, bit)?;
+    let chosen = select::select(flow, &vip, parsed.syn, select::Mode::Packet)?;
     decision.backend_id = chosen.backend_id;
     decision.new_flow = chosen.new_flow;
-    forward::l2_dsr(ctx, chosen.backend)?;
+    let action = forward::send(ctx, flow, &vip, &chosen, parsed.l3, encap::Payload::Flow)?;
     counters::count_forwarded(&chosen, len);
-    Ok(())
+    Ok((Reason::Forwarded, action))
 }
 
 #[cfg(not(test))]

@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendStats, Config, FlowKey, FlowStats, FlowValue, ReasonStats, TraceRate,
-    VipAddrKey, VipIndexEntry, VipInfo, VipKey, VipStats,
+    Backend, BackendStats, Config, Encap, FlowKey, FlowStats, FlowValue, ReasonStats, TraceRate,
+    VipAddrInfo, VipAddrKey, VipIndexEntry, VipInfo, VipKey, VipStats,
     maps::{
         BPF_F_NO_PREALLOC, DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS,
         TABLE_HEADER, TABLE_MAP_FLAGS, VIP_FILTER_BITS, VIP_FILTER_WORDS,
@@ -20,6 +20,10 @@ const TEMPLATE_TABLE_ENTRIES: usize = (DEFAULT_TABLE_SIZE + TABLE_HEADER) as usi
 /// Hash seed, this interface's MAC, the flood guard's rate (one entry).
 #[btf_map(name = "xlb_config")]
 pub(crate) static CONFIG: Array<Config, 1> = Array::new();
+
+/// The outer source addresses of `ipip` forwarding (one entry).
+#[btf_map(name = "xlb_encap")]
+pub(crate) static ENCAP: Array<Encap, 1> = Array::new();
 
 /// Bit `vip_filter_bit(address, port, protocol)` is set for every VIP; a packet whose bit
 /// is clear is not for a VIP.
@@ -34,9 +38,11 @@ pub(crate) static VIP_INDEX: Array<VipIndexEntry, { VIP_FILTER_BITS as usize }> 
 #[btf_map(name = "xlb_vips")]
 pub(crate) static VIPS: HashMap<VipKey, VipInfo, { MAX_VIPS as usize }> = HashMap::new();
 
-/// Addresses used by any VIP; consulted only for packets the program cannot parse fully.
+/// Addresses used by any VIP, with their ICMP flags; consulted for ICMP and for packets
+/// the program cannot parse fully.
 #[btf_map(name = "xlb_vip_addrs")]
-pub(crate) static VIP_ADDRS: HashMap<VipAddrKey, u32, { MAX_VIPS as usize }> = HashMap::new();
+pub(crate) static VIP_ADDRS: HashMap<VipAddrKey, VipAddrInfo, { MAX_VIPS as usize }> =
+    HashMap::new();
 
 /// VIP id -> the VIP's live table: `[size, generation, UDP grace end, slot 0 .. slot
 /// size-1]`, each slot a packed `lb_common::Slot`. The control plane builds a complete

@@ -2,12 +2,16 @@
 //! the TCP/UDP ports into a `FlowKey`, with network-types' header structs. Nothing past `data_end` is ever read: every header
 //! access goes through `header`, which the verifier also requires. A packet that cannot
 //! be parsed fully is never forwarded; it is passed to the host unless it is aimed at a
-//! VIP address, in which case it is dropped under its own reason.
+//! VIP address, in which case it is dropped under its own reason. ICMP and ICMPv6 are
+//! handed to `icmp` with their offsets.
 
 use core::{mem::MaybeUninit, ptr::addr_of};
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason,
+    wire::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, PROTO_ICMP, PROTO_ICMPV6},
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -18,11 +22,6 @@ use network_types::{
 
 use crate::vip::is_vip_address;
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
 const IPV6_FRAGMENT: u8 = 44;
 /// More-fragments flag and fragment offset bits of the IPv4 `frags` field.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
@@ -32,6 +31,45 @@ pub(crate) struct Parsed {
     /// A TCP SYN without ACK: a client opening a connection, which starts a new flow
     /// even if an entry for its 5-tuple is left from an earlier connection.
     pub syn: bool,
+    /// ICMP (IPv4) or ICMPv6: the key has the addresses and protocol, no ports.
+    pub icmp: bool,
+    /// Offset of the IP header (14, or 18 behind an 802.1Q tag).
+    pub l3: usize,
+    /// Offset of the TCP, UDP or ICMP header.
+    pub l4: usize,
+}
+
+/// An address on the stack, aligned so that the compiler's word moves are aligned
+/// (the verifier rejects misaligned stack access).
+#[repr(C, align(8))]
+pub(crate) struct Addr(pub [u8; 16]);
+
+impl Addr {
+    /// All zero, as two 8-byte stores (not a `memset` call).
+    #[inline(always)]
+    pub(crate) fn zero() -> Addr {
+        let mut a = MaybeUninit::<Addr>::uninit();
+        let words = a.as_mut_ptr().cast::<u64>();
+        // SAFETY: 16 aligned bytes; volatile keeps them two stores.
+        unsafe {
+            words.write_volatile(0);
+            words.add(1).write_volatile(0);
+            a.assume_init()
+        }
+    }
+
+    /// Sets 4-byte word `i` (0..4).
+    #[inline(always)]
+    pub(crate) fn set_word(&mut self, i: usize, w: [u8; 4]) {
+        // SAFETY: `i` < 4 by the callers; aligned.
+        unsafe {
+            self.0
+                .as_mut_ptr()
+                .cast::<u32>()
+                .add(i)
+                .write(u32::from_ne_bytes(w))
+        };
+    }
 }
 
 /// A pointer to a `T` at `offset`, or `None` if the packet is shorter than that.
@@ -80,11 +118,17 @@ pub(crate) fn parse(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, Reaso
         proto = u16::from_be(unsafe { (*vlan).ether_type });
         l3 += VlanHdr::LEN;
     }
-    match proto {
-        ETH_P_IP => parse_ipv4(ctx, l3, key),
-        ETH_P_IPV6 => parse_ipv6(ctx, l3, key),
-        _ => Err(Reason::PassNotIp),
-    }
+    let (l4, syn) = match proto {
+        ETH_P_IP => parse_ipv4(ctx, l3, key)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, key)?,
+        _ => return Err(Reason::PassNotIp),
+    };
+    Ok(Parsed {
+        syn: syn == Some(true),
+        icmp: syn.is_none(),
+        l3,
+        l4,
+    })
 }
 
 /// Copies the first `4 * N` bytes of an address from the packet into `to`, a word at a
@@ -93,7 +137,7 @@ pub(crate) fn parse(ctx: &XdpContext, key: &mut FlowKey) -> Result<Parsed, Reaso
 /// # Safety
 /// `from` must point at `4 * N` readable bytes (checked against `data_end` by the caller).
 #[inline(always)]
-unsafe fn copy_addr<const N: usize>(to: &mut [u8; 16], from: *const [u8; 16]) {
+pub(crate) unsafe fn copy_addr<const N: usize>(to: &mut [u8; 16], from: *const [u8; 16]) {
     const { assert!(N <= 4) };
     let to = to.as_mut_ptr().cast::<u32>();
     let from = from.cast::<u32>();
@@ -117,8 +161,12 @@ fn reject(key: &FlowKey, reason: Reason) -> Reason {
     }
 }
 
+/// The L4 offset, and for TCP and UDP whether the packet is a SYN without ACK (`None`:
+/// ICMP).
+type L4 = (usize, Option<bool>);
+
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, Reason> {
+fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<L4, Reason> {
     let ip = header::<Ipv4Hdr>(ctx, l3).ok_or(Reason::PassTruncated)?;
     key.family = FAMILY_V4;
     // SAFETY: bounds checked by `header`; the address fields are inside the header.
@@ -140,7 +188,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, 
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, Reason> {
+fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<L4, Reason> {
     let ip = header::<Ipv6Hdr>(ctx, l3).ok_or(Reason::PassTruncated)?;
     key.family = FAMILY_V6;
     // SAFETY: bounds checked by `header`.
@@ -158,7 +206,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, key: &mut FlowKey) -> Result<Parsed, 
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<Parsed, Reason> {
+fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<L4, Reason> {
     match key.proto {
         // The whole fixed TCP (20 bytes) or UDP (8 bytes) header must be present.
         PROTO_TCP => {
@@ -170,9 +218,7 @@ fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<
                 key.dport_be = u16::from_ne_bytes((*tcp).dest);
                 ((*tcp).syn(), (*tcp).ack())
             };
-            Ok(Parsed {
-                syn: syn == 1 && ack == 0,
-            })
+            Ok((l4, Some(syn == 1 && ack == 0)))
         }
         PROTO_UDP => {
             let udp =
@@ -182,9 +228,10 @@ fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey, icmp: u8) -> Result<
                 key.sport_be = u16::from_ne_bytes((*udp).src);
                 key.dport_be = u16::from_ne_bytes((*udp).dst);
             }
-            Ok(Parsed { syn: false })
+            Ok((l4, Some(false)))
         }
-        p if p == icmp => Err(reject(key, Reason::PassIcmp)),
+        // Whether it is for a VIP address is `icmp`'s question.
+        p if p == icmp => Ok((l4, None)),
         _ => Err(reject(key, Reason::DropUnknownProto)),
     }
 }

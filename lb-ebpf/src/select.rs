@@ -26,12 +26,29 @@ pub(crate) struct Chosen {
     pub new_flow: bool,
     /// True when the slot was changed, so the flow table was consulted.
     pub stateful: bool,
+    /// The flow hash (`ipip` takes the outer source's host bits from it).
+    pub hash: u32,
+}
+
+/// What selection may do besides choosing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A packet of the flow: a changed slot records the flow.
+    Packet,
+    /// An ICMP error about the flow: the same choice as the flow's next packet (a
+    /// non-SYN), but nothing is written.
+    Lookup,
 }
 
 /// A backend from VIP `vip`'s table for this packet (`syn`: a TCP SYN without ACK).
 #[inline(always)]
-pub(crate) fn select(flow: &FlowKey, vip: &VipInfo, syn: bool) -> Result<Chosen, Reason> {
-    match from_table(flow, vip, syn) {
+pub(crate) fn select(
+    flow: &FlowKey,
+    vip: &VipInfo,
+    syn: bool,
+    mode: Mode,
+) -> Result<Chosen, Reason> {
+    match from_table(flow, vip, syn, mode) {
         Some(chosen) => Ok(chosen),
         None => {
             counters::count_vip_drop(vip.vip_id);
@@ -41,22 +58,24 @@ pub(crate) fn select(flow: &FlowKey, vip: &VipInfo, syn: bool) -> Result<Chosen,
 }
 
 #[inline(always)]
-fn from_table(flow: &FlowKey, vip: &VipInfo, syn: bool) -> Option<Chosen> {
+fn from_table(flow: &FlowKey, vip: &VipInfo, syn: bool, mode: Mode) -> Option<Chosen> {
     let table = RINGS.get(vip.vip_id)?;
     let size = *table.get(TABLE_HDR_SIZE)?;
     if size == 0 || size > MAX_TABLE_SIZE {
         return None;
     }
     let seed = CONFIG.get(0).map_or(0, |c| c.hash_seed);
-    let slot = Slot::unpack(*table.get(TABLE_HEADER + table_slot(flow_hash(flow, seed), size))?);
+    let hash = flow_hash(flow, seed);
+    let slot = Slot::unpack(*table.get(TABLE_HEADER + table_slot(hash, size))?);
     if slot.is_changed() {
-        return flowstate::changed_slot(flow, vip, table, slot, syn);
+        return flowstate::changed_slot(flow, vip, table, slot, syn, hash, mode);
     }
     Some(Chosen {
         backend_id: slot.owner,
         backend: serving(slot.owner, vip)?,
         new_flow: syn,
         stateful: false,
+        hash,
     })
 }
 

@@ -335,6 +335,7 @@ mod tests {
                     port: 65535,
                     protocol: Protocol::Tcp,
                     forwarding: crate::config::Forwarding::L2Dsr,
+                    icmp_echo: true,
                     guardrails: PolicyOverride {
                         min_active_backends: Some(4_000_000_000),
                         max_backend_share: Some(0.123_456_789_012_345_67),

@@ -33,11 +33,13 @@ use thiserror::Error;
 mod announce;
 mod daemon;
 mod health_check;
+mod ipip;
 mod parse;
 
 pub use announce::{Announce, DEFAULT_BIRD_SOCKET, DEFAULT_ROUTES_FILE, MAX_DRAIN_TIME};
 pub use daemon::{DEFAULT_FLOW_IDLE_TIMEOUT_S, DEFAULT_UDP_GRACE_S, Daemon, XdpMode};
 pub use health_check::{CheckKind, HealthCheck};
+pub use ipip::{Ipip, Source, parse_source};
 pub use parse::{load, parse, to_toml};
 
 /// Where the daemon listens when the config does not say.
@@ -78,6 +80,9 @@ pub struct Config {
     pub guardrails: Policy,
     #[serde(default, skip_serializing_if = "is_default")]
     pub rollout: Rollout,
+    /// Outer sources of `forwarding = "ipip"`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ipip: Ipip,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
     /// The file says `vip = []`: serving no VIP at all is intended, not a truncated file.
@@ -193,6 +198,10 @@ pub enum Forwarding {
     /// Rewrite the destination MAC; backends share the segment and hold the VIP on lo.
     #[serde(rename = "l2-dsr")]
     L2Dsr,
+    /// Encapsulate in IPv4 (IPv6) addressed to the backend and send it by the route the
+    /// kernel's FIB gives; backends decapsulate (`xlb decap`) and hold the VIP on lo.
+    #[serde(rename = "ipip")]
+    Ipip,
 }
 
 impl Forwarding {
@@ -200,6 +209,15 @@ impl Forwarding {
     pub fn as_str(self) -> &'static str {
         match self {
             Forwarding::L2Dsr => "l2-dsr",
+            Forwarding::Ipip => "ipip",
+        }
+    }
+
+    /// The `VipInfo::forwarding` value.
+    pub fn code(self) -> u32 {
+        match self {
+            Forwarding::L2Dsr => lb_common::FWD_L2_DSR,
+            Forwarding::Ipip => lb_common::FWD_IPIP,
         }
     }
 }
@@ -224,6 +242,10 @@ pub struct Vip {
     pub protocol: Protocol,
     #[serde(default = "Vip::default_forwarding")]
     pub forwarding: Forwarding,
+    /// Answer ICMP / ICMPv6 echo requests to the VIP's address (default true). VIPs on
+    /// one address must agree.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub icmp_echo: bool,
     #[serde(default, skip_serializing_if = "is_default")]
     pub guardrails: PolicyOverride,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,10 +281,24 @@ impl Vip {
     pub fn backend(&self, name: &str) -> Option<&BackendSpec> {
         self.backends.iter().find(|b| b.name == name)
     }
+
+    /// Whether backend `b` of this VIP takes its MAC from the neighbour table: `l2-dsr`
+    /// only (`ipip` sends to the route's next hop, which the FIB resolves).
+    pub fn resolves_mac(&self, b: &BackendSpec) -> bool {
+        self.forwarding == Forwarding::L2Dsr && b.mac == MAC_FROM_NEIGHBOUR
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+pub(crate) fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 /// One real server of a VIP.
@@ -310,6 +346,7 @@ pub mod fixture {
             port: 80,
             protocol: Protocol::Tcp,
             forwarding: Forwarding::L2Dsr,
+            icmp_echo: true,
             guardrails: Default::default(),
             health: None,
             backends: backends

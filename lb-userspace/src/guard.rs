@@ -42,6 +42,7 @@ use crate::{
 
 mod changes;
 mod diff;
+mod encap;
 mod health_check;
 mod named;
 pub mod policy;
@@ -55,6 +56,7 @@ pub use rules::is_healthy;
 pub use structure::parse_mac;
 
 use diff::{build, diff, removed};
+use encap::encap_structure;
 use rules::{checked_table, health_relief};
 use structure::{global_structure, vip_structure};
 
@@ -359,6 +361,7 @@ pub fn plan(
     };
     let size = desired.daemon.table_size;
     global_structure(desired, &mut out.violations);
+    encap_structure(desired, &mut out.violations);
     // With a bad table size or policy, no table is built: every VIP would fail alike.
     let global_ok = out.violations.is_empty();
     if let Some(running) = current {

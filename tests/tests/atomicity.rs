@@ -57,6 +57,7 @@ fn config(backends: Vec<BackendSpec>) -> Config {
         port: 80,
         protocol: Protocol::Tcp,
         forwarding: Forwarding::L2Dsr,
+        icmp_echo: true,
         guardrails: Default::default(),
         health: None,
         backends,

@@ -24,6 +24,7 @@ fn vip(name: &str, address: &str, first_mac: u8) -> Vip {
         port: 80,
         protocol: Protocol::Tcp,
         forwarding: Forwarding::L2Dsr,
+        icmp_echo: true,
         guardrails: Default::default(),
         health: None,
         backends: (0..3)
@@ -100,7 +101,7 @@ fn fill_vips(maps: &mut Maps, n: u32, vip_id: u32) {
             vip_id,
             forwarding: lb_common::FWD_L2_DSR,
         };
-        maps.put_vip(&key, &info).unwrap();
+        maps.put_vip(&key, &info, 0).unwrap();
     }
 }
 

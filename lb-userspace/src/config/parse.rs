@@ -7,8 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    BackendSpec, Config, ConfigError, Daemon, Forwarding, HealthCheck, Policy, PolicyOverride,
-    Protocol, Rollout, Vip,
+    BackendSpec, Config, ConfigError, Daemon, Forwarding, HealthCheck, Ipip, Policy,
+    PolicyOverride, Protocol, Rollout, Vip,
 };
 
 /// `config` as a config file: what `xlb export` prints. `vip = []` stands for an
@@ -57,7 +57,7 @@ fn key_lines(text: &str) -> BTreeMap<String, usize> {
     for (table, value) in doc.get_ref() {
         let table = table.get_ref().as_ref();
         out.insert(table.to_string(), line_of(text, value.span().start));
-        if !matches!(table, "daemon" | "guardrails" | "rollout") {
+        if !matches!(table, "daemon" | "guardrails" | "rollout" | "ipip") {
             continue;
         }
         for (key, inner) in value.get_ref().as_table().into_iter().flatten() {
@@ -116,6 +116,8 @@ struct SpannedConfig {
     #[serde(default)]
     rollout: Rollout,
     #[serde(default)]
+    ipip: Ipip,
+    #[serde(default)]
     vip: Option<Vec<Spanned<SpannedVip>>>,
 }
 
@@ -128,6 +130,8 @@ struct SpannedVip {
     protocol: Protocol,
     #[serde(default = "Vip::default_forwarding")]
     forwarding: Forwarding,
+    #[serde(default = "super::yes")]
+    icmp_echo: bool,
     #[serde(default)]
     guardrails: PolicyOverride,
     #[serde(default)]
@@ -142,6 +146,7 @@ impl SpannedConfig {
             daemon: self.daemon,
             guardrails: self.guardrails,
             rollout: self.rollout,
+            ipip: self.ipip,
             allow_empty: self.vip.as_ref().is_some_and(Vec::is_empty),
             key_lines: BTreeMap::new(),
             vips: self
@@ -157,6 +162,7 @@ impl SpannedConfig {
                         port: v.port,
                         protocol: v.protocol,
                         forwarding: v.forwarding,
+                        icmp_echo: v.icmp_echo,
                         guardrails: v.guardrails,
                         health: v.health,
                         backends: v

@@ -16,11 +16,12 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use lb_common::{
-    BACKEND_LIVE, Backend, FAMILY_V4, FAMILY_V6, FWD_L2_DSR, PROTO_TCP, PROTO_UDP, VipInfo, VipKey,
+    ADDR_ICMP_ECHO, BACKEND_LIVE, Backend, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, VipInfo,
+    VipKey,
 };
 
 use crate::{
-    config::{Config, Protocol, Vip},
+    config::{Config, Forwarding, Protocol, Vip},
     dataplane::TableWrite,
     guard::{self, Health, Maglev, Plan},
     history::{Ids, Record},
@@ -146,6 +147,11 @@ impl Controller {
     ) -> Result<(), ApplyError> {
         let config = &record.config;
         let ids = &record.ids;
+        // 0. The outer sources, before any `ipip` VIP needs them.
+        let encap = config.ipip.encap();
+        if self.maps.encap()? != encap {
+            self.maps.set_encap(&encap)?;
+        }
         // 1. Backends.
         for vip in &config.vips {
             let vip_id = ids.vips[&vip.name];
@@ -159,11 +165,13 @@ impl Controller {
                     ApplyError::NotFound(format!("bad address {}", b.address))
                 })?;
                 // A backend without a MAC has no slot (effective weight 0) and is not
-                // live, so flows that had it re-home instead of going nowhere.
+                // live, so flows that had it re-home instead of going nowhere. An `ipip`
+                // backend needs none: the route names the next hop.
                 let mac = record.mac(&vip.name, &b.name);
+                let live = mac.is_some() || vip.forwarding == Forwarding::Ipip;
                 let want = Backend {
                     mac: mac.unwrap_or([0; 6]),
-                    flags: if mac.is_some() { BACKEND_LIVE } else { 0 },
+                    flags: if live { BACKEND_LIVE } else { 0 },
                     vip_id,
                     family: family(addr),
                     _pad: [0; 3],
@@ -205,12 +213,14 @@ impl Controller {
             }
             let key = vip_key(vip)
                 .ok_or_else(|| ApplyError::NotFound(format!("bad address {}", vip.address)))?;
+            let addr_flags = if vip.icmp_echo { ADDR_ICMP_ECHO } else { 0 };
             self.maps.put_vip(
                 &key,
                 &VipInfo {
                     vip_id,
-                    forwarding: FWD_L2_DSR,
+                    forwarding: vip.forwarding.code(),
                 },
+                addr_flags,
             )?;
         }
         // 3. VIP keys and tables that are no longer wanted, including leftovers of an

@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    config::{Config, MAC_FROM_NEIGHBOUR},
+    config::{Config, Forwarding, MAC_FROM_NEIGHBOUR},
     guard,
     history::{Ids, Record, Source},
 };
@@ -57,6 +57,10 @@ impl Controller {
         for vip in &config.vips {
             for b in &vip.backends {
                 let key = Ids::backend_key(&vip.name, &b.name);
+                if vip.forwarding == Forwarding::Ipip {
+                    // Sent to the route's next hop: no MAC of its own.
+                    continue;
+                }
                 if b.mac != MAC_FROM_NEIGHBOUR {
                     needs.push((
                         key,
@@ -310,8 +314,7 @@ impl Controller {
             .current
             .iter()
             .flat_map(|r| &r.config.vips)
-            .flat_map(|v| &v.backends)
-            .filter(|b| b.mac == MAC_FROM_NEIGHBOUR)
+            .flat_map(|v| v.backends.iter().filter(|b| v.resolves_mac(b)))
             .filter_map(|b| b.address.parse().ok())
             .collect();
         out.sort_unstable();
@@ -334,7 +337,7 @@ impl Controller {
         let mut changes = Vec::new();
         let mut unresolved: BTreeSet<String> = current.unresolved.iter().cloned().collect();
         for vip in &current.config.vips {
-            for b in vip.backends.iter().filter(|b| b.mac == MAC_FROM_NEIGHBOUR) {
+            for b in vip.backends.iter().filter(|b| vip.resolves_mac(b)) {
                 let Some(&now) = b.address.parse().ok().and_then(|a| seen.get(&a)) else {
                     continue;
                 };

@@ -222,7 +222,9 @@ impl Controller {
                     id,
                     address: b.address.clone(),
                     mac: mac.map(macs::show_mac),
-                    mac_source: if mac.is_none() {
+                    mac_source: if vip.forwarding == crate::config::Forwarding::Ipip {
+                        "route"
+                    } else if mac.is_none() {
                         "unresolved"
                     } else if b.mac == crate::config::MAC_FROM_NEIGHBOUR {
                         "neighbour"

@@ -10,8 +10,8 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, IterableMap, MapData, MapError, MapInfo, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, Config, FlowKey, FlowStats, FlowValue, ReasonStats, Slot,
-    VIP_INDEX_SHARED, VipAddrKey, VipIndexEntry, VipInfo, VipKey, VipStats,
+    Backend, BackendStats, Config, Encap, FlowKey, FlowStats, FlowValue, ReasonStats, Slot,
+    VIP_INDEX_SHARED, VipAddrInfo, VipAddrKey, VipIndexEntry, VipInfo, VipKey, VipStats,
     maps::{
         self as names, TABLE_HDR_GENERATION, TABLE_HDR_SIZE, TABLE_HDR_UDP_GRACE, TABLE_HEADER,
         TABLE_MAP_FLAGS, VIP_FILTER_WORDS,
@@ -59,14 +59,15 @@ pub struct Maps {
     vip_filter: Array<MapData, u64>,
     vip_index: Array<MapData, VipIndexEntry>,
     vips: HashMap<MapData, VipKey, VipInfo>,
-    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    vip_addrs: HashMap<MapData, VipAddrKey, VipAddrInfo>,
+    encap: Array<MapData, Encap>,
     pub(super) rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
     pub(super) backends: Array<MapData, Backend>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     flow_stats: PerCpuArray<MapData, FlowStats>,
     pub(super) backend_stats: PerCpuArray<MapData, BackendStats>,
     pub(super) vip_stats: PerCpuArray<MapData, VipStats>,
-    reasons: PerCpuArray<MapData, ReasonStats>,
+    pub(super) reasons: PerCpuArray<MapData, ReasonStats>,
     /// The name maps, for bpftool (none where the caller loaded without them).
     pub(super) names: Option<NameMaps>,
     /// When each changed slot changed.
@@ -154,12 +155,17 @@ where
 }
 
 /// (map, key size, value size) as this build defines them; pinned maps must match.
-const LAYOUT: [(&str, usize, usize); 12] = [
+const LAYOUT: [(&str, usize, usize); 13] = [
     (names::CONFIG, 4, size_of::<Config>()),
+    (names::ENCAP, 4, size_of::<Encap>()),
     (names::VIP_FILTER, 4, 8),
     (names::VIP_INDEX, 4, size_of::<VipIndexEntry>()),
     (names::VIPS, size_of::<VipKey>(), size_of::<VipInfo>()),
-    (names::VIP_ADDRS, size_of::<VipAddrKey>(), 4),
+    (
+        names::VIP_ADDRS,
+        size_of::<VipAddrKey>(),
+        size_of::<VipAddrInfo>(),
+    ),
     (names::RINGS, 4, 4),
     (names::BACKENDS, 4, size_of::<Backend>()),
     (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowValue>()),
@@ -195,6 +201,7 @@ impl Maps {
             vip_index: take(ebpf, names::VIP_INDEX)?,
             vips: take(ebpf, names::VIPS)?,
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
+            encap: take(ebpf, names::ENCAP)?,
             rings: take(ebpf, names::RINGS)?,
             backends: take(ebpf, names::BACKENDS)?,
             flows: take(ebpf, names::FLOWS)?,
@@ -278,9 +285,34 @@ impl Maps {
             .map_err(map_err(names::BACKENDS, format!("reading backend {id}")))
     }
 
-    /// Makes `key` a VIP with `info` and records its address. Its `xlb_vip_filter` bit is
-    /// set first, so the program never misses a VIP that is in `xlb_vips`.
-    pub fn put_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), DataplaneError> {
+    /// The outer sources of `ipip` forwarding.
+    pub fn encap(&self) -> Result<Encap, DataplaneError> {
+        self.encap
+            .get(&0, 0)
+            .map_err(map_err(names::ENCAP, "reading"))
+    }
+
+    /// Sets the outer sources of `ipip` forwarding.
+    pub fn set_encap(&mut self, encap: &Encap) -> Result<(), DataplaneError> {
+        self.encap
+            .set(0, encap, 0)
+            .map_err(map_err(names::ENCAP, "writing"))
+    }
+
+    /// What the program knows of VIP address `addr` (`None`: no VIP uses it).
+    pub fn vip_addr(&self, addr: &VipAddrKey) -> Option<VipAddrInfo> {
+        self.vip_addrs.get(addr, 0).ok()
+    }
+
+    /// Makes `key` a VIP with `info` and records its address, with `addr_flags`
+    /// (`ADDR_ICMP_ECHO`) for ICMP to the address. Its `xlb_vip_filter` bit is set
+    /// first, so the program never misses a VIP that is in `xlb_vips`.
+    pub fn put_vip(
+        &mut self,
+        key: &VipKey,
+        info: &VipInfo,
+        addr_flags: u16,
+    ) -> Result<(), DataplaneError> {
         let bit = key.filter_bit();
         let word = self.filter_word(bit / 64)?;
         if word >> (bit % 64) & 1 == 0 {
@@ -291,15 +323,19 @@ impl Maps {
             family: key.family,
             _pad: [0; 3],
         };
-        let users = self.vip_addrs.get(&addr, 0).unwrap_or(0);
+        let have = self.vip_addrs.get(&addr, 0).unwrap_or_default();
         let known = self.vips.get(key, 0).is_ok();
         self.index_put(bit, key, info)?;
         self.vips
             .insert(key, info, 0)
             .map_err(map_err(names::VIPS, "writing VIP"))?;
-        if !known {
+        let want = VipAddrInfo {
+            users: have.users + u16::from(!known),
+            flags: addr_flags,
+        };
+        if want != have {
             self.vip_addrs
-                .insert(addr, users + 1, 0)
+                .insert(addr, want, 0)
                 .map_err(map_err(names::VIP_ADDRS, "writing VIP address"))?;
         }
         Ok(())
@@ -319,7 +355,8 @@ impl Maps {
             family: key.family,
             _pad: [0; 3],
         };
-        match self.vip_addrs.get(&addr, 0).unwrap_or(0) {
+        let have = self.vip_addrs.get(&addr, 0).unwrap_or_default();
+        match have.users {
             0 | 1 => match self.vip_addrs.remove(&addr) {
                 Err(e) if !is_absent(&e) => {
                     Err(map_err(names::VIP_ADDRS, "removing VIP address")(e))
@@ -328,7 +365,14 @@ impl Maps {
             },
             users => self
                 .vip_addrs
-                .insert(addr, users - 1, 0)
+                .insert(
+                    addr,
+                    VipAddrInfo {
+                        users: users - 1,
+                        ..have
+                    },
+                    0,
+                )
                 .map_err(map_err(names::VIP_ADDRS, "writing VIP address")),
         }
     }

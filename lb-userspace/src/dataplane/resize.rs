@@ -5,11 +5,16 @@
 //! counts into the old maps until that swap: the packets of those few milliseconds are
 //! missing from the counters. Ids at or above the new size must be unused: a live
 //! backend or an installed table there refuses the start and changes nothing.
+//!
+//! `xlb_reasons` grows the same way when a new build names more reasons than the
+//! pinned map holds: its counts are carried over.
 
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapInfo, PerCpuArray, PerCpuValues};
-use lb_common::{Backend, BackendStats, VipStats, maps as names};
+use lb_common::{
+    Backend, BackendStats, ReasonStats, VipStats, maps as names, reason::REASON_COUNT,
+};
 
 use super::{DataplaneError, Maps, maps::map_err, pins};
 
@@ -20,6 +25,7 @@ pub(super) struct Carried {
     vip_stats: Vec<(u32, PerCpuValues<VipStats>)>,
     backends: Vec<(u32, Backend)>,
     backend_stats: Vec<(u32, PerCpuValues<BackendStats>)>,
+    reasons: Vec<(u32, PerCpuValues<ReasonStats>)>,
     /// The old maps, unpinned; pinned again if the load fails.
     old: Vec<(PathBuf, MapData)>,
 }
@@ -67,16 +73,17 @@ fn old_size(pin_dir: &Path, name: &'static str, want: u32) -> Result<Option<u32>
     Ok(pinned_size(pin_dir, name)?.filter(|&have| have != want))
 }
 
-/// Ids `1..keep` of the per-CPU array `name` pinned under `pin_dir`.
+/// Ids `first..keep` of the per-CPU array `name` pinned under `pin_dir`.
 fn per_cpu<T: aya::Pod>(
     pin_dir: &Path,
     name: &'static str,
+    first: u32,
     keep: u32,
 ) -> Result<Vec<(u32, PerCpuValues<T>)>, DataplaneError> {
     let path = pins::map(pin_dir, name);
     let stats: PerCpuArray<MapData, T> =
         PerCpuArray::try_from(Map::PerCpuArray(open(&path, name)?)).map_err(read_err(name, 0))?;
-    (1..keep.min(stats.len()))
+    (first..keep.min(stats.len()))
         .map(|id| Ok((id, stats.get(&id, 0).map_err(read_err(name, id))?)))
         .collect()
 }
@@ -117,7 +124,7 @@ impl Carried {
             unpin.push(path);
         }
         if old_size(pin_dir, names::VIP_STATS, max_vips)?.is_some() {
-            carried.vip_stats = per_cpu(pin_dir, names::VIP_STATS, max_vips)?;
+            carried.vip_stats = per_cpu(pin_dir, names::VIP_STATS, 1, max_vips)?;
             unpin.push(pins::map(pin_dir, names::VIP_STATS));
         }
         if let Some(have) = old_size(pin_dir, names::BACKENDS, max_backends)? {
@@ -149,8 +156,12 @@ impl Carried {
             unpin.push(path);
         }
         if old_size(pin_dir, names::BACKEND_STATS, max_backends)?.is_some() {
-            carried.backend_stats = per_cpu(pin_dir, names::BACKEND_STATS, max_backends)?;
+            carried.backend_stats = per_cpu(pin_dir, names::BACKEND_STATS, 1, max_backends)?;
             unpin.push(pins::map(pin_dir, names::BACKEND_STATS));
+        }
+        if old_size(pin_dir, names::REASON_STATS, REASON_COUNT)?.is_some() {
+            carried.reasons = per_cpu(pin_dir, names::REASON_STATS, 0, REASON_COUNT)?;
+            unpin.push(pins::map(pin_dir, names::REASON_STATS));
         }
         for path in unpin {
             let name = names::ALL
@@ -194,6 +205,11 @@ impl Carried {
             maps.backends
                 .set(id, b, 0)
                 .map_err(err(names::BACKENDS, id))?;
+        }
+        for (id, values) in self.reasons {
+            maps.reasons
+                .set(id, values, 0)
+                .map_err(err(names::REASON_STATS, id))?;
         }
         for (id, values) in self.backend_stats {
             maps.backend_stats

@@ -66,8 +66,13 @@ pub(crate) fn vip_details(vip: &Vip, old: &Vip, desired: &Config, running: &Conf
     );
     field(
         "forwarding",
-        format!("{:?}", old.forwarding),
-        format!("{:?}", vip.forwarding),
+        old.forwarding.as_str().into(),
+        vip.forwarding.as_str().into(),
+    );
+    field(
+        "icmp_echo",
+        old.icmp_echo.to_string(),
+        vip.icmp_echo.to_string(),
     );
     field("health", health(&old.health), health(&vip.health));
     field(
@@ -93,6 +98,23 @@ pub(crate) fn global_details(desired: &Config, running: &Config) -> Vec<String> 
         .iter()
         .map(ToString::to_string)
         .collect();
+    let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "none".into());
+    for (key, was, now) in [
+        (
+            "ipip.ipv4_source",
+            &running.ipip.ipv4_source,
+            &desired.ipip.ipv4_source,
+        ),
+        (
+            "ipip.ipv6_source",
+            &running.ipip.ipv6_source,
+            &desired.ipip.ipv6_source,
+        ),
+    ] {
+        if was != now {
+            out.push(format!("{key}: {} -> {}", show(was), show(now)));
+        }
+    }
     if running.allow_empty != desired.allow_empty {
         out.push(format!(
             "vip = [] (no VIPs intended): {} -> {}",

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::config::{self, BackendSpec, MAC_FROM_NEIGHBOUR, Vip};
 
+mod encap;
 mod health;
 mod structure;
 
@@ -20,6 +21,7 @@ fn vip(name: &str, weights: &[i64]) -> Vip {
         port: 80,
         protocol: config::Protocol::Tcp,
         forwarding: config::Forwarding::L2Dsr,
+        icmp_echo: true,
         guardrails: Default::default(),
         health: None,
         backends: weights

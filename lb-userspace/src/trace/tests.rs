@@ -76,8 +76,8 @@ fn a_record_it_cannot_read_says_why() {
     for (message, why) in [
         ("4 6 c612:102:: 40000", "4 fields, expected 9"),
         (
-            "4 6 c612:102:: 40000 c612:64:: 80 11 2 1",
-            "reason 11 out of range",
+            "4 6 c612:102:: 40000 c612:64:: 80 99 2 1",
+            "reason 99 out of range",
         ),
         (
             "4 6 nonsense 40000 c612:64:: 80 0 2 1",

@@ -178,6 +178,7 @@ fn vip(name: &str, address: &str, port: u16, protocol: Protocol, n: usize) -> Vi
         port,
         protocol,
         forwarding: Forwarding::L2Dsr,
+        icmp_echo: true,
         guardrails: Default::default(),
         health: None,
         backends: backends(n, if address.contains(':') { "v6-" } else { "b" }),
