@@ -15,6 +15,7 @@ use std::{
 use clap::{CommandFactory, Parser, Subcommand};
 use cli::{
     change::{self, GuardArgs, WeightOp},
+    decap::{self, DecapOp},
     explain, flows, generate, history,
     host::{self, HostOp},
     inspect,
@@ -209,6 +210,13 @@ enum Command {
         #[command(subcommand)]
         op: PassOp,
     },
+    /// The backend side of `forwarding = "ipip"`: an XDP program that removes the outer
+    /// header of packets from the load balancers' sources (and drops encapsulated
+    /// packets from any other).
+    Decap {
+        #[command(subcommand)]
+        op: DecapOp,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write a man page per verb into DIR (the package's man pages).
@@ -340,6 +348,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Flows(args) => flows::flows(&socket, args),
         Command::Pass { op } => pass::pass(op),
+        Command::Decap { op } => decap::decap(op),
         Command::Completions { shell } => {
             generate::completions(Cli::command(), shell);
             Ok(0)

@@ -29,6 +29,18 @@ pub const PASS_PROGRAM_NAME: &str = "xlb_pass";
 /// Name of the XDP_DROP program inside [`PASS_OBJECT`]: the benchmarks' floor.
 pub const DROP_PROGRAM_NAME: &str = "xlb_drop";
 
+/// The backend-side decapsulation program of `forwarding = "ipip"` (`xlb decap`); see
+/// `lb-ebpf/src/bin/xlb-decap.rs`.
+#[cfg(feature = "bpf")]
+pub static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
+/// Not built: see [`HAS_DATAPLANE`].
+#[cfg(not(feature = "bpf"))]
+pub static DECAP_OBJECT: &[u8] = &[];
+
+/// Name of the XDP program inside [`DECAP_OBJECT`].
+pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
+
 /// The benchmark's traffic generator (`xlb_gen`), XDP_TX reflector (`xlb_reflect`) and
 /// counting sink (`xlb_sink`); see `lb-ebpf/src/bin/xlb-bench-progs.rs`.
 #[cfg(feature = "bpf")]

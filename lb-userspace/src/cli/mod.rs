@@ -6,6 +6,7 @@
 pub(crate) mod output;
 
 pub(crate) mod change;
+pub(crate) mod decap;
 pub(crate) mod explain;
 pub(crate) mod flows;
 pub(crate) mod generate;

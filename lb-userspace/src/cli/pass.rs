@@ -56,7 +56,7 @@ pub(crate) fn pass(op: PassOp) -> Result<u8, String> {
 }
 
 /// The pin of `iface`'s link; the name becomes a file name, so it must be one.
-fn link_path(iface: &str, pin_dir: &Path) -> Result<PathBuf, String> {
+pub(super) fn link_path(iface: &str, pin_dir: &Path) -> Result<PathBuf, String> {
     if iface.is_empty() || iface.len() > 15 || iface.contains(['/', '\0']) || iface == "." {
         return Err(format!(
             "{iface:?} is not an interface name (1 to 15 bytes, no '/')"
@@ -81,40 +81,10 @@ fn attach(iface: &str, mode: Mode, pin_dir: &Path) -> Result<u8, String> {
         .map_err(|e| format!("cannot create pin directory {}: {e}", pin_dir.display()))?;
     let mut ebpf =
         aya::Ebpf::load(PASS_OBJECT).map_err(|e| format!("loading xlb-pass failed: {e}"))?;
-    let program: &mut Xdp = ebpf
-        .program_mut(PASS_PROGRAM_NAME)
-        .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| format!("the embedded object has no XDP program {PASS_PROGRAM_NAME}"))?;
-    program
-        .load()
-        .map_err(|e| format!("loading xlb-pass failed: {e}"))?;
-    let flags = match mode {
-        Mode::Native => XdpMode::Driver,
-        Mode::Generic => XdpMode::Skb,
-    };
-    let id = program.attach(iface, flags).map_err(|e| {
-        format!(
-            "attaching xlb-pass to {iface} ({} mode): {e}",
-            mode_name(mode)
-        )
-    })?;
-    let link = program
-        .take_link(id)
-        .map_err(|e| format!("taking the XDP link of {iface}: {e}"))?;
-    let link = FdLink::try_from(link).map_err(|e| {
-        format!("{iface}: the kernel attached XDP without a bpf link, which cannot be pinned: {e}")
-    })?;
-    // A link that cannot be pinned is dropped here, which detaches it again.
-    link.pin(&path).map_err(|e| {
-        format!(
-            "pinning the link at {} (is {} on a bpf filesystem?): {e}",
-            path.display(),
-            pin_dir.display()
-        )
-    })?;
+    attach_pinned(&mut ebpf, PASS_PROGRAM_NAME, "xlb-pass", iface, mode, &path)?;
     say!(
         "{iface}: xlb-pass attached ({} mode), link pinned at {}; `xlb pass detach {iface}` removes it",
-        mode_name(mode),
+        mode.name(),
         path.display()
     );
     Ok(0)
@@ -138,9 +108,54 @@ fn detach(iface: &str, pin_dir: &Path) -> Result<u8, String> {
     Ok(0)
 }
 
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Native => "native",
-        Mode::Generic => "generic",
+/// Loads program `name` (`what` in messages) of `ebpf`, attaches it to `iface` and pins
+/// the link at `path`, so that it outlives the command.
+pub(super) fn attach_pinned(
+    ebpf: &mut aya::Ebpf,
+    name: &str,
+    what: &str,
+    iface: &str,
+    mode: Mode,
+    path: &Path,
+) -> Result<(), String> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| format!("the embedded object has no XDP program {name}"))?;
+    program
+        .load()
+        .map_err(|e| format!("loading {what} failed: {e}"))?;
+    let id = program
+        .attach(iface, mode.flags())
+        .map_err(|e| format!("attaching {what} to {iface} ({} mode): {e}", mode.name()))?;
+    let link = program
+        .take_link(id)
+        .map_err(|e| format!("taking the XDP link of {iface}: {e}"))?;
+    let link = FdLink::try_from(link).map_err(|e| {
+        format!("{iface}: the kernel attached XDP without a bpf link, which cannot be pinned: {e}")
+    })?;
+    // A link that cannot be pinned is dropped here, which detaches it again.
+    link.pin(path).map_err(|e| {
+        format!(
+            "pinning the link at {} (is it on a bpf filesystem?): {e}",
+            path.display()
+        )
+    })?;
+    Ok(())
+}
+
+impl Mode {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Mode::Native => "native",
+            Mode::Generic => "generic",
+        }
+    }
+
+    pub(super) fn flags(self) -> XdpMode {
+        match self {
+            Mode::Native => XdpMode::Driver,
+            Mode::Generic => XdpMode::Skb,
+        }
     }
 }
