@@ -78,6 +78,10 @@ pub struct Frame {
     pub vlan: Option<u16>,
     pub l3: L3,
     pub l4: L4,
+    /// IPv4 TOS / IPv6 traffic class (DSCP and ECN).
+    pub tos: u8,
+    /// Zero bytes of payload after the L4 header.
+    pub pad: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +112,8 @@ pub fn v4(src: &str, dst: &str, l4: L4) -> Frame {
             frag: 0x4000, // don't fragment
         },
         l4,
+        tos: 0,
+        pad: 0,
     }
 }
 
@@ -120,6 +126,8 @@ pub fn v6(src: &str, dst: &str, l4: L4) -> Frame {
             ext: None,
         },
         l4,
+        tos: 0,
+        pad: 0,
     }
 }
 
@@ -135,7 +143,8 @@ pub fn udp(sport: u16, dport: u16) -> L4 {
     L4::Udp { sport, dport }
 }
 
-fn checksum(data: &[u8]) -> u16 {
+/// The Internet checksum of `data` (RFC 1071): 0 over data that includes its own.
+pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
@@ -166,6 +175,17 @@ impl Frame {
         self
     }
 
+    pub fn tos(mut self, tos: u8) -> Self {
+        self.tos = tos;
+        self
+    }
+
+    /// `n` zero bytes of payload after the L4 header.
+    pub fn pad(mut self, n: usize) -> Self {
+        self.pad = n;
+        self
+    }
+
     pub fn ext(mut self, header: u8) -> Self {
         if let L3::V6 { ext, .. } = &mut self.l3 {
             *ext = Some(header);
@@ -182,7 +202,8 @@ impl Frame {
             f.extend_from_slice(&0x8100u16.to_be_bytes());
             f.extend_from_slice(&id.to_be_bytes());
         }
-        let l4 = self.l4.bytes();
+        let mut l4 = self.l4.bytes();
+        l4.resize(l4.len() + self.pad, 0);
         match &self.l3 {
             L3::V4 {
                 src,
@@ -193,7 +214,7 @@ impl Frame {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
                 let ihl = 5 + options.len() / 4;
                 let total = (ihl * 4 + l4.len()) as u16;
-                let mut h = vec![(4 << 4) | ihl as u8, 0];
+                let mut h = vec![(4 << 4) | ihl as u8, self.tos];
                 h.extend_from_slice(&total.to_be_bytes());
                 h.extend_from_slice(&[0x12, 0x34]);
                 h.extend_from_slice(&frag.to_be_bytes());
@@ -208,7 +229,7 @@ impl Frame {
             L3::V6 { src, dst, ext } => {
                 f.extend_from_slice(&0x86ddu16.to_be_bytes());
                 let ext_len = if ext.is_some() { 8 } else { 0 };
-                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&[0x60 | self.tos >> 4, self.tos << 4, 0, 0]);
                 f.extend_from_slice(&((l4.len() + ext_len) as u16).to_be_bytes());
                 f.push(ext.unwrap_or(self.l4.proto()));
                 f.push(64);

@@ -297,7 +297,7 @@ pub(crate) fn fixtures() -> Vec<Fixture> {
             Untouched(PassNotVip),
         ),
         fx(
-            "ICMP echo to a VIP address",
+            "ICMP echo to a VIP address whose VIPs do not answer echo",
             v4(
                 C4,
                 VIP4,
@@ -309,7 +309,7 @@ pub(crate) fn fixtures() -> Vec<Fixture> {
             Untouched(PassIcmp),
         ),
         fx(
-            "ICMPv6 to a VIP address",
+            "ICMPv6 echo to a VIP address whose VIPs do not answer echo",
             v6(
                 C6,
                 VIP6,

@@ -5,7 +5,9 @@
 #![cfg(test)]
 
 mod changed_slots;
+mod decap;
 mod fixtures;
+mod ipip;
 mod setup;
 
 use lb_common::{Reason, flow_hash, table_slot};

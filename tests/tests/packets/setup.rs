@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    BACKEND_LIVE, Backend, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, VipInfo, VipKey,
+    BACKEND_LIVE, Backend, FAMILY_V4, FAMILY_V6, FWD_L2_DSR, PROTO_TCP, PROTO_UDP, VipInfo, VipKey,
     maps::DEFAULT_TABLE_SIZE,
 };
 use xlb::{
@@ -41,7 +41,7 @@ pub(crate) fn v4_key(addr: &str, port: u16, proto: u8) -> VipKey {
     }
 }
 
-fn v6_key(addr: &str, port: u16, proto: u8) -> VipKey {
+pub(crate) fn v6_key(addr: &str, port: u16, proto: u8) -> VipKey {
     let a = addr.parse::<Ipv6Addr>().unwrap().octets();
     VipKey {
         addr: a,
@@ -86,13 +86,40 @@ fn vips() -> Vec<TestVip> {
     ]
 }
 
-/// Installs `vip` through the control-plane code: backends first, then the VIP, then the
-/// table built by `table::build`. Returns the backend id per slot.
+/// Backend `id`'s address: 198.18.3.`10 + id`, or 2001:db8:3::`id` (hex).
+pub(crate) fn backend_addr(id: u32, family: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    if family == FAMILY_V4 {
+        a[..4].copy_from_slice(&[198, 18, 3, 10 + id as u8]);
+    } else {
+        a = format!("2001:db8:3::{id:x}")
+            .parse::<Ipv6Addr>()
+            .unwrap()
+            .octets();
+    }
+    a
+}
+
+/// Installs `vip` (`l2-dsr`, echo not answered) through the control-plane code: backends
+/// first, then the VIP, then the table built by `table::build`. Returns the backend id
+/// per slot.
 pub(crate) fn install(
     dp: &mut Dataplane,
     vip: &TestVip,
     weights: &[u32],
     generation: u32,
+) -> Vec<u32> {
+    install_with(dp, vip, weights, generation, FWD_L2_DSR, 0)
+}
+
+/// `install` with a forwarding method and the VIP address's ICMP flags.
+pub(crate) fn install_with(
+    dp: &mut Dataplane,
+    vip: &TestVip,
+    weights: &[u32],
+    generation: u32,
+    forwarding: u32,
+    addr_flags: u16,
 ) -> Vec<u32> {
     let maps = dp.maps();
     for &(id, _, _, mac) in &vip.backends {
@@ -101,6 +128,7 @@ pub(crate) fn install(
             flags: BACKEND_LIVE,
             vip_id: vip.id,
             family: vip.key.family,
+            addr: backend_addr(id, vip.key.family),
             vip_key: vip.key,
             ..Backend::default()
         };
@@ -110,8 +138,9 @@ pub(crate) fn install(
         &vip.key,
         &VipInfo {
             vip_id: vip.id,
-            forwarding: 0,
+            forwarding,
         },
+        addr_flags,
     )
     .unwrap();
     if vip.backends.is_empty() {
@@ -175,10 +204,23 @@ pub(crate) fn setup_with(flow_capacity: u32) -> Setup {
 }
 
 pub(crate) fn run(dp: &mut Dataplane, input: &[u8]) -> (u32, Vec<u8>) {
+    run_on(dp, input, 0)
+}
+
+/// `run` as if the frame came in on interface `ifindex` (of the calling thread's
+/// network namespace; 0: loopback), which the program's FIB lookups start from.
+pub(crate) fn run_on(dp: &mut Dataplane, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; input.len() + 64];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex. The kernel wants data_end to be the frame's length (data is where
+    // the frame starts after metadata: none).
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     let opts = TestRunOptions {
         data_in: Some(input),
         data_out: Some(&mut out),
+        ctx_in: (ifindex != 0).then_some(&ctx[..]),
         ..TestRunOptions::default()
     };
     let r = dp.program().unwrap().test_run(opts).unwrap();
