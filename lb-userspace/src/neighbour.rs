@@ -155,6 +155,31 @@ pub fn revalidate(iface: &str, addrs: &[IpAddr]) -> Result<(), String> {
     Ok(())
 }
 
+/// The next hop towards `addr` and the interface it is on, as the kernel's routing
+/// table says (`ip -j route get`): the gateway, or `addr` itself when it is on-link.
+pub fn next_hop(addr: IpAddr) -> Result<(IpAddr, String), String> {
+    let out = Command::new("ip")
+        .args(["-j", "route", "get", &addr.to_string()])
+        .output()
+        .map_err(|e| format!("running `ip route get`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`ip route get {addr}`: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    parse_route(&out.stdout)
+        .ok_or_else(|| format!("`ip -j route get {addr}`: no route in the output"))
+}
+
+/// The gateway (or destination) and device of `ip -j route get` output.
+fn parse_route(json: &[u8]) -> Option<(IpAddr, String)> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let r = v.as_array()?.first()?;
+    let hop = r["gateway"].as_str().or(r["dst"].as_str())?.parse().ok()?;
+    Some((hop, r["dev"].as_str()?.to_string()))
+}
+
 /// Makes the kernel (re-)resolve `addr`: one datagram to its discard port.
 pub fn solicit(addr: IpAddr) {
     let bind: SocketAddr = if addr.is_ipv4() {
@@ -168,5 +193,25 @@ pub fn solicit(addr: IpAddr) {
             reason = "the datagram only makes the kernel resolve the neighbour; the neighbour table shows the result"
         )]
         let _ = sock.send_to(b"xlb", (addr, 9));
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn next_hop_is_the_gateway_or_the_destination() {
+        let via = br#"[{"dst":"198.18.3.11","gateway":"198.18.2.1","dev":"eth0","prefsrc":"198.18.2.2","flags":[],"uid":0,"cache":[]}]"#;
+        assert_eq!(
+            parse_route(via),
+            Some(("198.18.2.1".parse().unwrap(), "eth0".into()))
+        );
+        let on_link = br#"[{"dst":"2001:db8::11","dev":"eth0","prefsrc":"2001:db8::2","flags":[],"uid":0,"cache":[]}]"#;
+        assert_eq!(
+            parse_route(on_link),
+            Some(("2001:db8::11".parse().unwrap(), "eth0".into()))
+        );
+        assert_eq!(parse_route(b"[]"), None);
     }
 }

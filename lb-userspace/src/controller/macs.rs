@@ -322,6 +322,22 @@ impl Controller {
         out
     }
 
+    /// Addresses of the running generation's `ipip` backends: the program sends to their
+    /// route's next hop, whose neighbour entry the refresher keeps resolved.
+    pub fn routed_backends(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .current
+            .iter()
+            .flat_map(|r| &r.config.vips)
+            .filter(|v| v.forwarding == Forwarding::Ipip)
+            .flat_map(|v| &v.backends)
+            .filter_map(|b| b.address.parse().ok())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Compares the running generation's `neighbour` MACs with `seen` (the neighbour
     /// table now: address -> MAC of its valid entries) and commits a generation when one
     /// changed or an unresolved backend resolves. An entry that is missing or failed

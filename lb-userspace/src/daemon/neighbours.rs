@@ -2,6 +2,11 @@
 //! generation's `mac = "neighbour"` backends, has the kernel re-validate settled entries
 //! and solicit failed or missing ones (`crate::neighbour`), and lets the controller
 //! commit a MAC that changed or resolved at last as a generation of its own.
+//!
+//! `ipip` backends get the same care for their route's next hop (a router, or the
+//! backend itself on-link): the program's FIB lookup finds the next hop's MAC only in
+//! a valid neighbour entry (else `drop_fib_no_neighbour`), and the load balancer's own
+//! stack sends nothing that would keep one. The first round runs at start.
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
@@ -14,12 +19,29 @@ use crate::neighbour::{self, Nud};
 const REFRESH: Duration = Duration::from_secs(1);
 
 pub(crate) async fn refresher(d: Arc<Shared>, iface: String) {
+    let mut first = true;
     loop {
-        tokio::time::sleep(REFRESH).await;
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(REFRESH).await;
+        }
         if d.stopping() {
             return;
         }
-        let addrs = d.turn().await.controller().neighbour_backends();
+        let (addrs, routed) = {
+            let mut turn = d.turn().await;
+            let c = turn.controller();
+            (c.neighbour_backends(), c.routed_backends())
+        };
+        if !routed.is_empty() {
+            let iface = iface.clone();
+            let kept = tokio::task::spawn_blocking(move || keep_next_hops(&iface, &routed))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            if let Err(e) = kept {
+                warn!("next hops of ipip backends: {e}");
+            }
+        }
         if addrs.is_empty() {
             continue;
         }
@@ -49,6 +71,37 @@ pub(crate) async fn refresher(d: Arc<Shared>, iface: String) {
             Err(e) => warn!("neighbour: {e}"),
         }
     }
+}
+
+/// Keeps the next hop of every backend in `routed` resolved: settled entries on `iface`
+/// are re-validated, and a missing or failed one is solicited by sending to a backend
+/// behind it (the kernel resolves the next hop to send it). Next hops on other
+/// interfaces are left to the kernel's own traffic there.
+fn keep_next_hops(iface: &str, routed: &[IpAddr]) -> Result<(), String> {
+    let entries = neighbour::entries(iface)?;
+    let mut hops: BTreeMap<IpAddr, IpAddr> = BTreeMap::new();
+    for &b in routed {
+        match neighbour::next_hop(b) {
+            Ok((hop, dev)) if dev == iface => {
+                hops.entry(hop).or_insert(b);
+            }
+            Ok(_) => {}
+            Err(e) => warn!("ipip backend {b}: {e}"),
+        }
+    }
+    let state_of = |a: &IpAddr| entries.iter().find(|(x, _)| x == a).map(|(_, e)| e.state);
+    let settled: Vec<IpAddr> = hops
+        .keys()
+        .copied()
+        .filter(|h| state_of(h) == Some(Nud::Settled))
+        .collect();
+    neighbour::revalidate(iface, &settled)?;
+    for (hop, backend) in &hops {
+        if matches!(state_of(hop), None | Some(Nud::Failed)) {
+            neighbour::solicit(*backend);
+        }
+    }
+    Ok(())
 }
 
 /// The valid entries for `addrs` now, after asking for the next round's re-validation.
