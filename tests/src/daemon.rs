@@ -87,6 +87,9 @@ pub fn render_vips(vips: &[VipSpec], address: impl Fn(usize, IpAddr) -> String) 
             v.port,
             if v.udp { "udp" } else { "tcp" }
         );
+        if v.ipip {
+            text += "forwarding = \"ipip\"\n";
+        }
         if let Some(check) = &v.health {
             text += &check.render();
         }
@@ -111,6 +114,8 @@ pub struct VipSpec {
     pub weights: Vec<i64>,
     /// `[vip.health]`, if health checks are on.
     pub health: Option<Check>,
+    /// `forwarding = "ipip"` (else the default, `l2-dsr`).
+    pub ipip: bool,
 }
 
 impl VipSpec {
@@ -122,7 +127,13 @@ impl VipSpec {
             udp: false,
             weights: weights.to_vec(),
             health: None,
+            ipip: false,
         }
+    }
+
+    /// This VIP with `forwarding = "ipip"`.
+    pub fn ipip(self) -> VipSpec {
+        VipSpec { ipip: true, ..self }
     }
 
     pub fn udp(name: &str, address: &str, port: u16, weights: &[i64]) -> VipSpec {
@@ -150,6 +161,10 @@ pub struct Daemon {
     pub bin: PathBuf,
     /// Environment of `xlb run` on top of the test's (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, PathBuf)>,
+    /// More top-level tables of the configs (`[ipip]`), if any.
+    pub tables: String,
+    /// Backend `i`'s address for a VIP at the given address (default: the L2 lab's).
+    pub addresses: fn(usize, IpAddr) -> String,
 }
 
 impl Daemon {
@@ -171,6 +186,8 @@ impl Daemon {
             settings: String::new(),
             bin: xlb_bin(),
             env: Vec::new(),
+            tables: String::new(),
+            addresses: backend_addr,
         }
     }
 
@@ -208,7 +225,10 @@ impl Daemon {
         if !self.guardrails.is_empty() {
             text += &format!("\n[guardrails]\n{}\n", self.guardrails.trim_end());
         }
-        text += &render_vips(vips, backend_addr);
+        if !self.tables.is_empty() {
+            text += &format!("\n{}\n", self.tables.trim_end());
+        }
+        text += &render_vips(vips, self.addresses);
         text
     }
 

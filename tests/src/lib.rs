@@ -7,6 +7,7 @@
               its message, as `expect` in a test does"
 )]
 
+pub mod bulk;
 pub mod clients;
 pub mod daemon;
 pub mod demo;
@@ -14,6 +15,7 @@ pub mod fleet;
 pub mod flood;
 pub mod netns;
 pub mod packet;
+pub mod routed;
 pub mod servers;
 pub mod topology;
 
@@ -118,10 +120,15 @@ impl PinDir {
         }
     }
 
-    /// Removes `path` and the pins in it.
+    /// Removes `path` and the pins in it, directories of pins included (`xlb decap`
+    /// pins per interface).
     fn remove(path: &Path) {
         if let Ok(entries) = std::fs::read_dir(path) {
             for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    PinDir::remove(&entry.path());
+                    continue;
+                }
                 #[expect(
                     clippy::let_underscore_must_use,
                     reason = "best-effort cleanup of a scratch directory"

@@ -2,7 +2,7 @@
 //! TCP connections end, reset by a backend that never knew them), and every other flow is
 //! untouched. `xlb explain` shows where each re-homed flow goes now, and why: before the
 //! change every slot is stateless; after it, a kept flow whose slot changed owner has a
-//! flow entry once it sent a packet.
+//! flow entry once it sent a packet. Run with `l2-dsr` and with `ipip`.
 
 #![cfg(test)]
 
@@ -12,6 +12,7 @@ use xlb_lab::{
     clients::{Echo, http_many},
     daemon::{Daemon, VipSpec},
     require_root,
+    routed::{assert_decapsulated, ipip_on_l2},
     servers::{ECHO_PORT, HTTP_PORT, Servers},
     topology::{Topology, VIP4, in_ns},
 };
@@ -21,13 +22,27 @@ fn removing_a_backend_rehomes_its_flows_and_keeps_all_others() {
     if !require_root("removing_a_backend_rehomes_its_flows_and_keeps_all_others") {
         return;
     }
+    removal(false);
+}
+
+#[test]
+fn removing_a_backend_rehomes_its_flows_and_keeps_all_others_with_ipip() {
+    if !require_root("removing_a_backend_rehomes_its_flows_and_keeps_all_others_with_ipip") {
+        return;
+    }
+    removal(true);
+}
+
+fn removal(ipip: bool) {
     let topo = Topology::new(1, 3);
     let _servers = Servers::start(&topo);
     let mut daemon = Daemon::new(&topo);
-    let web = VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1]);
+    let decap = ipip.then(|| ipip_on_l2(&topo, &mut daemon));
+    let mode = |v: VipSpec| if ipip { v.ipip() } else { v };
+    let web = mode(VipSpec::tcp("web", VIP4, HTTP_PORT, &[1, 1, 1]));
     daemon.write_config(&[
         web.clone(),
-        VipSpec::tcp("echo", VIP4, ECHO_PORT, &[1, 1, 1]),
+        mode(VipSpec::tcp("echo", VIP4, ECHO_PORT, &[1, 1, 1])),
     ]);
     daemon.start();
     let vip: IpAddr = VIP4.parse().unwrap();
@@ -51,7 +66,7 @@ fn removing_a_backend_rehomes_its_flows_and_keeps_all_others() {
 
     let file = daemon.write_file(
         "without-b3.toml",
-        &[web, VipSpec::tcp("echo", VIP4, ECHO_PORT, &[1, 1])],
+        &[web, mode(VipSpec::tcp("echo", VIP4, ECHO_PORT, &[1, 1]))],
     );
     daemon.xlb_ok(&["apply", file.to_str().unwrap()]);
 
@@ -81,6 +96,9 @@ fn removing_a_backend_rehomes_its_flows_and_keeps_all_others() {
     assert!(!echoes.iter().any(|b| b == "b3"), "{echoes:?}");
     let web_count = in_ns(&client, move || http_many(vip, 300));
     assert_eq!(web_count.len(), 3, "web lost a backend: {web_count:?}");
+    if let Some(pins) = &decap {
+        assert_decapsulated(&topo.backends, pins.path());
+    }
 }
 
 fn explain(daemon: &Daemon, h: &Echo) -> serde_json::Value {

@@ -2,7 +2,7 @@
 //! keep-alive connection) from one client and 24 long-lived echo connections from the
 //! other, while 20 weight changes go through `xlb weight set`. Not one request may fail,
 //! no long-lived connection may move or reset, and new connections follow the final
-//! weights.
+//! weights. Run with `l2-dsr` and with `ipip` (backends decapsulating with `xlb decap`).
 
 #![cfg(test)]
 
@@ -12,6 +12,7 @@ use xlb_lab::{
     clients::{Echo, Load, follows, http_many},
     daemon::{Daemon, VipSpec},
     require_root,
+    routed::{assert_decapsulated, ipip_on_l2},
     servers::{HTTP_PORT, Servers},
     topology::{Topology, VIP4, backend_name, in_ns},
 };
@@ -24,14 +25,28 @@ fn twenty_weight_changes_under_load_fail_nothing() {
     if !require_root("twenty_weight_changes_under_load_fail_nothing") {
         return;
     }
+    changes_under_load(false);
+}
+
+#[test]
+fn twenty_weight_changes_under_load_fail_nothing_with_ipip() {
+    if !require_root("twenty_weight_changes_under_load_fail_nothing_with_ipip") {
+        return;
+    }
+    changes_under_load(true);
+}
+
+fn changes_under_load(ipip: bool) {
     let topo = Topology::new(2, 3);
     let _servers = Servers::start(&topo);
     let mut daemon = Daemon::new(&topo);
+    let decap = ipip.then(|| ipip_on_l2(&topo, &mut daemon));
+    let mode = |v: VipSpec| if ipip { v.ipip() } else { v };
     // HTTP and echo are two VIPs on the same address (ports 80 and 7) with equal weights;
     // the changes are made to "web".
     daemon.write_config(&[
-        VipSpec::tcp("web", VIP4, HTTP_PORT, &[2, 2, 2]),
-        VipSpec::tcp("echo", VIP4, 7, &[2, 2, 2]),
+        mode(VipSpec::tcp("web", VIP4, HTTP_PORT, &[2, 2, 2])),
+        mode(VipSpec::tcp("echo", VIP4, 7, &[2, 2, 2])),
     ]);
     daemon.start();
     let vip: IpAddr = VIP4.parse().unwrap();
@@ -91,5 +106,8 @@ fn twenty_weight_changes_under_load_fail_nothing() {
         .unwrap_or_else(|e| panic!("new connections after the changes, {e}"));
     for (j, h) in held.iter_mut().enumerate() {
         h.ping(&format!("final-{j}")).unwrap();
+    }
+    if let Some(pins) = &decap {
+        assert_decapsulated(&topo.backends, pins.path());
     }
 }

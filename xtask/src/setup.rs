@@ -22,7 +22,7 @@ pub(crate) enum Task {
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages, the command each provides, and the tasks that call it.
-const PACKAGES: [(&str, &str, &[Task]); 11] = [
+const PACKAGES: [(&str, &str, &[Task]); 13] = [
     // The lab's namespaces, veth and XDP inspection.
     ("iproute2", "ip", &[Task::Demo, Task::Test, Task::Bench]),
     ("bpftool", "bpftool", &[Task::Demo, Task::Test, Task::Bench]),
@@ -40,6 +40,10 @@ const PACKAGES: [(&str, &str, &[Task]); 11] = [
     // The benchmarks' kernel comparison (nftables DNAT); the fleet test that makes one
     // host's health checks fail (tests/tests/fleet/).
     ("nftables", "nft", &[Task::Test, Task::Bench]),
+    // The routed lab's bulk transfers (tests/src/bulk.rs): nginx on the backends, curl
+    // on the client; nginx's own service is not used.
+    ("nginx", "nginx", &[Task::Test]),
+    ("curl", "curl", &[Task::Test]),
     // The benchmarks' comparison (HAProxy in TCP mode); its service is not started.
     ("haproxy", "haproxy", &[Task::Bench]),
     // The benchmarks' profile of the established-flow case (`perf record`).

@@ -11,6 +11,15 @@ impl Daemon {
         crate::bpftool_dump(&self.pins.path().join(name))
     }
 
+    /// Packets the program counted under `reason`, read with bpftool.
+    pub fn reason(&self, reason: lb_common::Reason) -> u64 {
+        crate::bpftool_sum(
+            &self.dump(lb_common::maps::REASON_STATS),
+            reason.index(),
+            "packets",
+        )
+    }
+
     /// Everything that decides where packets go, as bpftool dumps it: VIPs and backends.
     pub fn routing_snapshot(&self) -> (serde_json::Value, serde_json::Value) {
         (
