@@ -54,7 +54,7 @@ fn validate_answers_with_its_exit_code_and_names_the_place() {
     let good = write(dir.path(), "good.toml", &example());
     let out = xlb(&["validate", s(&good)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("valid (2 VIPs, 5 backends)"));
+    assert!(text(&out).contains("valid (3 VIPs, 7 backends)"));
 
     let skewed = write(dir.path(), "skewed.toml", &with_web_weights([0, 0, 9]));
     let out = xlb(&["validate", s(&skewed)]);
@@ -291,4 +291,39 @@ fn the_readme_shows_exactly_the_commands_xlb_inspect_prints() {
         assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
         assert!(out.stdout.is_empty(), "{args:?} printed commands anyway");
     }
+}
+
+#[test]
+fn validate_names_what_ipip_lacks_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    // The example without its [ipip] sources: its ipip VIP has no outer source.
+    let config = example()
+        .replace("ipv4_source = \"198.18.200.0/24\"\n", "")
+        .replace("ipv6_source = \"2001:db8:200::/120\"\n", "");
+    let file = write(dir.path(), "nosource.toml", &config);
+    let out = xlb(&["validate", s(&file)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // The VIP's line is its [[vip]] header's, one above its name (1-based: the index).
+    let line = config
+        .lines()
+        .position(|l| l == "name = \"api\"")
+        .expect("the example's ipip VIP");
+    let said = text(&out);
+    for needle in [
+        format!("nosource.toml:{line}: [structure] vip api"),
+        "forwarding = \"ipip\" needs ipip.ipv4_source".to_string(),
+        "add [ipip]".to_string(),
+    ] {
+        assert!(said.contains(&needle), "{needle:?} missing from: {said}");
+    }
+    // A source with host bits set is named with its key and line.
+    let config = example().replace("198.18.200.0/24", "198.18.200.1/24");
+    let file = write(dir.path(), "hostbits.toml", &config);
+    let out = xlb(&["validate", s(&file)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("ipip.ipv4_source: \"198.18.200.1/24\" has host bits set"),
+        "{said}"
+    );
 }

@@ -33,6 +33,10 @@ enum Task {
         /// ECMP, one killed mid-stream (docs/fleet.md).
         #[arg(long)]
         fleet: bool,
+        /// The routed demo instead: backends across a router reached with ipip, behind
+        /// a 1280-byte link (docs/datapath.md).
+        #[arg(long, conflicts_with = "fleet")]
+        routed: bool,
     },
     /// Setup, then check the example Prometheus config, alert rules and Grafana dashboard,
     /// lint, build the package, and run every test: host, packet (BPF_PROG_TEST_RUN),
@@ -60,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup(setup::Task::All),
-        Task::Demo { fleet } => setup(setup::Task::Demo).and_then(|()| demo(fleet)),
+        Task::Demo { fleet, routed } => setup(setup::Task::Demo).and_then(|()| demo(fleet, routed)),
         Task::Test => setup(setup::Task::Test).and_then(|()| test()),
         Task::Bench { quick } => setup(setup::Task::Bench).and_then(|()| bench(quick)),
         Task::Package { out, revision } => setup(setup::Task::Package)
@@ -114,13 +118,17 @@ fn built(name: &str) -> Result<PathBuf> {
     Ok(target_dir().join("release").join(name))
 }
 
-/// Builds the binaries and runs `xlb-demo`, or `xlb-fleet-demo` with `fleet` (they need
-/// root: namespaces and XDP).
-fn demo(fleet: bool) -> Result<()> {
+/// Builds the binaries and runs `xlb-demo`, `xlb-fleet-demo` with `fleet`, or
+/// `xlb-routed-demo` with `routed` (they need root: namespaces and XDP).
+fn demo(fleet: bool, routed: bool) -> Result<()> {
     if !is_root() {
         bail!("the demo creates namespaces and attaches XDP: run `sudo cargo xtask demo`");
     }
-    let name = if fleet { "xlb-fleet-demo" } else { "xlb-demo" };
+    let name = match (fleet, routed) {
+        (true, _) => "xlb-fleet-demo",
+        (_, true) => "xlb-routed-demo",
+        _ => "xlb-demo",
+    };
     run(&mut Command::new(built(name)?))
 }
 

@@ -22,7 +22,7 @@ pub(crate) enum Task {
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages, the command each provides, and the tasks that call it.
-const PACKAGES: [(&str, &str, &[Task]); 13] = [
+const PACKAGES: [(&str, &str, &[Task]); 14] = [
     // The lab's namespaces, veth and XDP inspection.
     ("iproute2", "ip", &[Task::Demo, Task::Test, Task::Bench]),
     ("bpftool", "bpftool", &[Task::Demo, Task::Test, Task::Bench]),
@@ -40,10 +40,12 @@ const PACKAGES: [(&str, &str, &[Task]); 13] = [
     // The benchmarks' kernel comparison (nftables DNAT); the fleet test that makes one
     // host's health checks fail (tests/tests/fleet/).
     ("nftables", "nft", &[Task::Test, Task::Bench]),
-    // The routed lab's bulk transfers (tests/src/bulk.rs): nginx on the backends, curl
-    // on the client; nginx's own service is not used.
-    ("nginx", "nginx", &[Task::Test]),
-    ("curl", "curl", &[Task::Test]),
+    // The routed lab's bulk transfers (tests/src/bulk.rs, the routed demo): nginx on the
+    // backends, curl on the client; nginx's own service is not used.
+    ("nginx", "nginx", &[Task::Demo, Task::Test]),
+    ("curl", "curl", &[Task::Demo, Task::Test]),
+    // The routed demo pings a VIP, which xlb answers.
+    ("iputils-ping", "ping", &[Task::Demo]),
     // The benchmarks' comparison (HAProxy in TCP mode); its service is not started.
     ("haproxy", "haproxy", &[Task::Bench]),
     // The benchmarks' profile of the established-flow case (`perf record`).

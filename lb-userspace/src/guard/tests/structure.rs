@@ -325,7 +325,8 @@ fn example_config_in_the_repo_is_valid() {
     let c = config::load(path).unwrap();
     let p = check(&c, None);
     assert!(p.violations.is_empty(), "{:#?}", p.violations);
-    assert_eq!(c.vips.len(), 2);
+    assert_eq!(c.vips.len(), 3);
+    assert_eq!(c.vips[2].forwarding, config::Forwarding::Ipip);
 }
 
 #[test]
