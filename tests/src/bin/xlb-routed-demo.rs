@@ -60,13 +60,14 @@ fn run() -> Step {
     ]);
     daemon.start();
 
+    let vip: IpAddr = VIP4.parse().map_err(|e| format!("{VIP4}: {e}"))?;
+    let vip6: IpAddr = VIP6.parse().map_err(|e| format!("{VIP6}: {e}"))?;
     println!("\n=== 1. Backends in another subnet: wrapped in IPv4, routed by the kernel's FIB");
     quote(&sh(&format!(
         "ip -n {} route get {}",
         lab.lb.name,
-        backend_addr(0, VIP4.parse().expect("VIP"))
+        backend_addr(0, vip)
     )));
-    let vip: IpAddr = VIP4.parse().expect("VIP");
     let seen = in_ns(&lab.client.name, move || http_many(vip, 1500));
     let table = daemon.table_shares("web");
     println!("       weight    table  observed");
@@ -103,14 +104,10 @@ fn run() -> Step {
     println!("\n=== 3. 10 MiB from every backend behind the 1280-byte link: path MTU discovery");
     let before = daemon.reason(Reason::ForwardedIcmpError);
     let mut served: BTreeMap<String, u32> = BTreeMap::new();
-    for vip in [VIP4, VIP6] {
+    for (vip, addr) in [(VIP4, vip), (VIP6, vip6)] {
         for _ in 0..30 {
             let (who, bytes) = bulk
-                .fetch(
-                    &lab.client.name,
-                    vip.parse().expect("VIP"),
-                    Duration::from_secs(60),
-                )
+                .fetch(&lab.client.name, addr, Duration::from_secs(60))
                 .map_err(|e| format!("step 3: {e}"))?;
             if bytes != xlb_lab::bulk::BULK_BYTES {
                 return Err(format!("step 3: {bytes} bytes from {who}"));
