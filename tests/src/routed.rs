@@ -258,3 +258,32 @@ pub fn ipip_on_l2(topo: &crate::topology::Topology, daemon: &mut crate::daemon::
     daemon.tables = IPIP_TABLE.into();
     pins
 }
+
+/// The MAC of the router in `fib_namespace`.
+pub const FIB_ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x71];
+
+/// A namespace whose routes `ipip` lookups can use without a router to talk to:
+/// `lb0` (198.18.2.2/24, 2001:db8:2::2/64, a veth whose peer `rt0` stays in the same
+/// namespace) has the router 198.18.2.1 / 2001:db8:2::1 as a permanent neighbour with
+/// `FIB_ROUTER_MAC` and as next hop to 198.18.3.0/24 and 2001:db8:3::/64; forwarding is
+/// on. For BPF_PROG_TEST_RUN with `lb0` as the receiving interface (packet tests,
+/// benchmarks).
+pub fn fib_namespace(role: &str) -> Netns {
+    let ns = Netns::new(role);
+    let n = &ns.name;
+    for cmd in [
+        "link add lb0 type veth peer name rt0",
+        "link set rt0 up",
+        "link set lb0 up",
+        "addr add 198.18.2.2/24 dev lb0",
+        "addr add 2001:db8:2::2/64 dev lb0 nodad",
+        "neigh replace 198.18.2.1 lladdr 02:00:00:00:00:71 dev lb0 nud permanent",
+        "neigh replace 2001:db8:2::1 lladdr 02:00:00:00:00:71 dev lb0 nud permanent",
+        "route add 198.18.3.0/24 via 198.18.2.1",
+        "route add 2001:db8:3::/64 via 2001:db8:2::1",
+    ] {
+        sh(&format!("ip -n {n} {cmd}"));
+    }
+    ns.sh("sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1");
+    ns
+}

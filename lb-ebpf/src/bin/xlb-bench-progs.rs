@@ -11,8 +11,9 @@
 //!   frame (`SINK`), writes the MACs in `REFLECT_MACS` and sends the frame back out
 //!   (XDP_TX), the least any XDP forwarder does on this path; everything else (ARP, so
 //!   that TCP clients can resolve the load balancer) goes to the stack.
-//! - `xlb_sink`: on each backend, counts the IPv4 UDP frames that arrived (`SINK`) and
-//!   drops them; everything else (ARP above all) goes to the stack.
+//! - `xlb_sink`: on each backend, counts the IPv4 UDP frames that arrived (`SINK`), bare
+//!   or wrapped in IPv4 (`ipip`), and drops them; everything else (ARP above all) goes
+//!   to the stack.
 //! - `xlb_lookup`: one lookup of the key in `LOOKUP_KEY` in `LOOKUP_FLOWS`, a map like
 //!   xlb's flow table, then XDP_DROP: the cost of the one hash-map lookup that xlb's
 //!   established-flow path cannot do without, measured next to the XDP_DROP floor.
@@ -131,7 +132,8 @@ pub(crate) fn xlb_sink(ctx: XdpContext) -> u32 {
             *((start + IPV4_PROTO) as *const u8),
         )
     };
-    if ethertype != [0x08, 0x00] || proto != 17 {
+    // UDP, or IPv4 in IPv4 (the benchmark sends nothing else wrapped).
+    if ethertype != [0x08, 0x00] || (proto != 17 && proto != 4) {
         return xdp_action::XDP_PASS;
     }
     count();

@@ -14,6 +14,7 @@ use xlb_lab::{
     netns::{Netns, sh},
     packet::{ACK, CLIENT_MAC, Frame, L4, LB_MAC, SYN, checksum, tcp, udp, v4, v6},
     require_root,
+    routed::{FIB_ROUTER_MAC, fib_namespace},
     topology::mac_of,
 };
 
@@ -22,7 +23,7 @@ use super::setup::{
     setup, v4_key, v6_key,
 };
 
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x71];
+const ROUTER_MAC: [u8; 6] = FIB_ROUTER_MAC;
 const VIP4I: &str = "198.18.0.30";
 const VIP6I: &str = "2001:db8::30";
 
@@ -69,26 +70,8 @@ fn sources() -> Ipip {
 }
 
 fn lab() -> Lab {
-    let ns = Netns::new("pkip");
-    let n = &ns.name;
-    for cmd in [
-        "link add lb0 type veth peer name rt0",
-        "link set rt0 up",
-        "link set lb0 up",
-        "addr add 198.18.2.2/24 dev lb0",
-        "addr add 2001:db8:2::2/64 dev lb0 nodad",
-        "neigh replace 198.18.2.1 lladdr 02:00:00:00:00:71 dev lb0 nud permanent",
-        "neigh replace 2001:db8:2::1 lladdr 02:00:00:00:00:71 dev lb0 nud permanent",
-        "route add 198.18.3.0/24 via 198.18.2.1",
-        "route add 2001:db8:3::/64 via 2001:db8:2::1",
-    ] {
-        sh(&format!("ip -n {n} {cmd}"));
-    }
-    sh(&format!(
-        "ip netns exec {n} sysctl -qw net.ipv4.conf.all.forwarding=1 \
-         net.ipv6.conf.all.forwarding=1"
-    ));
-    let lb_mac = mac_of(n, "lb0");
+    let ns = fib_namespace("pkip");
+    let lb_mac = mac_of(&ns.name, "lb0");
     ns.enter();
     // SAFETY: if_nametoindex on a NUL-terminated name, in this thread's namespace.
     let ifindex = unsafe { libc::if_nametoindex(c"lb0".as_ptr()) };

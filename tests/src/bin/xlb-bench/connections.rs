@@ -32,6 +32,7 @@ fn connection_run(fwd: Forwarder, secs: u64) -> (u64, f64, f64) {
         }
         Forwarder::Haproxy => setup_haproxy(&topo, 80),
         Forwarder::Reflector => fail("the reflector does not terminate connections".into()),
+        Forwarder::XlbIpip => fail("connections are measured with l2-dsr".into()),
     };
     let vip: IpAddr = VIP4.parse().unwrap_or_else(|_| fail("VIP4".into()));
     let cpu0 = busy_cpu_secs();

@@ -24,6 +24,8 @@ pub(crate) const BACKENDS: usize = 3;
 pub(crate) enum Forwarder {
     Reflector,
     Xlb,
+    /// xlb with `forwarding = "ipip"`: each frame wrapped in IPv4 to its backend.
+    XlbIpip,
     Nft,
     Haproxy,
 }
@@ -33,6 +35,7 @@ impl Forwarder {
         match self {
             Forwarder::Reflector => "XDP_TX reflector (the path's limit)",
             Forwarder::Xlb => "xlb",
+            Forwarder::XlbIpip => "xlb, ipip (wrapped, next hop from the FIB)",
             Forwarder::Nft => "nftables DNAT (numgen, conntrack)",
             Forwarder::Haproxy => "HAProxy 2.6, TCP mode",
         }
@@ -195,6 +198,18 @@ pub(crate) fn reflector(topo: &Topology) -> Lb {
 pub(crate) fn setup_xlb(topo: &Topology, spec: VipSpec) -> Lb {
     let mut d = Daemon::new(topo);
     d.write_config(&[spec]);
+    d.start();
+    Lb::Daemon(Box::new(d))
+}
+
+/// Starts the real daemon with one `ipip` VIP on the LB's eth0 (forwarding on, as its
+/// FIB lookups need). The backends are the next hops themselves.
+pub(crate) fn setup_xlb_ipip(topo: &Topology, spec: VipSpec) -> Lb {
+    topo.lb
+        .sh("sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1");
+    let mut d = Daemon::new(topo);
+    d.tables = xlb_lab::routed::IPIP_TABLE.into();
+    d.write_config(&[spec.ipip()]);
     d.start();
     Lb::Daemon(Box::new(d))
 }

@@ -28,6 +28,7 @@ mod failover;
 mod flow_table;
 mod forwarders;
 mod forwarding;
+mod ipip;
 mod per_packet;
 mod quality;
 mod segments;
@@ -251,6 +252,7 @@ fn main() {
     let mut missed = Vec::new();
     if wanted("per-packet") {
         per_packet::per_packet(&mode, &mut md, &mut missed);
+        ipip::per_packet(&mode, &mut md);
     }
     if wanted("per-packet") || wanted("trace") {
         trace::trace_cost(&mode, &mut md);

@@ -181,6 +181,7 @@ fn segment_run(
             Lb::Nft
         }
         Forwarder::Haproxy => setup_haproxy(&topo, DISCARD_PORT),
+        Forwarder::XlbIpip => fail("segments are measured with l2-dsr".into()),
     };
     let vip: IpAddr = VIP4.parse().unwrap_or_else(|_| fail("VIP4".into()));
     let to = SocketAddr::new(vip, DISCARD_PORT);
