@@ -150,3 +150,46 @@ fn vips_sharing_a_filter_bit_are_told_apart_by_the_hash_lookup() {
     s.dp.maps().trim_vip_filter().unwrap();
     assert_eq!(s.dp.maps().vip_index(bit).unwrap(), Default::default());
 }
+
+#[test]
+fn a_pinned_reason_map_of_an_older_build_grows_and_keeps_its_counts() {
+    if !require_root("a_pinned_reason_map_of_an_older_build_grows_and_keeps_its_counts") {
+        return;
+    }
+    // An older build's `xlb_reasons`: 11 entries, with counts for reason 0 (forwarded).
+    let pins = xlb_lab::PinDir::new("oldreasons");
+    std::fs::create_dir_all(pins.path()).unwrap();
+    let map = pins.path().join(lb_common::maps::REASON_STATS);
+    xlb_lab::netns::sh(&format!(
+        "bpftool map create {} type percpu_array key 4 value 16 entries 11 name xlb_reasons",
+        map.display()
+    ));
+    // 7 packets and 700 bytes on every CPU.
+    xlb_lab::netns::sh(&format!(
+        "bpftool map update pinned {} key 0 0 0 0 value 7 0 0 0 0 0 0 0 188 2 0 0 0 0 0 0",
+        map.display()
+    ));
+    let cpus = xlb_lab::bpftool_dump(&map)[0]["values"]
+        .as_array()
+        .map_or(0, Vec::len) as u64;
+    assert!(cpus > 0);
+    let mut dp = Dataplane::load(&xlb::dataplane::LoadOptions {
+        pin_dir: pins.path().into(),
+        ..xlb::dataplane::LoadOptions::default()
+    })
+    .unwrap();
+    let stats = dp.maps().reason_stats().unwrap();
+    assert_eq!(stats.len(), lb_common::reason::REASON_COUNT as usize);
+    assert_eq!(
+        stats[0].1.packets,
+        7 * cpus,
+        "the old counts are carried over"
+    );
+    assert_eq!(stats[0].1.bytes, 700 * cpus);
+    let info = xlb_lab::netns::sh(&format!("bpftool -j map show pinned {}", map.display()));
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        info["max_entries"].as_u64(),
+        Some(u64::from(lb_common::reason::REASON_COUNT))
+    );
+}
