@@ -341,6 +341,8 @@ pub struct VipStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Packets dropped: no live backend in the slot, or (`ipip`) no route, next-hop
+    /// neighbour, forwarding or outer source to send them with.
     pub drops: u64,
     /// Forwarded packets that consulted the flow table (their slot was changed); the
     /// rest of `packets` took the stateless path.

@@ -69,7 +69,14 @@ fn process(
     let chosen = select::select(flow, &vip, parsed.syn, select::Mode::Packet)?;
     decision.backend_id = chosen.backend_id;
     decision.new_flow = chosen.new_flow;
-    let action = forward::send(ctx, flow, &vip, &chosen, parsed.l3, encap::Payload::Flow)?;
+    let action = forward::send(ctx, flow, &vip, &chosen, parsed.l3, encap::Payload::Flow)
+        .inspect_err(|reason| {
+            // A packet of the VIP that could not be sent (ipip: no route, neighbour,
+            // forwarding or source) is the VIP's drop, as one without a backend is.
+            if reason.action() == lb_common::reason::XDP_DROP {
+                counters::count_vip_drop(vip.vip_id);
+            }
+        })?;
     counters::count_forwarded(&chosen, len);
     Ok((Reason::Forwarded, action))
 }

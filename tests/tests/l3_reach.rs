@@ -86,6 +86,16 @@ fn backends_behind_a_router_share_tcp_and_udp_and_carry_10_mb() {
             );
         }
     }
+    // ipip backends have no MAC of their own: the route is theirs, and none is held.
+    for b in d.backends("web") {
+        assert_eq!(b["mac_source"], "route", "{b}");
+        assert!(b["held"].is_null(), "{b}");
+    }
+    let status = d.xlb_ok(&["status"]);
+    assert!(
+        status.contains("route (ipip)") && !status.contains("UNRESOLVED"),
+        "{status}"
+    );
     for vip in [VIP4, VIP6] {
         let addr: IpAddr = vip.parse().unwrap();
         let answers = in_ns(&lab.client.name, move || {

@@ -255,35 +255,116 @@ impl DecapMaps {
     }
 }
 
-fn attach(iface: &str, from: &[String], mode: Mode, pin_dir: &Path) -> Result<u8, String> {
+/// The marker of the network namespace that owns an interface's pins: an empty
+/// directory `netns-<inode>` beside the link (bpffs holds no plain files), so that two
+/// namespaces' `eth0` under one pin directory are told apart.
+fn owner_marker() -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| format!("reading this process's network namespace: {e}"))?;
+    Ok(format!("netns-{}", ns.ino()))
+}
+
+/// The pins of `iface` in this network namespace: `dir`, after checking that what is
+/// there (if anything) is this namespace's.
+fn own_dir(iface: &str, pin_dir: &Path) -> Result<(PathBuf, String), String> {
     let dir = link_path(iface, pin_dir)?;
+    let marker = owner_marker()?;
+    let others: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("netns-") && *n != marker)
+        .collect();
+    if let Some(other) = others.first() {
+        return Err(format!(
+            "{} holds the xlb-decap of an interface {iface} in another network namespace \
+             ({other}; this one is {marker}): give each namespace its own --pin-dir",
+            dir.display()
+        ));
+    }
+    Ok((dir, marker))
+}
+
+/// `xlb decap stats IFACE`, with `--pin-dir` when it is not the default.
+fn stats_command(iface: &str, pin_dir: &Path) -> String {
+    if pin_dir == Path::new(DEFAULT_DECAP_PIN_DIR) {
+        format!("xlb decap stats {iface}")
+    } else {
+        format!("xlb decap stats {iface} --pin-dir {}", pin_dir.display())
+    }
+}
+
+/// Removes what an attach pinned under `dir` (the link, the maps, the marker, the
+/// directory itself if it is then empty); what cannot be removed is named.
+fn unpin_all(dir: &Path, marker: &str) -> Result<(), String> {
+    for name in decap::ALL.iter().chain(&[LINK]) {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot unpin {}: {e}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir(dir.join(marker)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot remove {}: {e}", dir.join(marker).display()));
+        }
+        _ => {}
+    }
+    // Kept if someone else put files there.
+    if let Err(e) = std::fs::remove_dir(dir) {
+        say!("kept {}: {e}", dir.display());
+    }
+    Ok(())
+}
+
+fn attach(iface: &str, from: &[String], mode: Mode, pin_dir: &Path) -> Result<u8, String> {
     let from = sources(from)?;
+    let (dir, marker) = own_dir(iface, pin_dir)?;
     if !HAS_DATAPLANE {
         return Err(DataplaneError::NotBuilt.to_string());
     }
+    let name = std::ffi::CString::new(iface).map_err(|e| format!("{iface:?}: {e}"))?;
+    // SAFETY: if_nametoindex on a NUL-terminated name.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        return Err(format!("no interface {iface} in this network namespace"));
+    }
     let local = host_addresses()?;
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| format!("cannot create pin directory {}: {e}", dir.display()))?;
     let link = dir.join(LINK);
     let attached = link.exists();
-    // The maps are created and pinned by the load, or adopted from their pins.
-    let mut loader = EbpfLoader::new();
-    for name in decap::ALL {
-        loader.map_pin_path(name, dir.join(name));
-    }
-    let mut ebpf = loader
-        .load(DECAP_OBJECT)
-        .map_err(|e| format!("loading xlb-decap failed: {e}"))?;
-    DecapMaps::open(&dir)?.fill(&from, &local)?;
-    if !attached {
-        attach_pinned(
-            &mut ebpf,
-            DECAP_PROGRAM_NAME,
-            "xlb-decap",
-            iface,
-            mode,
-            &link,
-        )?;
+    std::fs::create_dir_all(dir.join(&marker))
+        .map_err(|e| format!("cannot create pin directory {}: {e}", dir.display()))?;
+    let done = (|| {
+        // The maps are created and pinned by the load, or adopted from their pins.
+        let mut loader = EbpfLoader::new();
+        for name in decap::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        let mut ebpf = loader
+            .load(DECAP_OBJECT)
+            .map_err(|e| format!("loading xlb-decap failed: {e}"))?;
+        DecapMaps::open(&dir)?.fill(&from, &local)?;
+        if !attached {
+            attach_pinned(
+                &mut ebpf,
+                DECAP_PROGRAM_NAME,
+                "xlb-decap",
+                iface,
+                mode,
+                &link,
+            )?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = done {
+        // A first attach that failed leaves nothing behind; an update keeps what runs.
+        if !attached {
+            unpin_all(&dir, &marker)?;
+        }
+        return Err(e);
     }
     let shown: Vec<String> = from
         .iter()
@@ -291,24 +372,38 @@ fn attach(iface: &str, from: &[String], mode: Mode, pin_dir: &Path) -> Result<u8
         .collect();
     say!(
         "{iface}: xlb-decap {}; decapsulates ipip from {} to {} local address(es); \
-         `xlb decap stats {iface}` shows its counters",
+         `{}` shows its counters",
         if attached {
             "updated (sources and addresses)".to_string()
         } else {
             format!("attached ({} mode)", mode.name())
         },
         shown.join(", "),
-        local.len()
+        local.len(),
+        stats_command(iface, pin_dir)
     );
     Ok(0)
 }
 
-fn detach(iface: &str, pin_dir: &Path) -> Result<u8, String> {
-    let dir = link_path(iface, pin_dir)?;
+/// `dir`'s link, or why there is none.
+fn attached_link(iface: &str, dir: &Path) -> Result<PathBuf, String> {
     let link = dir.join(LINK);
+    if link.exists() {
+        Ok(link)
+    } else {
+        Err(format!(
+            "{iface}: xlb-decap is not attached here (no link pinned at {})",
+            link.display()
+        ))
+    }
+}
+
+fn detach(iface: &str, pin_dir: &Path) -> Result<u8, String> {
+    let (dir, marker) = own_dir(iface, pin_dir)?;
+    let link = attached_link(iface, &dir)?;
     let pinned = PinnedLink::from_pin(&link).map_err(|e| {
         format!(
-            "{iface}: no xlb-decap link pinned at {}: {e}",
+            "{iface}: reading the link pinned at {}: {e}",
             link.display()
         )
     })?;
@@ -318,20 +413,8 @@ fn detach(iface: &str, pin_dir: &Path) -> Result<u8, String> {
             .unpin()
             .map_err(|e| format!("unpinning {}: {e}", link.display()))?,
     );
-    for name in decap::ALL {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(format!("cannot unpin {}: {e}", path.display()));
-            }
-            _ => {}
-        }
-    }
     say!("{iface}: xlb-decap detached");
-    // Kept if someone else put files there.
-    if let Err(e) = std::fs::remove_dir(&dir) {
-        say!("kept {}: {e}", dir.display());
-    }
+    unpin_all(&dir, &marker)?;
     Ok(0)
 }
 
@@ -352,7 +435,8 @@ struct VerdictView {
 }
 
 fn stats(iface: &str, json: bool, pin_dir: &Path) -> Result<u8, String> {
-    let dir = link_path(iface, pin_dir)?;
+    let (dir, _) = own_dir(iface, pin_dir)?;
+    attached_link(iface, &dir)?;
     let maps = DecapMaps::open(&dir)?;
     let mut verdicts = Vec::new();
     for r in DecapReason::ALL {

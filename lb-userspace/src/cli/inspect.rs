@@ -78,7 +78,7 @@ pub(crate) fn commands(dir: &str, backend: Option<(&str, &str)>) -> Vec<(&'stati
         ),
         (
             "Every VIP's counters, summed over CPUs (removed backends' traffic included; \
-             drops: no live backend)",
+             drops: no live backend, or an ipip packet that could not be sent)",
             joined(dir, "xlb_vip_name", "xlb_vip_stats", "", ""),
         ),
         (

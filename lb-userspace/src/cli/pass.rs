@@ -38,7 +38,7 @@ pub(crate) enum PassOp {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum Mode {
-    /// In the driver: what makes a veth peer receive XDP_TX frames.
+    /// In the driver (native XDP; on a veth peer, what makes it receive XDP_TX frames).
     Native,
     /// In the generic network stack.
     Generic,
@@ -82,8 +82,13 @@ fn attach(iface: &str, mode: Mode, pin_dir: &Path) -> Result<u8, String> {
     let mut ebpf =
         aya::Ebpf::load(PASS_OBJECT).map_err(|e| format!("loading xlb-pass failed: {e}"))?;
     attach_pinned(&mut ebpf, PASS_PROGRAM_NAME, "xlb-pass", iface, mode, &path)?;
+    let detach = if pin_dir == Path::new(DEFAULT_PASS_PIN_DIR) {
+        format!("xlb pass detach {iface}")
+    } else {
+        format!("xlb pass detach {iface} --pin-dir {}", pin_dir.display())
+    };
     say!(
-        "{iface}: xlb-pass attached ({} mode), link pinned at {}; `xlb pass detach {iface}` removes it",
+        "{iface}: xlb-pass attached ({} mode), link pinned at {}; `{detach}` removes it",
         mode.name(),
         path.display()
     );
@@ -108,6 +113,18 @@ fn detach(iface: &str, pin_dir: &Path) -> Result<u8, String> {
     Ok(0)
 }
 
+/// `e` and each of its sources, `: `-separated (aya's "bpf_link_create failed" says
+/// why only in its source).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
+}
+
 /// Loads program `name` (`what` in messages) of `ebpf`, attaches it to `iface` and pins
 /// the link at `path`, so that it outlives the command.
 pub(super) fn attach_pinned(
@@ -125,9 +142,14 @@ pub(super) fn attach_pinned(
     program
         .load()
         .map_err(|e| format!("loading {what} failed: {e}"))?;
-    let id = program
-        .attach(iface, mode.flags())
-        .map_err(|e| format!("attaching {what} to {iface} ({} mode): {e}", mode.name()))?;
+    let id = program.attach(iface, mode.flags()).map_err(|e| {
+        format!(
+            "attaching {what} to {iface} ({} mode): {}; is another XDP program attached \
+             there? (`ip link show {iface}` shows one as `xdp`)",
+            mode.name(),
+            causes(&e)
+        )
+    })?;
     let link = program
         .take_link(id)
         .map_err(|e| format!("taking the XDP link of {iface}: {e}"))?;

@@ -153,6 +153,8 @@ fn print_status(data: &serde_json::Value) -> Result<(), String> {
             };
             let mac = match &b.mac {
                 Some(mac) => format!("{mac} ({})", b.mac_source),
+                // ipip: the route's next hop, no MAC of its own.
+                None if b.mac_source == "route" => "route (ipip)".into(),
                 None => "UNRESOLVED: no slot".into(),
             };
             say!(

@@ -109,9 +109,13 @@ const BACKEND_METRICS: [(&str, &str, MetricType, PerBackend); 8] = [
     ),
     (
         "xlb_backend_mac_resolved",
-        "1 if the backend has a MAC to forward to, else 0 (unresolved: no slot, no traffic).",
+        "1 if the backend can be forwarded to: it has a MAC (l2-dsr), or it is reached by its route (ipip); else 0 (unresolved: no slot, no traffic).",
         MetricType::Gauge,
-        |b| Some(Value::Int(i64::from(b.mac.is_some()))),
+        |b| {
+            Some(Value::Int(i64::from(
+                b.mac.is_some() || b.mac_source == "route",
+            )))
+        },
     ),
 ];
 
@@ -175,7 +179,7 @@ impl Collector for Metrics {
         {
             let mut drops = enc.encode_descriptor(
                 "xlb_vip_drops",
-                "Packets to the VIP dropped for want of a live backend in the slot (malformed packets are counted per reason in xlb_packets_total).",
+                "Packets to the VIP dropped for want of a live backend in the slot, or (ipip) of a route, next-hop neighbour, forwarding or outer source to reach it (malformed packets are counted per reason in xlb_packets_total).",
                 None,
                 MetricType::Counter,
             )?;

@@ -22,9 +22,23 @@ pub(super) fn encap_structure(c: &Config, out: &mut Vec<Violation>) {
             hint: hint.into(),
         };
     let mut sources: [(bool, Option<Source>); 2] = [(true, None), (false, None)];
-    for (key, text, slot) in [
-        ("ipip.ipv4_source", &c.ipip.ipv4_source, 0),
-        ("ipip.ipv6_source", &c.ipip.ipv6_source, 1),
+    for (key, text, slot, hint) in [
+        (
+            "ipip.ipv4_source",
+            &c.ipip.ipv4_source,
+            0,
+            "write the IPv4 address the outer headers come from, or a prefix of /16 to /32 \
+             routed to this host (ADDRESS/LENGTH, host bits zero); backends' decap accepts \
+             it with --from",
+        ),
+        (
+            "ipip.ipv6_source",
+            &c.ipip.ipv6_source,
+            1,
+            "write the IPv6 address the outer headers come from, or a prefix of /64 to \
+             /128 routed to this host (ADDRESS/LENGTH, host bits zero); backends' decap \
+             accepts it with --from",
+        ),
     ] {
         let Some(text) = text else { continue };
         match parse_source(text, sources[slot].0) {
@@ -34,8 +48,7 @@ pub(super) fn encap_structure(c: &Config, out: &mut Vec<Violation>) {
                 None,
                 c.line_of(key),
                 format!("{key}: {e}"),
-                "write the address the outer headers come from, or a prefix routed to \
-                 this host such as 198.18.2.0/24 (backends' decap accepts it with --from)",
+                hint,
             )),
         }
     }

@@ -345,8 +345,14 @@ fn route_failures_have_their_own_reasons_and_change_nothing() {
     ];
     for (what, break_it, mend_it, reason) in cases {
         sh(&break_it.replace("{n}", &n));
+        let drops = lab.s.dp.maps().vip_stats(6).unwrap().drops;
         let out = lab.expect(what, &input, reason, 1);
         assert_eq!(out, input, "{what}: the frame is untouched");
+        assert_eq!(
+            lab.s.dp.maps().vip_stats(6).unwrap().drops,
+            drops + 1,
+            "{what}: counted as the VIP's drop"
+        );
         sh(&mend_it.replace("{n}", &n));
         lab.expect(what, &input, Reason::Forwarded, XDP_TX);
     }
