@@ -39,14 +39,22 @@ pub(crate) fn explain(
                 ))
                 .unwrap_or_default()
         ),
-        "flow-entry" => say!(
-            "{head}, from its flow entry (written under generation {}); its slot {} changed \
-             owner: now {}, before {}",
-            e.generation,
-            e.slot.unwrap_or(0),
-            e.slot_owner.as_deref().unwrap_or("?"),
-            e.slot_previous.as_deref().unwrap_or("?")
-        ),
+        "flow-entry" => {
+            let (now, before) = (
+                e.slot_owner.as_deref().unwrap_or("?"),
+                e.slot_previous.as_deref().unwrap_or("?"),
+            );
+            let slot = e.slot.unwrap_or(0);
+            let history = if now == before {
+                format!("its slot {slot} changed owner and is back at {now}")
+            } else {
+                format!("its slot {slot} changed owner: now {now}, before {before}")
+            };
+            say!(
+                "{head}, from its flow entry (written under generation {}); {history}",
+                e.generation
+            );
+        }
         _ => say!("{head}: {slot} (stateless: no flow entry needed)"),
     }
     Ok(0)
