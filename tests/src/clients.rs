@@ -270,10 +270,14 @@ impl Load {
                     match result {
                         Ok(_) => lock(&r).keepalive += 1,
                         Err(e) => {
-                            keep = None;
+                            // Where from: `xlb explain VIP ADDRESS` places the flow.
+                            let from = keep
+                                .take()
+                                .and_then(|c| c.local_addr().ok())
+                                .map_or_else(String::new, |a| format!(" from {a}"));
                             lock(&r)
                                 .failures
-                                .push(format!("keep-alive request {n}: {e}"));
+                                .push(format!("keep-alive request {n}{from}: {e}"));
                         }
                     }
                 }

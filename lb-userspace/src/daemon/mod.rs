@@ -112,6 +112,15 @@ fn start(config_path: &Path, recreate_flow_table: bool) -> anyhow::Result<Starte
         ))
         .into());
     };
+    // Every change reads the VIP's live table (an inner map, opened by its id) to carry
+    // its flows over: without the capability that takes, a change would reset them.
+    if sys::has_cap_sys_admin() == Some(false) {
+        anyhow::bail!(
+            "xlb run needs CAP_SYS_ADMIN: it opens each VIP's live table by its id \
+             (BPF_MAP_GET_FD_BY_ID), which the kernel allows only with it (the unit's \
+             CapabilityBoundingSet= must include it)"
+        );
+    }
     // Before any map, pin or attachment is touched: a second daemon changes nothing.
     let locks = crate::lock::acquire(&daemon.state_dir, &daemon.pin_dir)?;
     let history = History::open(&daemon.state_dir)?;

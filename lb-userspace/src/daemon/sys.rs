@@ -87,6 +87,17 @@ pub(crate) fn hung_up(fd: RawFd) -> bool {
     n == 1 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// Whether this process may use CAP_SYS_ADMIN (bit 21 of `CapEff` in
+/// /proc/self/status), which opening a map by its id needs; `None` if unreadable.
+pub(crate) fn has_cap_sys_admin() -> Option<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let bits = u64::from_str_radix(eff.trim(), 16).ok()?;
+    /// linux/capability.h
+    const CAP_SYS_ADMIN: u32 = 21;
+    Some(bits >> CAP_SYS_ADMIN & 1 == 1)
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns (before, after).
 pub(crate) fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {

@@ -540,7 +540,23 @@ impl Maps {
     /// `xlb_rings`: a packet sees either the old table or this one, never a mix.
     pub fn install_table(&mut self, table: TableWrite<'_>) -> Result<(), DataplaneError> {
         let size = table.slots.len() as u32;
-        let live = self.table_slots(table.vip_id).ok().map(|(_, slots)| slots);
+        // No live table: a fresh one. A live table that cannot be read refuses the
+        // install: treating it as absent would drop every previous owner, and the
+        // established flows of every moved slot with them.
+        let live = match self.rings.get(&table.vip_id, 0) {
+            Err(e) if is_absent(&e) => None,
+            Err(e) => {
+                return Err(map_err(
+                    names::RINGS,
+                    format!(
+                        "reading VIP {}'s live table to carry its flows over (opening a map \
+                         by id needs CAP_SYS_ADMIN)",
+                        table.vip_id
+                    ),
+                )(e));
+            }
+            Ok(_) => Some(self.table_slots(table.vip_id)?.1),
+        };
         let merged = flowstate::merge(live.as_deref(), table.slots);
         let now = super::monotonic_ns();
         let inner: Array<MapData, u32> = Array::create(size + TABLE_HEADER, TABLE_MAP_FLAGS)
