@@ -21,7 +21,7 @@ use crate::{
     daemon::xlb_bin,
     netns::{Netns, sh},
     servers::Site,
-    topology::{VIP4, VIP6, all_cpus_mask, attach_xdp, backend_name},
+    topology::{VIP4, VIP6, attach_xdp, backend_name, dsr_backend},
 };
 
 /// The client's addresses.
@@ -146,17 +146,7 @@ impl Routed {
                 &format!("{}/64", backend6(i)),
             );
             default_via(&ns, "198.18.3.1", "2001:db8:3::1");
-            ns.sh(&format!("ip addr add {VIP4}/32 dev lo"));
-            ns.sh(&format!("ip -6 addr add {VIP6}/128 dev lo nodad"));
-            for (key, value) in [("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)] {
-                ns.sh(&format!(
-                    "sysctl -qw net.ipv4.conf.all.{key}={value} net.ipv4.conf.eth0.{key}={value}"
-                ));
-            }
-            ns.sh(&format!(
-                "sh -c 'echo {} > /sys/class/net/eth0/queues/rx-0/rps_cpus'",
-                all_cpus_mask()
-            ));
+            dsr_backend(&ns);
             decap(&ns, &decap_pins.path().join(backend_name(i)));
             bes.push(ns);
         }

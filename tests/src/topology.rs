@@ -88,6 +88,23 @@ pub(crate) fn all_cpus_mask() -> String {
     format!("{:x}", (1u64 << cpus) - 1)
 }
 
+/// What a backend needs besides its link (README "What a backend needs"): the VIPs on
+/// lo, no ARP answers for them, no reverse-path filter, and receive packet steering on
+/// eth0 (see `all_cpus_mask`).
+pub(crate) fn dsr_backend(ns: &Netns) {
+    ns.sh(&format!("ip addr add {VIP4}/32 dev lo"));
+    ns.sh(&format!("ip -6 addr add {VIP6}/128 dev lo nodad"));
+    for (key, value) in [("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)] {
+        ns.sh(&format!(
+            "sysctl -qw net.ipv4.conf.all.{key}={value} net.ipv4.conf.eth0.{key}={value}"
+        ));
+    }
+    ns.sh(&format!(
+        "sh -c 'echo {} > /sys/class/net/eth0/queues/rx-0/rps_cpus'",
+        all_cpus_mask()
+    ));
+}
+
 /// Plugs `host`'s eth0 into the bridge in `switch` with both addresses.
 fn plug(switch: &Netns, host: &Netns, port: &str, v4: &str, v6: &str) {
     switch.sh(&format!(
@@ -143,17 +160,7 @@ impl Topology {
         for i in 0..backends {
             let ns = Netns::new(&backend_name(i));
             plug(&switch, &ns, &format!("pb{i}"), &backend4(i), &backend6(i));
-            ns.sh(&format!("ip addr add {VIP4}/32 dev lo"));
-            ns.sh(&format!("ip -6 addr add {VIP6}/128 dev lo nodad"));
-            for (key, value) in [("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)] {
-                ns.sh(&format!(
-                    "sysctl -qw net.ipv4.conf.all.{key}={value} net.ipv4.conf.eth0.{key}={value}"
-                ));
-            }
-            ns.sh(&format!(
-                "sh -c 'echo {} > /sys/class/net/eth0/queues/rx-0/rps_cpus'",
-                all_cpus_mask()
-            ));
+            dsr_backend(&ns);
             bes.push(ns);
         }
         let mut topo = Topology {
