@@ -7,11 +7,13 @@
 //! all of them (`segments`); the control plane (build, apply, validate, stats, memory);
 //! table quality; failover (a backend's death to the last failed request, and probe
 //! rounds of 1000 backends, `failover`). Every figure is a
-//! median of several runs, printed with its spread and method. `--only SECTION`
-//! (per-packet, forwarding, connections, segments, control-plane, quality, failover) runs
-//! one section.
+//! median of several runs, printed with its spread and method. `--only SECTION` runs
+//! one section (`--help` lists them).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
 
 /// `writeln!` into a report `String`, without the `fmt::Result` that appending to a
 /// `String` never fails with.
@@ -215,8 +217,45 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
 }
 
+/// Measures xlb and writes the report (BENCHMARKS.md). Needs root: it loads BPF
+/// programs and builds namespaces.
+#[derive(Parser)]
+#[command(name = "xlb-bench")]
+struct Args {
+    /// Fewer runs and repeats: for development, not for publishing.
+    #[arg(long)]
+    quick: bool,
+    /// Run one section only, for development; the report holds that section alone.
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Cost per packet (with ipip against l2-dsr, and the trace stage).
+    PerPacket,
+    /// The trace stage's cost alone.
+    Trace,
+    /// Forwarding rate against the XDP_TX reflector and nftables.
+    Forwarding,
+    /// Connection rate against nftables and HAProxy.
+    Connections,
+    /// TCP segment rate.
+    Segments,
+    /// Build, apply, validate, stats, map memory.
+    ControlPlane,
+    /// Table quality: share error and flows moved.
+    Quality,
+    /// A backend's death to detection, and probe rounds of 1000 backends.
+    Failover,
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args = Args::parse();
+    let quick = args.quick;
     let mode = Mode {
         runs: if quick { 3 } else { 7 },
         repeat: if quick { 100_000 } else { 1_000_000 },
@@ -245,34 +284,32 @@ fn main() {
             "full"
         }
     );
-    // `--only NAME` runs one section, for development; it still writes the file.
-    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let wanted = |section: Section| args.only.is_none_or(|o| o == section);
     // Each section appends a note, with its measured reason, for every target it missed.
     let mut missed = Vec::new();
-    if wanted("per-packet") {
+    if wanted(Section::PerPacket) {
         per_packet::per_packet(&mode, &mut md, &mut missed);
         ipip::per_packet(&mode, &mut md);
     }
-    if wanted("per-packet") || wanted("trace") {
+    if wanted(Section::PerPacket) || wanted(Section::Trace) {
         trace::trace_cost(&mode, &mut md);
     }
-    if wanted("forwarding") {
+    if wanted(Section::Forwarding) {
         forwarding::packet_rate(&mode, &mut md, &mut missed);
     }
-    if wanted("connections") {
+    if wanted(Section::Connections) {
         connections::connection_rate(&mode, &mut md);
     }
-    if wanted("segments") {
+    if wanted(Section::Segments) {
         segments::segment_rate(&mode, &mut md, &mut missed);
     }
-    if wanted("control-plane") {
+    if wanted(Section::ControlPlane) {
         control_plane::control_plane(&mode, &mut md, &mut missed);
     }
-    if wanted("quality") {
+    if wanted(Section::Quality) {
         quality::table_quality(&mut md, &mut missed);
     }
-    if wanted("failover") {
+    if wanted(Section::Failover) {
         failover::failover(&mode, &mut md);
     }
     if missed.is_empty() {
@@ -283,11 +320,8 @@ fn main() {
             push_line!(md, "- {note}");
         }
     }
-    let path = std::env::args()
-        .skip_while(|a| a != "--out")
-        .nth(1)
-        .unwrap_or_else(|| "BENCHMARKS.md".into());
-    std::fs::write(&path, &md).unwrap_or_else(|e| fail(format!("writing {path}: {e}")));
+    let path = args.out.display();
+    std::fs::write(&args.out, &md).unwrap_or_else(|e| fail(format!("writing {path}: {e}")));
     println!("{md}");
     eprintln!("bench: wrote {path}");
 }
