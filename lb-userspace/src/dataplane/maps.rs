@@ -130,6 +130,32 @@ fn table_err(what: &str, io_error: std::io::Error) -> DataplaneError {
     syscall_err(names::RINGS, what, "mmap", io_error)
 }
 
+/// VIP `vip_id`'s table `inner`, opened from `xlb_rings`, as stored: (generation,
+/// packed `Slot` per slot).
+fn table_contents(
+    inner: &Array<MapData, u32>,
+    vip_id: u32,
+) -> Result<(u32, Vec<u32>), DataplaneError> {
+    let what = || format!("reading VIP {vip_id}'s table");
+    let mut values =
+        table_mem::read(inner.map(), inner.len() as usize).map_err(|e| table_err(&what(), e))?;
+    let size = values[TABLE_HDR_SIZE as usize];
+    let generation = values[TABLE_HDR_GENERATION as usize];
+    let end = TABLE_HEADER as usize + size as usize;
+    if end > values.len() {
+        return Err(table_err(
+            &what(),
+            std::io::Error::other(format!(
+                "its header says {size} slots but it has {}",
+                values.len() - TABLE_HEADER as usize
+            )),
+        ));
+    }
+    values.truncate(end);
+    values.drain(..TABLE_HEADER as usize);
+    Ok((generation, values))
+}
+
 /// Zeroes entry `id` of a per-CPU array on every CPU.
 fn zero<T: aya::Pod + Default + Clone>(
     map: &mut PerCpuArray<MapData, T>,
@@ -555,7 +581,7 @@ impl Maps {
                     ),
                 )(e));
             }
-            Ok(_) => Some(self.table_slots(table.vip_id)?.1),
+            Ok(inner) => Some(table_contents(&inner, table.vip_id)?.1),
         };
         let merged = flowstate::merge(live.as_deref(), table.slots);
         let now = super::monotonic_ns();
@@ -593,28 +619,11 @@ impl Maps {
 
     /// The live table of `vip_id` as stored: (generation, packed `Slot` per slot).
     pub fn table_slots(&self, vip_id: u32) -> Result<(u32, Vec<u32>), DataplaneError> {
-        let what = || format!("reading VIP {vip_id}'s table");
-        let inner: Array<MapData, u32> = self
-            .rings
-            .get(&vip_id, 0)
-            .map_err(map_err(names::RINGS, what()))?;
-        let mut values = table_mem::read(inner.map(), inner.len() as usize)
-            .map_err(|e| table_err(&what(), e))?;
-        let size = values[TABLE_HDR_SIZE as usize];
-        let generation = values[TABLE_HDR_GENERATION as usize];
-        let end = TABLE_HEADER as usize + size as usize;
-        if end > values.len() {
-            return Err(table_err(
-                &what(),
-                std::io::Error::other(format!(
-                    "its header says {size} slots but it has {}",
-                    values.len() - TABLE_HEADER as usize
-                )),
-            ));
-        }
-        values.truncate(end);
-        values.drain(..TABLE_HEADER as usize);
-        Ok((generation, values))
+        let inner: Array<MapData, u32> = self.rings.get(&vip_id, 0).map_err(map_err(
+            names::RINGS,
+            format!("reading VIP {vip_id}'s table"),
+        ))?;
+        table_contents(&inner, vip_id)
     }
 
     /// The end of VIP `vip_id`'s UDP grace window (`CLOCK_MONOTONIC` seconds).
