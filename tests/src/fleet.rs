@@ -31,7 +31,7 @@ use crate::{
     daemon::{Daemon, VipSpec, render_vips},
     netns::Netns,
     servers::{Servers, Site},
-    topology::{all_cpus_mask, attach_xdp},
+    topology::{attach_xdp, dsr_backend},
 };
 
 /// The VIPs every backend holds on `lo`.
@@ -324,21 +324,9 @@ impl Fleet {
             plug(&switch, "br0", &ns, &format!("pb{i}"), "eth0");
             ns.sh(&format!("ip addr add {}/24 dev eth0", backend4(i)));
             ns.sh(&format!("ip -6 addr add {}/64 dev eth0 nodad", backend6(i)));
-            for vip in [VIP4, VIP4_ALT] {
-                ns.sh(&format!("ip addr add {vip}/32 dev lo"));
-            }
-            ns.sh(&format!("ip -6 addr add {VIP6}/128 dev lo nodad"));
+            dsr_backend(&ns, &[VIP4, VIP4_ALT], VIP6);
             ns.sh(&format!("ip route add default via {ROUTER4}"));
             ns.sh(&format!("ip -6 route add default via {ROUTER6}"));
-            for (key, value) in [("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)] {
-                ns.sh(&format!(
-                    "sysctl -qw net.ipv4.conf.all.{key}={value} net.ipv4.conf.eth0.{key}={value}"
-                ));
-            }
-            ns.sh(&format!(
-                "sh -c 'echo {} > /sys/class/net/eth0/queues/rx-0/rps_cpus'",
-                all_cpus_mask()
-            ));
             sites.push(Site {
                 ns: ns.name.clone(),
                 name: crate::topology::backend_name(i),

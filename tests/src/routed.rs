@@ -146,7 +146,7 @@ impl Routed {
                 &format!("{}/64", backend6(i)),
             );
             default_via(&ns, "198.18.3.1", "2001:db8:3::1");
-            dsr_backend(&ns);
+            dsr_backend(&ns, &[VIP4], VIP6);
             decap(&ns, &decap_pins.path().join(backend_name(i)));
             bes.push(ns);
         }

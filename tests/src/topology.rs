@@ -81,19 +81,21 @@ pub struct Topology {
 /// connection it just accepted stays open (seen as `Connection reset by peer` about
 /// once in 50000 short connections, with or without xlb changing anything). Receive
 /// packet steering on the backends' eth0 keeps each flow on one CPU, as a NIC's RSS does.
-pub(crate) fn all_cpus_mask() -> String {
+fn all_cpus_mask() -> String {
     let cpus = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(32);
     format!("{:x}", (1u64 << cpus) - 1)
 }
 
-/// What a backend needs besides its link (README "What a backend needs"): the VIPs on
-/// lo, no ARP answers for them, no reverse-path filter, and receive packet steering on
-/// eth0 (see `all_cpus_mask`).
-pub(crate) fn dsr_backend(ns: &Netns) {
-    ns.sh(&format!("ip addr add {VIP4}/32 dev lo"));
-    ns.sh(&format!("ip -6 addr add {VIP6}/128 dev lo nodad"));
+/// What a backend needs besides its link (README "What a backend needs"): the VIPs
+/// `vips4` and `vip6` on lo, no ARP answers for them, no reverse-path filter, and
+/// receive packet steering on eth0 (see `all_cpus_mask`).
+pub(crate) fn dsr_backend(ns: &Netns, vips4: &[&str], vip6: &str) {
+    for vip in vips4 {
+        ns.sh(&format!("ip addr add {vip}/32 dev lo"));
+    }
+    ns.sh(&format!("ip -6 addr add {vip6}/128 dev lo nodad"));
     for (key, value) in [("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)] {
         ns.sh(&format!(
             "sysctl -qw net.ipv4.conf.all.{key}={value} net.ipv4.conf.eth0.{key}={value}"
@@ -160,7 +162,7 @@ impl Topology {
         for i in 0..backends {
             let ns = Netns::new(&backend_name(i));
             plug(&switch, &ns, &format!("pb{i}"), &backend4(i), &backend6(i));
-            dsr_backend(&ns);
+            dsr_backend(&ns, &[VIP4], VIP6);
             bes.push(ns);
         }
         let mut topo = Topology {
