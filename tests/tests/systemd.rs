@@ -242,17 +242,10 @@ fn ready_after_attach_reload_and_upgrade_under_traffic() {
     let explained: Vec<String> = report
         .failures
         .iter()
-        .filter_map(|f| {
-            f.split(" from ")
-                .nth(1)?
-                .split(':')
-                .take(2)
-                .collect::<Vec<_>>()
-                .join(":")
-                .into()
-        })
-        .map(|a: String| {
-            let out = daemon.xlb(&["explain", "web", &a]);
+        // "keep-alive request N from ADDRESS:PORT: ERROR"
+        .filter_map(|f| Some(f.split_once(" from ")?.1.split_once(": ")?.0))
+        .map(|a| {
+            let out = daemon.xlb(&["explain", "web", a]);
             format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
